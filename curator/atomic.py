@@ -1,0 +1,50 @@
+"""Atomic file writes: write to a temp file in the same folder, fsync, then rename.
+
+A reader (or a resumed job) therefore sees either the old file or the complete new one,
+never a torn write. Done-markers rely on this: they are written last, atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``dest``; on success rename it over ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(dest: str | os.PathLike, text: str) -> None:
+    write_bytes(dest, text.encode("utf-8"))
+
+
+def write_json(dest: str | os.PathLike, obj: Any) -> None:
+    write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_with(dest: str | os.PathLike, writer: Callable[[Path], None]) -> None:
+    """Atomically create ``dest`` with a library writer that takes a path (np.save, faiss)."""
+    with atomic_path(dest) as tmp:
+        writer(tmp)

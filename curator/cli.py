@@ -1,0 +1,232 @@
+"""The ``curator`` command: the front door to the core and, lazily, to each wing.
+
+Subcommands import their wing only when run, so ``curator --help`` is instant and a
+machine without a wing's extras can still use the others.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Callable, Optional
+
+from .errors import CuratorError
+
+EXAMPLES = """examples:
+  curator samples fetch                                  # real labelled images, offline
+  curator build-index --input ~/.cache/curator/samples/tuxpaint --out idx \\
+      --encoder packaged:efficientnet-lite2
+  curator search --index idx --image cat.png -k 5
+"""
+
+
+def _build_index_parser(sub) -> None:
+    from .images import DEFAULT_MAX_PIXELS
+
+    p = sub.add_parser(
+        "build-index", help="embed an image pool and build a searchable FAISS index",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Embed every image of a pool with an encoder, then build, tune and save a FAISS index.\n"
+        "Inputs: image folders (recursive), webdataset .tar shards (paths, fsspec URLs or brace\n"
+        "patterns such as 'pool-{00000..00099}.tar'), or .csv/.parquet URL lists with a 'url' column\n"
+        "(downloaded with img2dataset first). Re-running the same command resumes: finished shards are kept.")
+    p.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="pool inputs (any mix)")
+    p.add_argument("--out", "-o", required=True, help="output folder (index, embeddings, metadata, report)")
+    p.add_argument("--encoder", default=None,
+                   help="encoder spec (default open_clip:ViT-B-32/laion2b_s34b_b79k; offline: packaged:efficientnet-lite2)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (cuda without a GPU is an error)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision for the encoder (bf16 helps on CPUs with AVX512-BF16/AMX)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="decode/resize worker processes (0 = in the main process; default: cores - 1)")
+    p.add_argument("--worker-nice", type=int, default=None,
+                   help="CPU priority of decode workers (default: 19 on --device cpu so the model keeps its "
+                        "cores, 0 on cuda)")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per work unit for folder inputs")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="skip (and report) images with more decoded pixels than this; JPEGs are decoded reduced first")
+    p.add_argument("--max-index-memory", default="4G", help="memory budget for the index, e.g. 512M, 4G")
+    p.add_argument("--target-recall", type=float, default=0.95,
+                   help="raise nprobe until recall@10 vs exact search reaches this")
+    p.add_argument("--index-factory", default=None, metavar="KEY",
+                   help="force a faiss index_factory string (e.g. 'IVF4096,SQ8'); default: chosen from the pool "
+                        "size and --max-index-memory")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier build in --out")
+    p.add_argument("--json", action="store_true", help="print the build report as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_build_index)
+
+
+def _run_build_index(args) -> int:
+    from index_builder.build import BuildOptions, build_index
+    from index_builder.faiss_index import parse_bytes
+
+    from .encoders import DEFAULT_ENCODER
+
+    opts = BuildOptions(encoder=args.encoder or DEFAULT_ENCODER, device=args.device, precision=args.precision,
+                        batch_size=args.batch_size, workers=args.workers, worker_nice=args.worker_nice,
+                        shard_size=args.shard_size,
+                        max_pixels=args.max_pixels, max_index_memory=parse_bytes(args.max_index_memory),
+                        target_recall=args.target_recall, index_factory=args.index_factory,
+                        overwrite=args.overwrite,
+                        progress=not (args.quiet or args.json))
+    report = build_index(args.input, args.out, opts)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped_by_reason.items()) or "none"
+        print(f"indexed {report.items:,} images into {args.out} ({report.index_factory}, "
+              f"recall@10 {report.recall_at_10:.3f})\n"
+              f"skipped {report.skipped} ({reasons}); exact duplicates {report.duplicates}; "
+              f"shards reused {report.shards_reused}/{report.shards_total}\n"
+              f"embedding {report.embed_images_per_s:.1f} img/s; total {report.total_seconds:.1f} s; "
+              f"details in {os.path.join(args.out, 'build-report.json')}")
+    return 0
+
+
+def _search_parser(sub) -> None:
+    p = sub.add_parser("search", help="show the nearest pool images of a query image")
+    p.add_argument("--index", required=True, help="a folder written by build-index")
+    p.add_argument("--image", required=True, nargs="+", help="query image file(s)")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_run_search)
+
+
+def _run_search(args) -> int:
+    from .retrieval import PoolIndex
+
+    index = PoolIndex.open(args.index)
+    blobs = []
+    for path in args.image:
+        try:
+            with open(path, "rb") as fh:
+                blobs.append(fh.read())
+        except OSError as exc:
+            raise CuratorError(f"cannot read query image {path}: {exc.strerror}") from None
+    scores, ids = index.search(index.embed_images(blobs), args.k)
+    results = [{"query": path, "hits": [h.as_dict() for h in index.hits(s, i)]}
+               for path, s, i in zip(args.image, scores, ids)]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for res in results:
+            print(res["query"])
+            for h in res["hits"]:
+                print(f"  {h['id']:>8}  {h['score']:.3f}  {h['key']}  ({h['source']})")
+    return 0
+
+
+def _samples_parser(sub) -> None:
+    from .samples import DEFAULT_SAMPLES, SAMPLE_SETS, default_cache
+
+    p = sub.add_parser("samples", help="real labelled sample images, fetched from Debian packages")
+    ssub = p.add_subparsers(dest="action", required=True)
+    f = ssub.add_parser("fetch", help="download and unpack the sample sets (no root, no system changes)")
+    f.add_argument("--dest", default=str(default_cache()), help="cache folder (default: %(default)s)")
+    f.add_argument("--which", nargs="+", default=list(DEFAULT_SAMPLES), choices=sorted(SAMPLE_SETS))
+    f.set_defaults(run=_run_samples_fetch)
+
+
+def _run_samples_fetch(args) -> int:
+    from .samples import fetch_samples
+
+    for name, path in fetch_samples(args.which, args.dest).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _encoders_parser(sub) -> None:
+    p = sub.add_parser("encoders", help="list the encoder spec schemes")
+    p.set_defaults(run=_run_encoders)
+
+
+def _run_encoders(args) -> int:
+    from .encoders import list_encoder_schemes
+
+    for scheme, text in sorted(list_encoder_schemes().items()):
+        print(f"{scheme:10} {text}")
+    return 0
+
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="fetch real sample images, index them, and show what searches find")
+    p.add_argument("--out", default=".cache/demo", help="working folder (default: %(default)s)")
+    p.add_argument("--encoder", default="packaged:efficientnet-lite2")
+    p.add_argument("--queries", type=int, default=5, help="how many sample images to search with")
+    p.add_argument("-k", type=int, default=5)
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    """The README's first command: real images in, an index out, searches shown."""
+    import random
+    from pathlib import Path
+
+    from index_builder.build import BuildOptions, build_index
+
+    from .retrieval import PoolIndex
+    from .samples import fetch_samples
+
+    out = Path(args.out)
+    print("1/3 fetching the Tux Paint stamps (Debian package, unpacked into the cache) ...")
+    pool = fetch_samples(["tuxpaint"], out / "samples")["tuxpaint"]
+    print(f"2/3 building an index over {pool} with {args.encoder} ...")
+    report = build_index([str(pool)], out / "index", BuildOptions(encoder=args.encoder, shard_size=200))
+    print(f"    {report.items} images, {report.index_factory}, {report.embed_images_per_s:.1f} img/s, "
+          f"skipped {report.skipped}, duplicates {report.duplicates}")
+    index = PoolIndex.open(out / "index")
+    keys = index.items.column("key").to_pylist()
+    picks = random.Random(0).sample(range(len(keys)), min(args.queries, len(keys)))
+    print(f"3/3 searching with {len(picks)} of the stamps (top {args.k}, the query itself excluded):")
+    shares = []
+    for item_id in picks:
+        query = index.embed_images([index.fetch(item_id)])
+        hits = [h for h in index.hits(*(a[0] for a in index.search(query, args.k + 1))) if h.id != item_id][:args.k]
+        category = keys[item_id].split("/")[0]
+        same = sum(h.key.split("/")[0] == category for h in hits)
+        shares.append(same / max(1, len(hits)))
+        print(f"  {keys[item_id]}  ->  {same}/{len(hits)} neighbours in '{category}'")
+        for h in hits:
+            print(f"      {h.score:.3f}  {h.key}")
+    print(f"share of neighbours in the query's category: {sum(shares) / len(shares):.0%} "
+          f"(15 categories; the index is in {out / 'index'})")
+    return 0
+
+
+COMMANDS: list[Callable] = [_demo_parser, _build_index_parser, _search_parser, _samples_parser,
+                            _encoders_parser]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curator", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Curate task-specific transfer sets from a web-scale image pool, and distil vision "
+                    "foundation models into small task-specific models.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # noise about optional AVX builds
+    try:
+        return args.run(args)
+    except CuratorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

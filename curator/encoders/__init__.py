@@ -1,0 +1,18 @@
+"""Image encoders behind one interface, created from spec strings.
+
+>>> enc = create_encoder("packaged:efficientnet-lite2")   # offline, real ImageNet weights
+>>> enc.encode_pil([img]).shape
+(1, 1280)
+"""
+from .._torchvision_shim import import_torchvision
+
+import_torchvision()  # before timm/open_clip import torchvision
+
+from .base import Encoder, resolve_device  # noqa: E402
+from .registry import create_encoder, list_encoder_schemes, register_encoder_scheme  # noqa: E402
+
+OFFLINE_ENCODER = "packaged:efficientnet-lite2"
+DEFAULT_ENCODER = "open_clip:ViT-B-32/laion2b_s34b_b79k"
+
+__all__ = ["Encoder", "create_encoder", "list_encoder_schemes", "register_encoder_scheme",
+           "resolve_device", "OFFLINE_ENCODER", "DEFAULT_ENCODER"]

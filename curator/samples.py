@@ -1,0 +1,122 @@
+"""Real labelled sample images, from Debian packages, without touching the system.
+
+``apt-get download`` fetches the .deb into the cache (no root needed, no install) and
+``dpkg -x`` unpacks it there. Each set is then exposed as a *labelled folder*: one
+sub-folder per category, which is what build-index, curate and distil all accept.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import atomic
+from .errors import CuratorError
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    package: str
+    description: str
+    arrange: Callable[[Path, Path], None]   # (unpacked package root, labelled folder) -> None
+
+
+def _arrange_tuxpaint(raw: Path, dest: Path) -> None:
+    """15 top-level categories (symbols/ dropped: flags, letters, money); captions kept."""
+    stamps = raw / "usr/share/tuxpaint/stamps"
+    for png in sorted(stamps.rglob("*.png")):
+        rel = png.relative_to(stamps)
+        category = rel.parts[0]
+        if category == "symbols" or png.name.endswith(("_mirror.png", "_back.png")):
+            continue
+        flat = "__".join(rel.parts[1:])  # keep sub-class and name, unique within the category
+        target = dest / category / flat
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _link(png, target)
+        caption = png.with_suffix(".txt")
+        if caption.exists():
+            _link(caption, target.with_suffix(".txt"))
+
+
+def _arrange_openclipart(raw: Path, dest: Path) -> None:
+    """Already one folder per category (22 of them): link the folders."""
+    root = raw / "usr/share/openclipart/png"
+    dest.mkdir(parents=True, exist_ok=True)
+    for category in sorted(p for p in root.iterdir() if p.is_dir()):
+        link = dest / category.name
+        if not link.exists():
+            link.symlink_to(category, target_is_directory=True)
+
+
+SAMPLE_SETS = {
+    "tuxpaint": SampleSet("tuxpaint-stamps-default", "549 photo cut-outs and clip-art, 15 categories, captions",
+                          _arrange_tuxpaint),
+    "openclipart": SampleSet("openclipart-png", "8,121 clip-art PNGs, 22 categories", _arrange_openclipart),
+}
+DEFAULT_SAMPLES = ("tuxpaint",)
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("CURATOR_CACHE", Path.home() / ".cache" / "curator")) / "samples"
+
+
+def fetch_samples(which: Iterable[str] = DEFAULT_SAMPLES, dest: str | Path | None = None) -> dict[str, Path]:
+    """Fetch and arrange each named set (idempotent); returns its labelled folder."""
+    dest = Path(dest) if dest else default_cache()
+    return {name: fetch_one(name, dest) for name in which}
+
+
+def fetch_one(name: str, dest: Path) -> Path:
+    if name not in SAMPLE_SETS:
+        raise CuratorError(f"unknown sample set {name!r}; choose from {', '.join(SAMPLE_SETS)}")
+    spec = SAMPLE_SETS[name]
+    folder, marker = dest / name, dest / f".{name}.done"
+    if marker.exists() and folder.is_dir():
+        return folder
+    debs, raw = dest / "debs", dest / "raw" / spec.package
+    debs.mkdir(parents=True, exist_ok=True)
+    deb = _download_deb(spec.package, debs)
+    shutil.rmtree(raw, ignore_errors=True)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    _run(["dpkg", "-x", str(deb), str(raw)], f"unpacking {deb.name}")
+    shutil.rmtree(folder, ignore_errors=True)
+    spec.arrange(raw, folder)
+    atomic.write_text(marker, spec.package + "\n")
+    return folder
+
+
+def _download_deb(package: str, debs: Path) -> Path:
+    found = sorted(debs.glob(f"{package}_*.deb"))
+    if found:
+        return found[-1]
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise CuratorError("sample sets come from Debian packages; this machine has no apt-get/dpkg")
+    try:
+        _run(["apt-get", "download", package], f"apt-get download {package}", cwd=debs)
+    except CuratorError:
+        if hasattr(os, "geteuid") and os.geteuid() == 0:  # stale or empty package lists
+            _run(["apt-get", "update", "-qq"], "apt-get update")
+            _run(["apt-get", "download", package], f"apt-get download {package}", cwd=debs)
+        else:
+            raise
+    found = sorted(debs.glob(f"{package}_*.deb"))
+    if not found:
+        raise CuratorError(f"apt-get download {package} produced no .deb in {debs}")
+    return found[-1]
+
+
+def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        hint = "\nIf the package lists are missing, run 'sudo apt-get update' first." if cmd[0] == "apt-get" else ""
+        raise CuratorError(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}{hint}")
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

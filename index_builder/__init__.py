@@ -1,0 +1,7 @@
+"""The offline index builder wing: pool -> shards + embeddings -> FAISS index.
+
+Imports the core (``curator``) only; the CLI loads it lazily for ``curator build-index``.
+"""
+from .build import BuildOptions, build_index
+
+__all__ = ["BuildOptions", "build_index"]

@@ -1,0 +1,61 @@
+import io
+import zlib
+import struct
+
+import pytest
+from PIL import Image
+
+from conftest import pattern_image, png_bytes
+from curator.errors import BadImageError
+from curator.images import decode_image
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb's first bytes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decodes_png_and_jpeg():
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        img = decode_image(png_bytes(pattern_image(1), fmt))
+        assert img.mode == "RGB" and img.size == (48, 48)
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty"),
+    (b"this is not an image at all", "not_an_image"),
+    (b"%PDF-1.4 fake", "not_an_image"),
+])
+def test_non_images(data, reason):
+    with pytest.raises(BadImageError) as exc:
+        decode_image(data)
+    assert exc.value.reason == reason
+
+
+def test_truncated_image_is_rejected():
+    data = png_bytes(pattern_image(2, size=256), "JPEG")
+    with pytest.raises(BadImageError) as exc:
+        decode_image(data[: len(data) // 2])
+    assert exc.value.reason in ("truncated", "corrupt")
+
+
+def test_pixel_bomb_is_refused_before_decoding():
+    with pytest.raises(BadImageError) as exc:
+        decode_image(_png_header_only(50_000, 50_000), max_pixels=40_000_000)
+    assert exc.value.reason == "too_many_pixels" and "50000x50000" in exc.value.detail
+
+
+def test_large_jpeg_is_decoded_reduced_and_reports_its_original_size():
+    big = Image.new("RGB", (4000, 3000), (10, 200, 30))
+    img = decode_image(png_bytes(big, "JPEG"), max_pixels=5_000_000, min_side=448)
+    assert img.info["original_size"] == (4000, 3000)
+    assert min(img.size) >= 448 and img.size[0] * img.size[1] <= 5_000_000
+
+
+def test_alpha_is_composited_on_white():
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    img = decode_image(png_bytes(rgba))
+    assert img.getpixel((0, 0)) == (255, 255, 255)

@@ -1,0 +1,52 @@
+"""A URL list downloaded with img2dataset from a loopback server, one URL a 404."""
+import contextlib
+import csv
+import http.server
+import threading
+from functools import partial
+
+import pytest
+
+from conftest import pattern_image
+from curator.retrieval import PoolIndex
+from index_builder import BuildOptions, build_index
+
+pytest.importorskip("img2dataset")
+
+
+@contextlib.contextmanager
+def serve(folder):
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_url_list_is_downloaded_then_indexed(tmp_path, tiny_clip_spec):
+    www = tmp_path / "www"
+    www.mkdir()
+    for i in range(6):
+        pattern_image(i, size=64).save(www / f"{i}.jpg")
+    with serve(www) as base:
+        urls = tmp_path / "urls.csv"
+        with open(urls, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["url", "caption"])
+            for i in range(6):
+                writer.writerow([f"{base}/{i}.jpg", f"picture {i}"])
+            writer.writerow([f"{base}/missing.jpg", "gone"])
+        out = tmp_path / "idx"
+        report = build_index([str(urls)], out, BuildOptions(encoder=tiny_clip_spec, workers=0, progress=False,
+                                                            download={"processes": 1, "threads": 4}))
+    assert report.items == 6
+    index = PoolIndex.open(out)
+    assert sorted(index.items.column("caption").to_pylist()) == [f"picture {i}" for i in range(6)]
+    import pyarrow.parquet as pq
+    status = pq.read_table(next((out / "download").glob("*/*.parquet"))).to_pydict()
+    assert status["status"].count("success") == 6 and status["status"].count("failed_to_download") == 1
