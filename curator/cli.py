@@ -54,6 +54,8 @@ def _build_index_parser(sub) -> None:
     p.add_argument("--index-factory", default=None, metavar="KEY",
                    help="force a faiss index_factory string (e.g. 'IVF4096,SQ8'); default: chosen from the pool "
                         "size and --max-index-memory")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="index exact duplicates (same bytes) as separate items, e.g. one image with several captions")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier build in --out")
     p.add_argument("--json", action="store_true", help="print the build report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -71,7 +73,7 @@ def _run_build_index(args) -> int:
                         shard_size=args.shard_size,
                         max_pixels=args.max_pixels, max_index_memory=parse_bytes(args.max_index_memory),
                         target_recall=args.target_recall, index_factory=args.index_factory,
-                        overwrite=args.overwrite,
+                        keep_duplicates=args.keep_duplicates, overwrite=args.overwrite,
                         progress=not (args.quiet or args.json))
     report = build_index(args.input, args.out, opts)
     if args.json:
@@ -117,6 +119,97 @@ def _run_search(args) -> int:
             print(res["query"])
             for h in res["hits"]:
                 print(f"  {h['id']:>8}  {h['score']:.3f}  {h['key']}  ({h['source']})")
+    return 0
+
+
+def _curate_parser(sub) -> None:
+    p = sub.add_parser(
+        "curate", help="retrieve a transfer set for target images (query-balanced by default)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Select pool images for a target task and write them as a transfer set: webdataset shards\n"
+        "(original bytes), samples.parquet and manifest.json. 'balanced' (the paper's) gives every query image the\n"
+        "same number of unique neighbours; near-duplicates collapse; images close to --exclude are dropped.")
+    p.add_argument("--index", required=True, help="a folder written by build-index")
+    p.add_argument("--queries", required=True,
+                   help="a folder of target images (sub-folders = labels) or a CSV/parquet with path[,label]")
+    p.add_argument("--out", required=True, help="folder that receives the transfer set (as OUT/SET_ID)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--budget", type=int, help="total images; per-query quota = budget // queries")
+    size.add_argument("--per-query", type=int, help="images per query image (default 100)")
+    p.add_argument("--strategy", default="balanced", choices=["balanced", "class-balanced", "threshold"])
+    p.add_argument("--threshold", type=float, help="minimum cosine for --strategy threshold")
+    p.add_argument("--dedup", type=float, default=0.95, help="collapse near-duplicates at this cosine (1 = off)")
+    p.add_argument("--exclude", help="images that must not leak into the set (e.g. the target test set)")
+    p.add_argument("--exclude-threshold", type=float, default=0.95)
+    p.add_argument("--crops", type=int, default=0, help="extra random crops per query image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--set-id", help="name of the set's folder (default: generated)")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(run=_run_curate)
+
+
+def _run_curate(args) -> int:
+    from pydantic import ValidationError
+
+    from .curate import curate
+    from .formats import CurateParams
+    from .queries import load_queries
+    from .retrieval import PoolIndex
+
+    try:
+        params = CurateParams(strategy=args.strategy, budget=args.budget, per_query=args.per_query,
+                              threshold=args.threshold, dedup=args.dedup, exclude_threshold=args.exclude_threshold,
+                              crops=args.crops, seed=args.seed, shard_size=args.shard_size)
+    except ValidationError as exc:
+        raise CuratorError("; ".join(e["msg"] for e in exc.errors())) from None
+    index = PoolIndex.open(args.index)
+    exclude = load_queries(args.exclude) if args.exclude else []
+    manifest = curate(index, load_queries(args.queries), params, args.out, exclude=exclude, set_id=args.set_id)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        c = manifest["counts"]
+        print(f"transfer set {manifest['id']} in {os.path.join(args.out, manifest['id'])}\n"
+              f"  {c['emitted']} images from {c['queries']} queries in {len(manifest['shardlist'])} shard(s); "
+              f"candidates {c['candidates']}, near-duplicates dropped {c['deduped']}, excluded {c['excluded']}")
+        if manifest["dry_queries"]:
+            print(f"  {len(manifest['dry_queries'])} queries ran out of neighbours: the pool is too small for the quota")
+    return 0
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the HTTP service (POST /curate, transfer-set downloads)")
+    p.add_argument("--index", required=True, help="a folder written by build-index")
+    p.add_argument("--data", required=True, help="service state: SQLite, uploads, transfer sets")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-keys", help="file of name:scopes:secret lines (also: $CURATOR_API_KEYS)")
+    p.add_argument("--no-auth", action="store_true", help="accept every caller (local development only)")
+    p.add_argument("--job-workers", type=int, default=2, help="curation jobs run at once")
+    p.add_argument("--max-files", type=int, default=256, help="images per request")
+    p.add_argument("--max-file-bytes", type=int, default=20 << 20, help="bytes per image")
+    p.add_argument("--max-request-bytes", type=int, default=256 << 20, help="bytes per request")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="decoded pixels per image")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> int:
+    from pathlib import Path
+
+    import uvicorn
+
+    from api import Limits, Settings, create_app
+
+    limits = Limits(max_files=args.max_files, max_file_bytes=args.max_file_bytes,
+                    max_request_bytes=args.max_request_bytes, max_pixels=args.max_pixels)
+    settings = Settings(index_dir=Path(args.index), data_dir=Path(args.data),
+                        api_keys_file=Path(args.api_keys) if args.api_keys else None, no_auth=args.no_auth,
+                        limits=limits, job_workers=args.job_workers)
+    if args.no_auth:
+        print("*" * 72 + "\nWARNING: --no-auth: every caller may curate and download. Local development only.\n"
+              + "*" * 72, file=sys.stderr, flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
     return 0
 
 
@@ -194,10 +287,63 @@ def _run_demo(args) -> int:
             print(f"      {h.score:.3f}  {h.key}")
     print(f"share of neighbours in the query's category: {sum(shares) / len(shares):.0%} "
           f"(15 categories; the index is in {out / 'index'})")
+    _demo_service(out, pool, keys)
     return 0
 
 
-COMMANDS: list[Callable] = [_demo_parser, _build_index_parser, _search_parser, _samples_parser,
+def _demo_service(out, pool, keys: list[str]) -> None:
+    """Start the service on a free loopback port, POST target images to /curate, show the set."""
+    import secrets
+    import socket
+    import threading
+    import time
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+    import uvicorn
+
+    from api import Settings, create_app
+
+    from .client import CuratorClient
+
+    token = secrets.token_hex(16)
+    (out / "api-keys.txt").write_text(f"demo:curate:{token}\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(Settings(index_dir=out / "index", data_dir=out / "service", api_keys_file=out / "api-keys.txt"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        sizes = Counter(k.split("/")[0] for k in keys)
+        targets = [c for c, _ in sizes.most_common(3)]  # a neutral rule: the three largest categories
+        queries = [pool / k for c in targets for k in [k for k in keys if k.startswith(c + "/")][::7][:3]]
+        print(f"4/4 serving on http://127.0.0.1:{port}; POST /curate with {len(queries)} stamps of "
+              f"{', '.join(targets)} (balanced, 8 per query) ...")
+        with CuratorClient(f"http://127.0.0.1:{port}", token) as client:
+            job = client.wait(client.curate(queries, {"per_query": 8}, labels=[q.parent.name for q in queries])["id"])
+            manifest = client.manifest(job["transfer_set_id"])
+        folder = out / "service" / "transfer-sets" / job["transfer_set_id"]
+        rows = pq.read_table(folder / "samples.parquet").to_pylist()
+        cats = Counter(r["pool_key"].split("/")[0] for r in rows)
+        share = sum(r["pool_key"].split("/")[0] == r["query_label"] for r in rows) / max(1, len(rows))
+        base = sum(sizes[q.parent.name] for q in queries) / len(queries) / len(keys)
+        c = manifest["counts"]
+        print(f"    transfer set {manifest['id']}: {c['emitted']} images, {c['deduped']} near-duplicates dropped, "
+              f"{c['excluded']} excluded (too close to a query)\n"
+              f"    {share:.0%} of it shares its query's category (a random draw would give {base:.0%}): "
+              f"{dict(cats.most_common(5))}\n"
+              f"    shards: {folder} ({len(manifest['shardlist'])} x webdataset tar, sha256 in manifest.json)")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+COMMANDS: list[Callable] = [_demo_parser, _build_index_parser, _search_parser, _curate_parser, _serve_parser,
+                            _samples_parser,
                             _encoders_parser]
 
 
@@ -217,7 +363,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # noise about optional AVX builds
+    for noisy in ("faiss.loader", "httpx"):  # optional-AVX-build notes; one line per client request
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.run(args)
     except CuratorError as exc:

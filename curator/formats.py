@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, Optional, TypeVar
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import CuratorError
 
@@ -21,6 +21,7 @@ PLAN_FORMAT = "curator.build-plan/1"
 SHARD_FORMAT = "curator.embedding-shard/1"
 INDEX_FORMAT = "curator.index/1"
 REPORT_FORMAT = "curator.build-report/1"
+TRANSFER_FORMAT = "curator.transfer-set/1"
 
 #: Columns of every per-shard metadata parquet and of the index's ``items.arrow``.
 #: ``source`` + ``offset`` + ``size`` locate the original bytes: one ranged read.
@@ -35,7 +36,9 @@ ITEM_SCHEMA = pa.schema([
     ("caption", pa.string()),    # the sample's .txt, if any
     ("meta", pa.string()),       # the sample's .json, verbatim, if any
 ])
-INDEX_ITEM_SCHEMA = pa.schema([("id", pa.int64()), ("shard_id", pa.string())] + list(ITEM_SCHEMA))
+#: ``row`` is the item's row in ``shards/<shard_id>.npy``: its embedding, without a second copy.
+INDEX_ITEM_SCHEMA = pa.schema([("id", pa.int64()), ("shard_id", pa.string()), ("row", pa.int64())]
+                              + list(ITEM_SCHEMA))
 
 
 def utcnow() -> str:
@@ -135,6 +138,33 @@ class BuildReport(_Doc):
     index_factory: str
     recall_at_10: float
     created_at: str = Field(default_factory=utcnow)
+
+
+class CurateParams(_Doc):
+    """How a transfer set is selected; the same model for the CLI, the API and the manifest."""
+    strategy: Literal["balanced", "class-balanced", "threshold"] = "balanced"
+    budget: Optional[int] = Field(None, ge=1, description="total images; the per-query quota follows from it")
+    per_query: Optional[int] = Field(None, ge=1, description="images per query image (balanced)")
+    threshold: Optional[float] = Field(None, ge=-1.0, le=1.0, description="minimum cosine (threshold strategy)")
+    dedup: float = Field(0.95, gt=0.0, le=1.0, description="near-duplicates at or above this cosine collapse; 1 = off")
+    exclude_threshold: float = Field(0.95, gt=0.0, le=1.0,
+                                     description="pool items this close to a query or --exclude image are dropped")
+    crops: int = Field(0, ge=0, le=16, description="extra random crops per query image")
+    seed: int = 0
+    shard_size: int = Field(1000, ge=1, le=100_000, description="samples per webdataset shard")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "CurateParams":
+        if self.strategy == "threshold":
+            if self.threshold is None:
+                raise ValueError("the threshold strategy needs 'threshold'")
+            if self.per_query is not None:
+                raise ValueError("'per_query' does not apply to the threshold strategy; use 'budget'")
+        elif self.budget is not None and self.per_query is not None:
+            raise ValueError("give 'budget' or 'per_query', not both")
+        elif self.budget is None and self.per_query is None:
+            self.per_query = 100
+        return self
 
 
 M = TypeVar("M", bound=BaseModel)

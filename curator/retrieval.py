@@ -7,6 +7,8 @@ one ranged read.
 """
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -15,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import CuratorError
+from .faiss_support import import_faiss
 from .formats import IndexManifest, load_doc
 from .images import DEFAULT_MAX_PIXELS, decode_image
 from .pool import read_range
@@ -40,10 +43,14 @@ class PoolIndex:
     def __init__(self, root: Path, manifest: IndexManifest, index, items: pa.Table):
         self.root, self.manifest, self.index, self.items = root, manifest, index, items
         self._encoder = None
+        self._lock = threading.Lock()
+        self._shards: dict[str, np.ndarray] = {}
+        self._shard_of = items.column("shard_id").to_numpy(zero_copy_only=False)
+        self._row_of = items.column("row").to_numpy()
 
     @classmethod
     def open(cls, root: str | Path, *, mmap: bool = True) -> "PoolIndex":
-        import faiss
+        faiss = import_faiss()
 
         root = Path(root)
         manifest = load_doc(root / MANIFEST_NAME, IndexManifest)
@@ -63,12 +70,29 @@ class PoolIndex:
 
     def encoder(self, device: str = "cpu"):
         """The encoder the pool was embedded with (built once, on first use)."""
-        if self._encoder is None:
-            from .encoders import create_encoder
+        with self._lock:
+            if self._encoder is None:
+                from .encoders import create_encoder
 
-            enc = self.manifest.encoder
-            self._encoder = create_encoder(enc.spec, device=device, precision=enc.precision)
+                enc = self.manifest.encoder
+                self._encoder = create_encoder(enc.spec, device=device, precision=enc.precision)
         return self._encoder
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored (float16 -> float32) embeddings of pool items ``ids``, in that order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.manifest.dim), dtype=np.float32)
+        shards = self._shard_of[ids]
+        for shard in np.unique(shards):
+            where = np.flatnonzero(shards == shard)
+            out[where] = self._shard_vectors(str(shard))[self._row_of[ids[where]]]
+        return out
+
+    def _shard_vectors(self, shard_id: str) -> np.ndarray:
+        with self._lock:
+            if shard_id not in self._shards:
+                self._shards[shard_id] = np.load(self.root / "shards" / f"{shard_id}.npy", mmap_mode="r")
+            return self._shards[shard_id]
 
     def embed_images(self, blobs: Sequence[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """Embed query images exactly as the pool was (same decode rules and preprocessing)."""
@@ -79,10 +103,25 @@ class PoolIndex:
         return enc.encode_images(torch.stack(pixels))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product. For IVF indexes nprobe grows with k (passed per call, so
+        concurrent searches never race on shared state): the tuned nprobe suits k=10, but a
+        quota of thousands needs enough lists probed to hold k items at all."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.manifest.dim:
             raise CuratorError(f"queries must be (n, {self.manifest.dim}), got {queries.shape}")
-        return self.index.search(queries, min(k, self.ntotal))
+        k = min(k, self.ntotal)
+        params = self._search_params(k)
+        if params is None:
+            return self.index.search(queries, k)
+        return self.index.search(queries, k, params=params)
+
+    def _search_params(self, k: int):
+        faiss = import_faiss()
+        if not self.manifest.nprobe or not isinstance(self.index, faiss.IndexIVF):
+            return None
+        nlist = self.index.nlist
+        wanted = math.ceil(4 * k * nlist / max(1, self.ntotal))  # lists holding ~4x k items on average
+        return faiss.SearchParametersIVF(nprobe=min(nlist, max(self.manifest.nprobe, wanted)))
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         keep = ids >= 0

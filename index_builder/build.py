@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from curator import atomic
 from curator.encoders import DEFAULT_ENCODER, create_encoder
 from curator.errors import CuratorError, PlanMismatchError
+from curator.faiss_support import import_faiss
 from curator.formats import (INDEX_ITEM_SCHEMA, BuildPlan, BuildReport, EncoderInfo, IndexManifest,
                              ShardDone, ShardTask, load_doc)
 from curator.images import DEFAULT_MAX_PIXELS
@@ -52,6 +53,7 @@ class BuildOptions:
     max_index_memory: int = 4 << 30
     target_recall: float = 0.95
     index_factory: Optional[str] = None   # forced faiss.index_factory string; else chosen by budget
+    keep_duplicates: bool = False         # index exact duplicates (same sha256) as separate items
     recall_queries: int = 1000
     seed: int = 0
     overwrite: bool = False
@@ -170,7 +172,8 @@ class ShardVectors:
         return result
 
 
-def dedup_items(out: Path, tasks: list[ShardTask]) -> tuple[pa.Table, dict[str, np.ndarray], int]:
+def dedup_items(out: Path, tasks: list[ShardTask], keep_duplicates: bool = False
+                ) -> tuple[pa.Table, dict[str, np.ndarray], int]:
     """The item table with global ids, the per-shard keep masks, and the duplicate count."""
     seen: set[str] = set()
     tables, keep, dups = [], {}, 0
@@ -178,11 +181,12 @@ def dedup_items(out: Path, tasks: list[ShardTask]) -> tuple[pa.Table, dict[str, 
         table = pq.read_table(shard_paths(out, task.shard_id)["parquet"])
         mask = np.zeros(table.num_rows, dtype=bool)
         for row, sha in enumerate(table.column("sha256").to_pylist()):
-            if sha not in seen:
+            if keep_duplicates or sha not in seen:
                 seen.add(sha)
                 mask[row] = True
         dups += int((~mask).sum())
         kept = table.filter(pa.array(mask))
+        kept = kept.add_column(0, "row", pa.array(np.flatnonzero(mask), pa.int64()))
         kept = kept.add_column(0, "shard_id", pa.array([task.shard_id] * kept.num_rows, pa.string()))
         tables.append(kept)
         keep[task.shard_id] = mask
@@ -193,7 +197,7 @@ def dedup_items(out: Path, tasks: list[ShardTask]) -> tuple[pa.Table, dict[str, 
 
 def write_index(out: Path, tasks: list[ShardTask], dones: dict, encoder: EncoderInfo,
                 opts: BuildOptions) -> IndexManifest:
-    import faiss
+    faiss = import_faiss()
 
     shard_ids = [t.shard_id for t in tasks]
     existing = out / MANIFEST_NAME
@@ -205,7 +209,7 @@ def write_index(out: Path, tasks: list[ShardTask], dones: dict, encoder: Encoder
             log.info("index is up to date")
             return old
     t0 = time.perf_counter()
-    items, keep, dups = dedup_items(out, tasks)
+    items, keep, dups = dedup_items(out, tasks, opts.keep_duplicates)
     vectors = ShardVectors(out, tasks, keep)
     n, d = vectors.n, encoder.dim
     if n == 0:

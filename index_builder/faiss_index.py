@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from curator.errors import CuratorError, DeviceUnavailableError
+from curator.faiss_support import import_faiss
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def choose_index(n: int, d: int, max_bytes: int) -> IndexChoice:
 
 
 def new_index(factory: str, d: int, device: str):
-    import faiss
+    faiss = import_faiss()
 
     try:
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
@@ -99,7 +100,7 @@ def new_index(factory: str, d: int, device: str):
 
 def train_size_for(index, n: int) -> int:
     """Training points: 40 per IVF list, at least 10k (PQ's 256-centroid k-means), at most n."""
-    import faiss
+    faiss = import_faiss()
 
     if index.is_trained:
         return 0
@@ -126,14 +127,14 @@ def fill_index(index, train: np.ndarray, chunks: VectorSource,
 
 
 def _ivf(index):
-    import faiss
+    faiss = import_faiss()
 
     return faiss.try_extract_index_ivf(index)
 
 
 def exact_knn(queries: np.ndarray, chunks: VectorSource, k: int) -> np.ndarray:
     """Exact top-k ids by inner product, streaming over chunks (memory stays one chunk)."""
-    import faiss
+    faiss = import_faiss()
 
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     base = 0
@@ -160,7 +161,7 @@ def recall_at(approx: np.ndarray, exact: np.ndarray, self_ids: np.ndarray, k: in
 def tune_nprobe(index, queries: np.ndarray, exact: np.ndarray, self_ids: np.ndarray,
                 target: float, k: int = 10) -> tuple[Optional[int], float]:
     """Smallest nprobe whose recall@k reaches ``target`` (or the best seen, with a warning)."""
-    import faiss
+    faiss = import_faiss()
 
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None:

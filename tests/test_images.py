@@ -1,4 +1,3 @@
-import io
 import zlib
 import struct
 
@@ -10,7 +9,7 @@ from curator.errors import BadImageError
 from curator.images import decode_image
 
 
-def _png_header_only(width: int, height: int) -> bytes:
+def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (a decompression bomb's first bytes)."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -44,7 +43,7 @@ def test_truncated_image_is_rejected():
 
 def test_pixel_bomb_is_refused_before_decoding():
     with pytest.raises(BadImageError) as exc:
-        decode_image(_png_header_only(50_000, 50_000), max_pixels=40_000_000)
+        decode_image(png_header_only(50_000, 50_000), max_pixels=40_000_000)
     assert exc.value.reason == "too_many_pixels" and "50000x50000" in exc.value.detail
 
 

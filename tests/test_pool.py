@@ -1,5 +1,4 @@
 import hashlib
-import tarfile
 
 import pytest
 import webdataset as wds

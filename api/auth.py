@@ -1,0 +1,69 @@
+"""API keys: bearer tokens with scopes, kept only as sha256 hashes.
+
+Keys come from a file (``--api-keys FILE``) and/or ``CURATOR_API_KEYS``; each entry is
+``name:scope1,scope2:secret``. Scopes: ``read`` (GET everything), ``curate`` (POST jobs,
+cancel them), ``admin`` (all). Entries separated by newlines (file) or ``;`` (variable).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from curator.errors import CuratorError
+
+SCOPES = ("read", "curate", "admin")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes or (scope == "read" and "curate" in self.scopes)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyRing:
+    def __init__(self, entries: list[str]):
+        self._keys: dict[str, ApiKey] = {}
+        for n, entry in enumerate(e.strip() for e in entries):
+            if not entry or entry.startswith("#"):
+                continue
+            parts = entry.split(":", 2)
+            if len(parts) != 3 or not parts[2]:
+                raise CuratorError(f"API key entry {n + 1} must be name:scopes:secret")
+            name, scopes, secret = parts
+            unknown = set(scopes.split(",")) - set(SCOPES)
+            if unknown:
+                raise CuratorError(f"API key {name!r}: unknown scopes {sorted(unknown)}; use {', '.join(SCOPES)}")
+            if len(secret) < 16:
+                raise CuratorError(f"API key {name!r}: secrets must have at least 16 characters")
+            self._keys[_digest(secret)] = ApiKey(name, frozenset(scopes.split(",")))
+
+    @classmethod
+    def load(cls, path: Optional[Path]) -> "KeyRing":
+        entries = os.environ.get("CURATOR_API_KEYS", "").split(";")
+        if path is not None:
+            try:
+                entries += Path(path).read_text().splitlines()
+            except OSError as exc:
+                raise CuratorError(f"cannot read API keys from {path}: {exc.strerror}") from None
+        return cls(entries)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def lookup(self, secret: str) -> Optional[ApiKey]:
+        digest = _digest(secret)
+        for known, key in self._keys.items():  # constant-time compare against every entry
+            if hmac.compare_digest(known, digest):
+                return key
+        return None

@@ -1,0 +1,121 @@
+"""Curation jobs: persisted inputs, a thread pool, progress in SQLite, cooperative cancel.
+
+Inputs (query images, labels, embeddings) are saved under ``uploads/<job_id>/`` before the
+job is queued, so a queued job survives a restart and runs when the server comes back.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from curator import atomic
+from curator.curate import curate
+from curator.errors import CuratorError
+from curator.formats import CurateParams
+from curator.queries import Query
+from curator.retrieval import PoolIndex
+
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+def save_inputs(folder: Path, queries: list[Query], vectors: Optional[np.ndarray]) -> None:
+    """Persist a job's inputs (atomically, manifest last) so it can run after a restart."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for n, q in enumerate(queries):
+        if q.data:
+            name = f"{n:05d}.bin"
+            atomic.write_bytes(folder / name, q.data)
+            files.append(name)
+        else:
+            files.append(None)
+    if vectors is not None:
+        atomic.write_with(folder / "vectors.npy", lambda p: np.save(open(p, "wb"), vectors))
+    atomic.write_json(folder / "inputs.json", {"ids": [q.id for q in queries], "labels": [q.label for q in queries],
+                                               "files": files, "vectors": vectors is not None})
+
+
+def load_inputs(folder: Path) -> tuple[list[Query], Optional[np.ndarray]]:
+    meta = json.loads((folder / "inputs.json").read_text())
+    queries = [Query(i, (folder / f).read_bytes() if f else b"", lab)
+               for i, lab, f in zip(meta["ids"], meta["labels"], meta["files"])]
+    vectors = np.load(folder / "vectors.npy") if meta["vectors"] else None
+    return queries, vectors
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: Store, pool: PoolIndex):
+        self.settings, self.store, self.pool = settings, store, pool
+        self.executor = ThreadPoolExecutor(max_workers=settings.job_workers, thread_name_prefix="curate")
+        self._cancel: dict[str, threading.Event] = {}
+        self._futures: dict[str, Future] = {}
+
+    def submit(self, job_id: str) -> Future:
+        self._cancel[job_id] = threading.Event()
+        future = self.executor.submit(self._run, job_id)
+        self._futures[job_id] = future
+        return future
+
+    def cancel(self, job_id: str) -> bool:
+        event = self._cancel.get(job_id)
+        if event is not None:
+            event.set()
+        return self.store.finish_job(job_id, "cancelled", error="cancelled by the caller")
+
+    def wait(self, job_id: str, timeout: float) -> None:
+        future = self._futures.get(job_id)
+        if future is not None:
+            try:
+                future.result(timeout=timeout)
+            except Exception:  # the outcome is in the store; a timeout means "answer 202"
+                pass
+
+    def shutdown(self) -> None:
+        for event in self._cancel.values():
+            event.set()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        if job is None or job["state"] != "queued":
+            return
+        self.store.update_job(job_id, state="running", phase="embed", progress=0.0)
+        cancelled = self._cancel[job_id].is_set
+        last = [0.0]
+
+        def progress(phase: str, fraction: float) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.5 or fraction >= 1.0:
+                last[0] = now
+                weights = {"embed": 0.0, "search": 0.1, "write": 0.5, "done": 1.0}
+                self.store.update_job(job_id, phase=phase, progress=round(weights.get(phase, 0) + 0.5 * fraction
+                                                                          if phase == "write" else weights.get(phase, 0), 3))
+
+        try:
+            queries, vectors = load_inputs(self.settings.uploads_dir / job_id)
+            params = CurateParams.model_validate(job["params"])
+            manifest = curate(self.pool, queries, params, self.settings.sets_dir, query_vectors=vectors,
+                              set_id="ts-" + job_id.removeprefix("job-"), progress=progress, cancelled=cancelled)
+            folder = self.settings.sets_dir / manifest["id"]
+            sha = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+            self.store.add_transfer_set(manifest["id"], job_id, str(folder), manifest["counts"], sha)
+            self.store.finish_job(job_id, "succeeded", phase="done", progress=1.0, counts=manifest["counts"],
+                                  transfer_set_id=manifest["id"])
+        except InterruptedError:
+            self.store.finish_job(job_id, "cancelled", error="cancelled by the caller")
+        except CuratorError as exc:
+            self.store.finish_job(job_id, "failed", error=str(exc))
+        except Exception as exc:  # never leave a job "running": record what broke
+            log.exception("job %s failed", job_id)
+            self.store.finish_job(job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")

@@ -1,0 +1,126 @@
+"""Service state in SQLite (WAL): jobs and transfer sets survive a restart.
+
+One connection per thread (sqlite3 objects are not shared across threads); WAL lets the
+event loop read while a job thread writes.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, owner TEXT,
+  params TEXT NOT NULL, phase TEXT, progress REAL DEFAULT 0, counts TEXT, error TEXT,
+  transfer_set_id TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS transfer_sets (
+  id TEXT PRIMARY KEY, job_id TEXT, path TEXT NOT NULL, counts TEXT NOT NULL,
+  manifest_sha256 TEXT NOT NULL, created_at REAL NOT NULL
+);
+"""
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "running")
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+        with self._conn() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    # -- jobs ---------------------------------------------------------------------------
+    def create_job(self, kind: str, params: dict, owner: Optional[str]) -> str:
+        job_id = "job-" + uuid.uuid4().hex[:12]
+        now = time.time()
+        self._conn().execute("INSERT INTO jobs (id, kind, state, owner, params, created_at, updated_at) "
+                             "VALUES (?, ?, 'queued', ?, ?, ?, ?)", (job_id, kind, owner, json.dumps(params), now, now))
+        return job_id
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        if "counts" in fields and fields["counts"] is not None:
+            fields["counts"] = json.dumps(fields["counts"])
+        fields["updated_at"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self._conn().execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
+
+    def finish_job(self, job_id: str, state: str, **fields: Any) -> bool:
+        """Move an active job to a final state; False if it was already final (e.g. cancelled)."""
+        fields.update(state=state, updated_at=time.time())
+        if "counts" in fields and fields["counts"] is not None:
+            fields["counts"] = json.dumps(fields["counts"])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        cur = self._conn().execute(f"UPDATE jobs SET {cols} WHERE id = ? AND state IN ('queued', 'running')",
+                                   (*fields.values(), job_id))
+        return cur.rowcount == 1
+
+    def get_job(self, job_id: str) -> Optional[dict]:
+        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row else None
+
+    def list_jobs(self, state: Optional[str] = None, limit: int = 100) -> list[dict]:
+        if state:
+            rows = self._conn().execute("SELECT * FROM jobs WHERE state = ? ORDER BY created_at DESC LIMIT ?",
+                                        (state, limit))
+        else:
+            rows = self._conn().execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [_job(r) for r in rows]
+
+    def count_jobs(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for row in self._conn().execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            counts[row["state"]] = row["n"]
+        return counts
+
+    def recover(self) -> tuple[list[str], list[str]]:
+        """After a restart: running jobs fail with a reason; queued ones are run again."""
+        db = self._conn()
+        running = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = 'running'")]
+        for job_id in running:
+            self.finish_job(job_id, "failed", error="the server stopped while this job was running; submit it again")
+        queued = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at")]
+        return running, queued
+
+    # -- transfer sets ---------------------------------------------------------------------
+    def add_transfer_set(self, set_id: str, job_id: Optional[str], path: str, counts: dict, sha: str) -> None:
+        self._conn().execute("INSERT INTO transfer_sets (id, job_id, path, counts, manifest_sha256, created_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (set_id, job_id, path, json.dumps(counts), sha, time.time()))
+
+    def get_transfer_set(self, set_id: str) -> Optional[dict]:
+        row = self._conn().execute("SELECT * FROM transfer_sets WHERE id = ?", (set_id,)).fetchone()
+        return _set(row) if row else None
+
+    def list_transfer_sets(self, limit: int = 100) -> list[dict]:
+        rows = self._conn().execute("SELECT * FROM transfer_sets ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [_set(r) for r in rows]
+
+
+def _job(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["params"] = json.loads(d["params"])
+    d["counts"] = json.loads(d["counts"]) if d["counts"] else None
+    return d
+
+
+def _set(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["counts"] = json.loads(d["counts"])
+    return d

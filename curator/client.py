@@ -1,0 +1,143 @@
+"""A Python client for the curator service, mirroring its HTTP API.
+
+Distillation jobs on other machines use it to submit curation jobs, wait for them, and
+pull transfer sets, with every shard checked against the manifest's sha256.
+
+    client = CuratorClient("http://host:8000", token="...")
+    job = client.curate(["q1.jpg", "q2.jpg"], {"per_query": 100})
+    job = client.wait(job["id"])
+    folder = client.download_transfer_set(job["transfer_set_id"], "/data/sets")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import httpx
+
+from .errors import CuratorError
+
+
+class ServiceError(CuratorError):
+    """The service answered with an error status; ``status`` and ``detail`` say which."""
+
+    def __init__(self, status: int, detail: Any, url: str):
+        super().__init__(f"{url}: HTTP {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class CuratorClient:
+    def __init__(self, base_url: str, token: Optional[str] = None, timeout: float = 120.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "CuratorClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text[:500]
+            raise ServiceError(response.status_code, detail, str(response.request.url))
+        return response
+
+    # -- API mirror -------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._check(self.http.get("/healthz")).json()
+
+    def curate(self, images: Sequence[str | os.PathLike], params: Optional[dict] = None,
+               labels: Optional[Sequence[Optional[str]]] = None, wait: bool = False) -> dict:
+        """Submit a curation job with query image files; returns the job."""
+        files = [("files", (Path(p).name, Path(p).read_bytes(), "application/octet-stream")) for p in images]
+        data = {"params": json.dumps(params or {})}
+        if labels is not None:
+            data["labels"] = json.dumps(list(labels))
+        return self._check(self.http.post("/curate", files=files, data=data, params={"wait": wait})).json()
+
+    def curate_embeddings(self, embeddings: Iterable[Iterable[float]], params: Optional[dict] = None,
+                          labels: Optional[Sequence[Optional[str]]] = None, wait: bool = False) -> dict:
+        body = {"params": params or {}, "embeddings": [list(map(float, e)) for e in embeddings], "labels": labels}
+        return self._check(self.http.post("/curate", json=body, params={"wait": wait})).json()
+
+    def job(self, job_id: str) -> dict:
+        return self._check(self.http.get(f"/jobs/{job_id}")).json()
+
+    def jobs(self, state: Optional[str] = None) -> list[dict]:
+        return self._check(self.http.get("/jobs", params={"state": state} if state else {})).json()
+
+    def cancel(self, job_id: str) -> dict:
+        return self._check(self.http.delete(f"/jobs/{job_id}")).json()
+
+    def wait(self, job_id: str, timeout: float = 3600, poll: float = 0.5) -> dict:
+        """Poll until the job is final; a failed or cancelled job raises with its error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["state"] == "succeeded":
+                return job
+            if job["state"] in ("failed", "cancelled"):
+                raise CuratorError(f"job {job_id} {job['state']}: {job.get('error')}")
+            if time.monotonic() > deadline:
+                raise CuratorError(f"job {job_id} still {job['state']} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def transfer_sets(self) -> list[dict]:
+        return self._check(self.http.get("/transfer-sets")).json()
+
+    def manifest(self, set_id: str) -> dict:
+        return self._check(self.http.get(f"/transfer-sets/{set_id}/manifest")).json()
+
+    def search(self, image: str | os.PathLike, k: int = 10) -> dict:
+        files = {"file": (Path(image).name, Path(image).read_bytes(), "application/octet-stream")}
+        return self._check(self.http.post("/search", files=files, params={"k": k})).json()
+
+    def download_transfer_set(self, set_id: str, dest: str | os.PathLike) -> Path:
+        """Download manifest, samples and every shard into ``dest/set_id``, verifying sha256.
+
+        Shards already present with the right checksum are kept (a re-run resumes); the
+        folder appears under its final name only once everything checked out.
+        """
+        dest = Path(dest)
+        final, tmp = dest / set_id, dest / f".{set_id}.partial"
+        if final.exists():
+            return final
+        tmp.mkdir(parents=True, exist_ok=True)
+        manifest = self.manifest(set_id)
+        for shard in manifest["shardlist"]:
+            path = tmp / shard["url"]
+            if path.exists() and _sha256(path) == shard["sha256"]:
+                continue
+            with self.http.stream("GET", f"/transfer-sets/{set_id}/shards/{shard['url']}") as response:
+                self._check(response)
+                with open(path, "wb") as fh:
+                    for chunk in response.iter_bytes(1 << 20):
+                        fh.write(chunk)
+            if _sha256(path) != shard["sha256"]:
+                path.unlink()
+                raise CuratorError(f"shard {shard['url']} of {set_id}: sha256 mismatch after download")
+        samples = self._check(self.http.get(f"/transfer-sets/{set_id}/samples.parquet")).content
+        (tmp / "samples.parquet").write_bytes(samples)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, final)
+        return final
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

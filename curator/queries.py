@@ -1,0 +1,95 @@
+"""Target-task query images: loading them, with labels, and making crop queries.
+
+Queries come from a folder (one sub-folder per class gives labels), a CSV/parquet with
+``path[,label]`` columns, or in-memory blobs (uploads). ``--crops N`` adds N seeded random
+crops per image, the paper's "image crop retrieval": scene-like images then pull in
+neighbours of their parts, not only of the whole.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import BadImageError, CuratorError
+from .images import DEFAULT_MAX_PIXELS, decode_image, is_image_name
+
+
+@dataclass
+class Query:
+    id: str                       # stable name: relative path, or the uploaded file name
+    data: bytes
+    label: Optional[str] = None
+
+
+def load_queries(path: str | Path) -> list[Query]:
+    """Queries from a folder (sub-folders are labels) or a CSV/parquet of ``path,label``."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+        if not files:
+            raise CuratorError(f"{path}: no query images (.jpg/.jpeg/.png/.webp) found")
+        return [Query(str(f.relative_to(path)), f.read_bytes(),
+                      f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else None) for f in files]
+    rows = _read_table(path)
+    if not rows or "path" not in rows[0]:
+        raise CuratorError(f"{path}: needs a 'path' column (and optionally 'label')")
+    base = path.parent
+    queries = []
+    for row in rows:
+        file = Path(row["path"]) if os.path.isabs(row["path"]) else base / row["path"]
+        try:
+            queries.append(Query(str(row["path"]), file.read_bytes(), row.get("label") or None))
+        except OSError as exc:
+            raise CuratorError(f"{path}: cannot read query image {file}: {exc.strerror}") from None
+    return queries
+
+
+def _read_table(path: Path) -> list[dict]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    raise CuratorError(f"{path}: queries must be a folder, .csv, .tsv or .parquet")
+
+
+def query_views(img: Image.Image, crops: int, seed: int) -> list[Image.Image]:
+    """The image itself plus ``crops`` seeded random crops covering 30-70% of its area."""
+    views = [img]
+    rng = random.Random(seed)
+    w, h = img.size
+    for _ in range(crops):
+        scale = rng.uniform(0.3, 0.7)
+        aspect = rng.uniform(3 / 4, 4 / 3)
+        cw = max(1, min(w, int(round((scale * w * h * aspect) ** 0.5))))
+        ch = max(1, min(h, int(round((scale * w * h / aspect) ** 0.5))))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        views.append(img.crop((x, y, x + cw, y + ch)))
+    return views
+
+
+def embed_queries(encoder, queries: Sequence[Query], *, crops: int = 0, seed: int = 0,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of every view and, per view, the index of its query; bad images name the query."""
+    import torch
+
+    pixels, owner = [], []
+    for qi, query in enumerate(queries):
+        try:
+            img = decode_image(query.data, max_pixels=max_pixels, min_side=2 * encoder.image_size)
+        except BadImageError as exc:
+            raise BadImageError(exc.reason, f"query {query.id}: {exc.detail}") from None
+        for view in query_views(img, crops, seed + qi):
+            pixels.append(encoder.preprocess(view))
+            owner.append(qi)
+    out = [encoder.encode_images(torch.stack(pixels[s:s + batch_size])) for s in range(0, len(pixels), batch_size)]
+    return np.concatenate(out), np.asarray(owner, dtype=np.int64)

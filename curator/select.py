@@ -1,0 +1,216 @@
+"""Transfer-set selection: which pool items each query image contributes.
+
+``balanced`` is the paper's query-balanced retrieval: every query image gets the same
+number of *unique* pool images, found by walking its ranked neighbour list and skipping
+items already taken. Queries take turns one item at a time (round-robin), so no query's
+position in the list decides who gets a contested neighbour. ``class-balanced`` gives each
+class an equal share, split evenly over its queries; ``threshold`` takes everything above
+a similarity, best first, up to the budget.
+
+Near-duplicates never enter twice: once an item is taken, every candidate within cosine
+``dedup`` of it is blocked. Candidates within ``exclude_threshold`` of a query image or of
+any ``--exclude`` image (e.g. the target test set) are dropped as contamination.
+Searches deepen (k x 4) until every quota is met or a query's list covers the whole pool.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .errors import CuratorError
+from .faiss_support import import_faiss
+
+log = logging.getLogger(__name__)
+#: Above this many candidates, near-duplicate search uses an IVF index instead of exact.
+EXACT_DEDUP_MAX = 20_000
+
+
+@dataclass
+class Selection:
+    ids: np.ndarray          # pool ids, in the order they were taken
+    query: np.ndarray        # index of the query image each came from
+    rank: np.ndarray         # 0-based rank in that query's merged neighbour list
+    score: np.ndarray        # cosine similarity to that query (best view)
+    quotas: np.ndarray       # per-query quota that was asked for
+    counts: dict = field(default_factory=dict)
+    dry_queries: list[int] = field(default_factory=list)
+
+
+def quotas_for(strategy: str, n_queries: int, labels: Sequence[Optional[str]], budget: Optional[int],
+               per_query: Optional[int]) -> np.ndarray:
+    """Per-query quotas. Balanced quotas are equal by construction (floor of budget / n)."""
+    if strategy == "balanced":
+        k = per_query if per_query is not None else (budget or 0) // max(1, n_queries)
+        if k <= 0:
+            raise CuratorError(f"budget {budget} gives no image per query for {n_queries} queries; "
+                               f"raise --budget or set --per-query")
+        return np.full(n_queries, k, dtype=np.int64)
+    if strategy == "class-balanced":
+        if any(lab is None for lab in labels):
+            raise CuratorError("class-balanced needs a label for every query (class sub-folders or a 'label' column)")
+        classes = sorted(set(labels))
+        per_class = per_query * max(labels.count(c) for c in classes) if per_query else (budget or 0) // len(classes)
+        quotas = np.array([per_class // labels.count(lab) for lab in labels], dtype=np.int64)
+        if quotas.min() <= 0:
+            raise CuratorError(f"budget {budget} is too small for {len(classes)} classes; raise --budget")
+        return quotas
+    raise CuratorError(f"no quotas for strategy {strategy!r}")
+
+
+def merge_views(scores: np.ndarray, ids: np.ndarray, owner: np.ndarray, n_queries: int) -> list[tuple]:
+    """Per query: unique ids ranked by their best score over the query's views."""
+    lists = []
+    for q in range(n_queries):
+        rows = np.flatnonzero(owner == q)
+        s, i = scores[rows].ravel(), ids[rows].ravel()
+        keep = i >= 0
+        s, i = s[keep], i[keep]
+        order = np.lexsort((i, -s))            # best score first, ties by id: deterministic
+        s, i = s[order], i[order]
+        _, first = np.unique(i, return_index=True)
+        first.sort()
+        lists.append((i[first], s[first]))
+    return lists
+
+
+def near_duplicate_pairs(vectors: np.ndarray, threshold: float) -> list[np.ndarray]:
+    """For each vector, the indices of the others within cosine ``threshold``."""
+    faiss = import_faiss()
+
+    n, d = vectors.shape
+    if threshold >= 1.0 or n == 0:
+        return [np.empty(0, np.int64)] * n
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if n <= EXACT_DEDUP_MAX:
+        index = faiss.IndexFlatIP(d)
+    else:  # approximate: near-duplicates sit in the same or an adjacent cell
+        nlist = 2 ** int(math.log2(max(16, math.sqrt(n))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x[np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)])
+        index.nprobe = 4
+    index.add(x)
+    lims, _, found = index.range_search(x, threshold)
+    return [np.setdiff1d(found[lims[j]:lims[j + 1]], [j]) for j in range(n)]
+
+
+def contaminated(vectors: np.ndarray, forbidden: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of ``vectors`` within cosine ``threshold`` of any ``forbidden`` vector."""
+    faiss = import_faiss()
+
+    if len(forbidden) == 0 or len(vectors) == 0 or threshold >= 1.0:
+        return np.zeros(len(vectors), dtype=bool)
+    best, _ = faiss.knn(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(forbidden, np.float32), 1,
+                        metric=faiss.METRIC_INNER_PRODUCT)
+    return best[:, 0] >= threshold
+
+
+def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, excluded: np.ndarray,
+         dups: list[np.ndarray], cancelled: Callable[[], bool] = lambda: False) -> tuple[list, dict, list[int]]:
+    """Round-robin quota filling. Returns (taken rows, counts, queries whose list ran out)."""
+    pos = {int(pid): j for j, pid in enumerate(candidates)}
+    state = np.zeros(len(candidates), dtype=np.int8)     # 0 free, 1 taken, 2 dup-blocked
+    ptr = np.zeros(len(lists), dtype=np.int64)
+    got = np.zeros(len(lists), dtype=np.int64)
+    taken, dry = [], set()
+    seen_excluded, seen_dup = set(), set()
+    active = [q for q in range(len(lists)) if quotas[q] > 0]
+    while active:
+        if cancelled():
+            raise InterruptedError("cancelled")
+        still = []
+        for q in active:
+            ids, scores = lists[q]
+            while ptr[q] < len(ids):
+                j = pos[int(ids[ptr[q]])]
+                r = ptr[q]
+                ptr[q] += 1
+                if excluded[j]:
+                    seen_excluded.add(j)
+                elif state[j] == 2:
+                    seen_dup.add(j)
+                elif state[j] == 0:
+                    state[j] = 1
+                    state[dups[j][state[dups[j]] == 0]] = 2
+                    taken.append((int(ids[r]), q, int(r), float(scores[r])))
+                    got[q] += 1
+                    break
+            else:
+                dry.add(q)
+                continue
+            if got[q] < quotas[q]:
+                still.append(q)
+        active = still
+    counts = {"candidates": int(len(candidates)), "excluded": len(seen_excluded), "deduped": len(seen_dup)}
+    return taken, counts, sorted(dry)
+
+
+def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owner: np.ndarray, n_queries: int,
+                    quotas: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray,
+                    ntotal: int, dedup: float, exclude_threshold: float,
+                    cancelled: Callable[[], bool] = lambda: False) -> Selection:
+    """Search deep enough for every quota, then walk; deepen for queries that ran dry."""
+    k = min(ntotal, int(2 * quotas.max() + 16))
+    while True:
+        scores, ids = search(k)
+        lists = merge_views(scores, ids, owner, n_queries)
+        candidates = np.unique(np.concatenate([lst[0] for lst in lists]))
+        vecs = vectors_of(candidates)
+        excluded = contaminated(vecs, forbidden, exclude_threshold)
+        dups = near_duplicate_pairs(vecs, dedup)
+        taken, counts, dry = walk(lists, quotas, candidates, excluded, dups, cancelled)
+        if not dry or k >= ntotal:
+            break
+        log.info("%d queries ran out of neighbours at k=%d; searching deeper", len(dry), k)
+        k = min(ntotal, k * 4)
+    return _selection(taken, quotas, counts, dry, k)
+
+
+def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owner: np.ndarray, n_queries: int,
+                     threshold: float, budget: Optional[int], vectors_of: Callable[[np.ndarray], np.ndarray],
+                     forbidden: np.ndarray, ntotal: int, dedup: float, exclude_threshold: float) -> Selection:
+    """Every item above ``threshold`` for any query, best first, up to ``budget``."""
+    k = min(ntotal, max(64, 2 * (budget or 0) // max(1, n_queries)))
+    while True:
+        scores, ids = search(k)
+        if k >= ntotal or scores[:, -1].max() < threshold:
+            break
+        k = min(ntotal, k * 4)
+    lists = merge_views(scores, ids, owner, n_queries)
+    best: dict[int, tuple] = {}
+    for q, (qids, qscores) in enumerate(lists):
+        for r, (pid, s) in enumerate(zip(qids, qscores)):
+            if s >= threshold and (pid not in best or s > best[pid][2]):
+                best[int(pid)] = (q, r, float(s))
+    order = sorted(best, key=lambda pid: (-best[pid][2], pid))
+    candidates = np.array(sorted(best), dtype=np.int64)
+    pos = {pid: j for j, pid in enumerate(candidates)}
+    vecs = vectors_of(candidates)
+    excluded = contaminated(vecs, forbidden, exclude_threshold)
+    dups = near_duplicate_pairs(vecs, dedup)
+    state = np.zeros(len(candidates), dtype=np.int8)
+    taken, n_excl, n_dup = [], 0, 0
+    for pid in order:
+        j = pos[pid]
+        if budget is not None and len(taken) >= budget:
+            break
+        if excluded[j]:
+            n_excl += 1
+        elif state[j] == 2:
+            n_dup += 1
+        else:
+            state[j] = 1
+            state[dups[j][state[dups[j]] == 0]] = 2
+            taken.append((pid, *best[pid]))
+    counts = {"candidates": int(len(candidates)), "excluded": n_excl, "deduped": n_dup}
+    return _selection(taken, np.zeros(n_queries, dtype=np.int64), counts, [], k)
+
+
+def _selection(taken: list, quotas: np.ndarray, counts: dict, dry: list[int], depth: int) -> Selection:
+    arr = list(zip(*taken)) if taken else [[], [], [], []]
+    counts = dict(counts, emitted=len(taken), search_depth=int(depth))
+    return Selection(np.asarray(arr[0], np.int64), np.asarray(arr[1], np.int64), np.asarray(arr[2], np.int64),
+                     np.asarray(arr[3], np.float32), quotas, counts, dry)

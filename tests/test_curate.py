@@ -1,0 +1,179 @@
+"""The curation engine on a real (tiny-encoder) index: quotas, dedup, exclusion, output format."""
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import make_image_folder, pattern_image
+from curator.cli import main
+from curator.curate import curate
+from curator.errors import CuratorError
+from curator.formats import CurateParams
+from curator.queries import Query, load_queries
+from curator.retrieval import PoolIndex
+from index_builder import BuildOptions, build_index
+
+# real ImageNet features: an untrained model maps these images to nearly one direction
+REAL_ENCODER = "packaged:efficientnet-lite0"
+
+
+@pytest.fixture(scope="module")
+def pool_index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    make_image_folder(root / "images", 200, classes=4, seed=1)
+    # near-duplicates: the same picture with a 2x2 pixel edit (different bytes, cosine ~0.99)
+    for i in range(5):
+        img = Image.open(root / "images" / "class0" / f"img{4 * i:04d}.png").convert("RGB")
+        img.paste((255, 255, 255), (0, 0, 2, 2))
+        img.save(root / "images" / "class0" / f"nd{i}.png", compress_level=1)
+    out = root / "index"
+    build_index([str(root / "images")], out, BuildOptions(encoder=REAL_ENCODER, workers=0, batch_size=64,
+                                                          shard_size=64, progress=False))
+    return PoolIndex.open(out), root / "images"
+
+
+def queries_from_seeds(seeds, label=None):
+    out = []
+    for s in seeds:
+        buf = io.BytesIO()
+        pattern_image(s).save(buf, format="PNG")
+        out.append(Query(f"q{s}.png", buf.getvalue(), label))
+    return out
+
+
+def read_set(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    samples = pq.read_table(folder / "samples.parquet").to_pylist()
+    return manifest, samples
+
+
+def test_balanced_gives_every_query_the_same_number_of_unique_images(pool_index, tmp_path):
+    index, _ = pool_index
+    queries = queries_from_seeds([500, 501, 502, 503])
+    manifest = curate(index, queries, CurateParams(per_query=12), tmp_path, set_id="s1")
+    m, samples = read_set(tmp_path / "s1")
+    assert m == manifest and m["format"] == "curator.transfer-set/1" and m["__kind__"] == "wids-shard-index-v1"
+    assert [q["taken"] for q in m["queries"]] == [12, 12, 12, 12] and m["counts"]["emitted"] == 48
+    ids = [s["pool_id"] for s in samples]
+    assert len(set(ids)) == 48
+    for q in queries:  # each query's picks are in its own ranked order
+        sims = [s["similarity"] for s in samples if s["query_id"] == q.id]
+        ranks = [s["rank"] for s in samples if s["query_id"] == q.id]
+        assert ranks == sorted(ranks) and sims == sorted(sims, reverse=True)
+    assert set(m["timings"]) == {"embed", "search", "select", "write"}
+
+
+def test_shards_hold_the_original_bytes_and_match_the_manifest(pool_index, tmp_path):
+    index, _ = pool_index
+    curate(index, queries_from_seeds([600, 601]), CurateParams(per_query=15, shard_size=7), tmp_path, set_id="s")
+    m, samples = read_set(tmp_path / "s")
+    assert [s["nsamples"] for s in m["shardlist"]] == [7, 7, 7, 7, 2]
+    total = 0
+    for shard in m["shardlist"]:
+        path = tmp_path / "s" / shard["url"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+        assert path.stat().st_size == shard["filesize"]
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+            for name in names:
+                if name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(name).read())
+                    key = name[:-5]
+                    image = next(n for n in names if n.startswith(key + ".") and not n.endswith(".json"))
+                    data = tar.extractfile(image).read()
+                    assert data == index.fetch(meta["pool_id"])  # byte for byte, not re-encoded
+                    total += 1
+    assert total == len(samples) == 30
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_near_duplicates_collapse_and_excluded_images_never_leak(pool_index, tmp_path):
+    index, images = pool_index
+    # query = a pool image that has a re-encoded near-duplicate; both must be excluded (contamination)
+    query = Query("q.png", (images / "class0" / "img0000.png").read_bytes())
+    exclude = load_queries(images / "class1")[:10]
+    m = curate(index, [query], CurateParams(per_query=60), tmp_path, exclude=exclude, set_id="x")
+    _, samples = read_set(tmp_path / "x")
+    keys = {s["pool_key"] for s in samples}
+    assert "class0/img0000.png" not in keys and "class0/nd0.png" not in keys
+    assert not keys & {f"class1/{q.id}" for q in exclude}
+    assert m["counts"]["excluded"] >= 2
+    vecs = index.vectors(np.array([s["pool_id"] for s in samples]))
+    sims = vecs @ vecs.T - 2 * np.eye(len(vecs))
+    assert sims.max() < 0.95  # no near-duplicate pair survived
+
+
+def test_dedup_counts_collapsed_pairs(pool_index, tmp_path):
+    index, _ = pool_index
+    # 5 queries x 40 of a 205-image pool walk through nearly all of it, re-encoded pairs included
+    qs = queries_from_seeds([1100, 1101, 1102, 1103, 1104])
+    off = curate(index, qs, CurateParams(per_query=40, dedup=1.0), tmp_path, set_id="off")
+    on = curate(index, qs, CurateParams(per_query=40, dedup=0.95), tmp_path, set_id="on")
+    assert off["counts"]["deduped"] == 0 and on["counts"]["deduped"] >= 1
+
+
+def test_deeper_search_meets_quotas_when_neighbour_lists_overlap(pool_index, tmp_path):
+    index, _ = pool_index
+    data = queries_from_seeds([700])[0].data
+    queries = [Query(f"copy{i}", data) for i in range(8)]  # identical queries: identical lists
+    m = curate(index, queries, CurateParams(per_query=10), tmp_path, set_id="deep")
+    assert m["counts"]["emitted"] == 80 and m["counts"]["search_depth"] > 2 * 10 + 16
+    assert not m["dry_queries"]
+
+
+def test_queries_run_dry_on_a_small_pool(pool_index, tmp_path):
+    index, _ = pool_index
+    m = curate(index, queries_from_seeds([800, 801]), CurateParams(per_query=150), tmp_path, set_id="dry")
+    assert m["dry_queries"] and m["counts"]["emitted"] < 300
+    assert m["counts"]["search_depth"] == index.ntotal
+
+
+def test_class_balanced_and_threshold(pool_index, tmp_path):
+    index, _ = pool_index
+    queries = queries_from_seeds([900, 901, 902], "a") + queries_from_seeds([903], "b")
+    m = curate(index, queries, CurateParams(strategy="class-balanced", budget=24), tmp_path, set_id="cb")
+    taken = {q["id"]: q["taken"] for q in m["queries"]}
+    assert sum(taken[q.id] for q in queries if q.label == "a") == sum(taken[q.id] for q in queries if q.label == "b")
+    t = curate(index, queries[:2], CurateParams(strategy="threshold", threshold=0.5, budget=30), tmp_path, set_id="th")
+    _, samples = read_set(tmp_path / "th")
+    assert samples and all(s["similarity"] >= 0.5 for s in samples) and t["counts"]["emitted"] <= 30
+    with pytest.raises(CuratorError, match="needs a label"):
+        curate(index, queries_from_seeds([1]), CurateParams(strategy="class-balanced", budget=5), tmp_path)
+
+
+def test_same_inputs_same_set(pool_index, tmp_path):
+    index, _ = pool_index
+    q = queries_from_seeds([1000, 1001, 1002])
+    a = curate(index, q, CurateParams(per_query=9, crops=2, seed=3), tmp_path, set_id="a")
+    b = curate(index, q, CurateParams(per_query=9, crops=2, seed=3), tmp_path, set_id="b")
+    assert [s["sha256"] for s in a["shardlist"]] == [s["sha256"] for s in b["shardlist"]]
+    assert a["counts"]["query_views"] == 9
+
+
+def test_params_validation():
+    with pytest.raises(ValueError, match="not both"):
+        CurateParams(budget=10, per_query=2)
+    with pytest.raises(ValueError, match="needs 'threshold'"):
+        CurateParams(strategy="threshold")
+    assert CurateParams().per_query == 100
+
+
+def test_cli_curate(pool_index, tmp_path, capsys):
+    index, images = pool_index
+    queries = tmp_path / "q"
+    shutil.copytree(images / "class2", queries / "c2")
+    rc = main(["curate", "--index", str(index.root), "--queries", str(queries), "--out", str(tmp_path / "sets"),
+               "--budget", "100", "--set-id", "cli", "--json"])
+    manifest = json.loads(capsys.readouterr().out)
+    assert rc == 0 and manifest["id"] == "cli" and manifest["params"]["budget"] == 100
+    assert manifest["counts"]["queries"] == 50 and manifest["queries"][0]["label"] == "c2"
+    with pytest.raises(SystemExit) as exc:
+        main(["curate", "--index", str(index.root), "--queries", str(queries), "--out", str(tmp_path / "sets"),
+              "--budget", "10", "--per-query", "3"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
