@@ -131,7 +131,8 @@ def _curate_parser(sub) -> None:
         "same number of unique neighbours; near-duplicates collapse; images close to --exclude are dropped.")
     p.add_argument("--index", required=True, help="a folder written by build-index")
     p.add_argument("--queries", required=True,
-                   help="a folder of target images (sub-folders = labels) or a CSV/parquet with path[,label]")
+                   help="a folder of target images (sub-folders = labels), a CSV/parquet with path[,label], "
+                        "or a .npy of precomputed query embeddings")
     p.add_argument("--out", required=True, help="folder that receives the transfer set (as OUT/SET_ID)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--budget", type=int, help="total images; per-query quota = budget // queries")
@@ -165,7 +166,17 @@ def _run_curate(args) -> int:
         raise CuratorError("; ".join(e["msg"] for e in exc.errors())) from None
     index = PoolIndex.open(args.index)
     exclude = load_queries(args.exclude) if args.exclude else []
-    manifest = curate(index, load_queries(args.queries), params, args.out, exclude=exclude, set_id=args.set_id)
+    vectors = None
+    if args.queries.endswith(".npy"):  # precomputed query embeddings, one row per query
+        import numpy as np
+
+        from .queries import Query
+
+        vectors = np.load(args.queries)
+        queries = [Query(f"embedding-{i}", b"") for i in range(len(vectors))]
+    else:
+        queries = load_queries(args.queries)
+    manifest = curate(index, queries, params, args.out, query_vectors=vectors, exclude=exclude, set_id=args.set_id)
     if args.json:
         print(json.dumps(manifest, indent=2))
     else:
@@ -210,6 +221,62 @@ def _run_serve(args) -> int:
         print("*" * 72 + "\nWARNING: --no-auth: every caller may curate and download. Local development only.\n"
               + "*" * 72, file=sys.stderr, flush=True)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _distill_parser(sub) -> None:
+    p = sub.add_parser(
+        "distill", help="train a small student from a VFM teacher on a transfer set (task-oriented KT)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="task-oriented (the paper): (a) adapt the teacher on the labelled set, (b) distil its task\n"
+        "predictions into the student on the same augmented views of the transfer set, (c) finetune the student.\n"
+        "task-agnostic: contrastive feature matching to the frozen teacher, then finetune. supervised: labels only.\n"
+        "Re-running the same command resumes from the last checkpoint.")
+    p.add_argument("--labelled", required=True,
+                   help="folder with train/ (val/, test/) class folders; a folder of class folders (with "
+                        "--labels-per-class); or a CSV path,label[,split]")
+    p.add_argument("--transfer", help="transfer-set folder, or http://HOST:PORT/transfer-sets/ID")
+    p.add_argument("--out", required=True)
+    p.add_argument("--method", default="task-oriented", choices=["task-oriented", "task-agnostic", "supervised"])
+    p.add_argument("--teacher", default="packaged:efficientnet-lite2", help="encoder spec of the VFM")
+    p.add_argument("--teacher-mode", default="linear", choices=["linear", "finetune"])
+    p.add_argument("--student", default="mobilenetv3_small_100", help="any timm model name")
+    p.add_argument("--student-init", default="scratch", choices=["scratch", "imagenet"])
+    p.add_argument("--student-size", type=int, default=64, help="student input resolution")
+    p.add_argument("--labels-per-class", type=int, help="seeded split of a flat class-folder set")
+    p.add_argument("--steps-a", type=int, default=150)
+    p.add_argument("--steps-b", type=int, default=600)
+    p.add_argument("--steps-c", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-every", type=int, default=50)
+    p.add_argument("--token", default=os.environ.get("CURATOR_TOKEN"), help="API key for a transfer-set URL")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(run=_run_distill)
+
+
+def _run_distill(args) -> int:
+    from pydantic import ValidationError
+
+    from distill import DistillConfig, run_distill
+
+    fields = DistillConfig.model_fields
+    try:
+        cfg = DistillConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None},
+                            progress=not args.json)
+    except ValidationError as exc:
+        raise CuratorError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+    report = run_distill(cfg)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        final = report["student"]["final"].get("test") or {}
+        teacher = (report.get("teacher") or {}).get("test") or {}
+        print(f"{cfg.method}: student {cfg.student} test accuracy {final.get('accuracy')} "
+              f"(mean per class {final.get('mean_per_class_accuracy')}); teacher {teacher.get('accuracy')}; "
+              f"report in {os.path.join(cfg.out, 'report.json')}")
     return 0
 
 
@@ -343,6 +410,7 @@ def _demo_service(out, pool, keys: list[str]) -> None:
 
 
 COMMANDS: list[Callable] = [_demo_parser, _build_index_parser, _search_parser, _curate_parser, _serve_parser,
+                            _distill_parser,
                             _samples_parser,
                             _encoders_parser]
 

@@ -55,7 +55,7 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     t = time.perf_counter()
     labels = [q.label for q in queries]
     common = dict(vectors_of=pool.vectors, forbidden=forbidden_vecs, ntotal=pool.ntotal, dedup=params.dedup,
-                  exclude_threshold=params.exclude_threshold)
+                  exclude_threshold=params.exclude_threshold, cells=pool.cells)
     if params.strategy == "threshold":
         selection = select_threshold(search, owner, len(queries), params.threshold, params.budget, **common)
     else:

@@ -82,9 +82,10 @@ class PoolIndex:
         """The stored (float16 -> float32) embeddings of pool items ``ids``, in that order."""
         ids = np.asarray(ids, dtype=np.int64)
         out = np.empty((len(ids), self.manifest.dim), dtype=np.float32)
-        shards = self._shard_of[ids]
+        order = np.argsort(ids, kind="stable")  # ascending rows: sequential reads of the mapped shards
+        shards = self._shard_of[ids[order]]
         for shard in np.unique(shards):
-            where = np.flatnonzero(shards == shard)
+            where = order[shards == shard]
             out[where] = self._shard_vectors(str(shard))[self._row_of[ids[where]]]
         return out
 
@@ -120,8 +121,15 @@ class PoolIndex:
         if not self.manifest.nprobe or not isinstance(self.index, faiss.IndexIVF):
             return None
         nlist = self.index.nlist
-        wanted = math.ceil(4 * k * nlist / max(1, self.ntotal))  # lists holding ~4x k items on average
+        wanted = math.ceil(8 * k * nlist / max(1, self.ntotal))  # lists holding ~8x k items on average
         return faiss.SearchParametersIVF(nprobe=min(nlist, max(self.manifest.nprobe, wanted)))
+
+    def cells(self, vectors: np.ndarray, n: int) -> Optional[np.ndarray]:
+        """The ``n`` nearest IVF cells of each vector (the index's own coarse quantizer)."""
+        faiss = import_faiss()
+        if not isinstance(self.index, faiss.IndexIVF):
+            return None
+        return self.index.quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), n)[1]
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         keep = ids >= 0

@@ -173,7 +173,27 @@ def test_cli_curate(pool_index, tmp_path, capsys):
     manifest = json.loads(capsys.readouterr().out)
     assert rc == 0 and manifest["id"] == "cli" and manifest["params"]["budget"] == 100
     assert manifest["counts"]["queries"] == 50 and manifest["queries"][0]["label"] == "c2"
+    np.save(tmp_path / "q.npy", index.vectors(np.array([3, 40])))
+    rc = main(["curate", "--index", str(index.root), "--queries", str(tmp_path / "q.npy"), "--out",
+               str(tmp_path / "sets"), "--per-query", "5", "--set-id", "npy", "--json"])
+    manifest = json.loads(capsys.readouterr().out)
+    assert rc == 0 and manifest["counts"]["emitted"] == 10 and manifest["queries"][0]["id"] == "embedding-0"
     with pytest.raises(SystemExit) as exc:
         main(["curate", "--index", str(index.root), "--queries", str(queries), "--out", str(tmp_path / "sets"),
               "--budget", "10", "--per-query", "3"])
     assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_cell_bucketed_dedup_matches_exact(monkeypatch):
+    """Above EXACT_DEDUP_MAX, near-duplicates are found within coarse cells: same pairs as exact."""
+    from curator import select
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    x[1000:1100] = x[:100] + 0.02 * rng.standard_normal((100, 32)).astype(np.float32)  # planted pairs
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    exact = select.near_duplicate_pairs(x, 0.95)
+    monkeypatch.setattr(select, "EXACT_DEDUP_MAX", 0)
+    bucketed = select.near_duplicate_pairs(x, 0.95)
+    assert sum(len(a) for a in exact) >= 200
+    assert all(set(a) == set(b) for a, b in zip(exact, bucketed))

@@ -1,0 +1,153 @@
+"""Labelled target sets and unlabelled transfer sets, as torch datasets of PIL-decoded images.
+
+Both decode through curator.images (pixel caps, alpha on white): a corrupt sample is skipped
+and counted, never a crash. Augmented views are made once at the teacher's resolution and
+resized for the student, so teacher and student always see *the same* view.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from curator.errors import BadImageError, CuratorError
+from curator.images import decode_image, is_image_name
+from curator.pool import read_range, scan_tar
+
+
+@dataclass
+class LabelledSet:
+    classes: list[str]
+    splits: dict[str, list[tuple[str, int]]] = field(default_factory=dict)   # split -> [(path, label)]
+
+    def describe(self) -> dict:
+        return {"classes": self.classes, **{k: len(v) for k, v in self.splits.items()}}
+
+
+def load_labelled(path: str | Path, *, labels_per_class: Optional[int] = None, val_per_class: int = 1,
+                  seed: int = 0) -> LabelledSet:
+    """A folder with train/ (val/, test/) sub-folders of classes; a folder of class folders, split
+    seeded into ``labels_per_class`` train + ``val_per_class`` val + the rest test; or a CSV with
+    ``path,label[,split]``."""
+    path = Path(path)
+    if path.is_file():
+        return _from_csv(path)
+    if not path.is_dir():
+        raise CuratorError(f"labelled set {path} is neither a folder nor a CSV")
+    if (path / "train").is_dir():
+        classes = sorted(d.name for d in (path / "train").iterdir() if d.is_dir())
+        splits = {s: _files_by_class(path / s, classes) for s in ("train", "val", "test") if (path / s).is_dir()}
+        return LabelledSet(classes, splits)
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+    if len(classes) < 2:
+        raise CuratorError(f"{path}: need at least two class sub-folders")
+    if labels_per_class is None:
+        raise CuratorError(f"{path} has no train/ split: give --labels-per-class to split it (seeded)")
+    rng = random.Random(seed)
+    splits: dict[str, list] = {"train": [], "val": [], "test": []}
+    for label, cls in enumerate(classes):
+        files = sorted(str(p) for p in (path / cls).rglob("*") if p.is_file() and is_image_name(p.name))
+        rng.shuffle(files)
+        if len(files) < labels_per_class + val_per_class + 1:
+            raise CuratorError(f"class {cls!r} has {len(files)} images; need {labels_per_class + val_per_class + 1}")
+        splits["train"] += [(f, label) for f in files[:labels_per_class]]
+        splits["val"] += [(f, label) for f in files[labels_per_class:labels_per_class + val_per_class]]
+        splits["test"] += [(f, label) for f in files[labels_per_class + val_per_class:]]
+    return LabelledSet(classes, splits)
+
+
+def _files_by_class(root: Path, classes: list[str]) -> list[tuple[str, int]]:
+    return [(str(p), label) for label, cls in enumerate(classes) if (root / cls).is_dir()
+            for p in sorted((root / cls).rglob("*")) if p.is_file() and is_image_name(p.name)]
+
+
+def _from_csv(path: Path) -> LabelledSet:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise CuratorError(f"{path}: needs 'path' and 'label' columns (and optionally 'split')")
+    classes = sorted({r["label"] for r in rows})
+    splits: dict[str, list] = {}
+    for r in rows:
+        file = Path(r["path"]) if Path(r["path"]).is_absolute() else path.parent / r["path"]
+        splits.setdefault(r.get("split") or "train", []).append((str(file), classes.index(r["label"])))
+    return LabelledSet(classes, splits)
+
+
+def view_transform(size: int, train: bool) -> transforms.Compose:
+    """Augmented (train) or centred (eval) view at ``size``, as a [0, 1] tensor."""
+    if train:
+        return transforms.Compose([transforms.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+                                   transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+    return transforms.Compose([transforms.Resize(size, antialias=True), transforms.CenterCrop(size),
+                               transforms.ToTensor()])
+
+
+class ImageDataset(Dataset):
+    """(view, label) pairs; a sample that fails to decode yields None and is dropped by the collate."""
+
+    def __init__(self, items: list[tuple], size: int, train: bool, max_pixels: int = 40_000_000):
+        self.items, self.transform, self.max_pixels = items, view_transform(size, train), max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _bytes(self, ref) -> bytes:
+        if isinstance(ref, tuple):
+            return read_range(*ref)
+        with open(ref, "rb") as fh:
+            return fh.read()
+
+    def __getitem__(self, i: int):
+        ref, label = self.items[i]
+        try:
+            img = decode_image(self._bytes(ref), max_pixels=self.max_pixels, min_side=256)
+        except (BadImageError, OSError):
+            return None
+        return self.transform(img), label
+
+
+def collate_skip_bad(batch):
+    good = [b for b in batch if b is not None]
+    if not good:
+        return None, None, len(batch)
+    return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), len(batch) - len(good)
+
+
+def transfer_items(folder: Path) -> list[tuple]:
+    """Every image of a transfer set as ((tar, offset, size), -1), after checking shard sha256."""
+    import hashlib
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    items = []
+    for shard in manifest["shardlist"]:
+        path = folder / shard["url"]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != shard["sha256"]:
+            raise CuratorError(f"transfer-set shard {path} fails its sha256 check (manifest {shard['sha256'][:12]}..., "
+                               f"file {digest[:12]}...): re-download it")
+        items += [((it.source, it.offset, it.size), -1) for it in scan_tar(str(path))]
+    return items
+
+
+def open_transfer_set(source: str, cache: Path, token: Optional[str] = None) -> Path:
+    """A local transfer-set folder, or ``http://host/transfer-sets/ID`` downloaded (sha256-checked)."""
+    if source.startswith(("http://", "https://")):
+        from curator.client import CuratorClient
+
+        base, sep, set_id = source.rstrip("/").partition("/transfer-sets/")
+        if not sep or not set_id:
+            raise CuratorError(f"{source}: expected http://HOST:PORT/transfer-sets/ID")
+        with CuratorClient(base, token) as client:
+            return client.download_transfer_set(set_id, cache)
+    folder = Path(source)
+    if not (folder / "manifest.json").is_file():
+        raise CuratorError(f"{source}: not a transfer set (no manifest.json)")
+    return folder

@@ -1,0 +1,158 @@
+"""One training loop for every stage: AdamW, cosine schedule with warm-up, checkpoints, resume.
+
+A stage is (parameters, a loss over batches, a step count). Every ``ckpt_every`` steps the
+modules, optimiser, schedule, step and RNG states are saved atomically; a finished stage writes
+a done-marker with its final weights, so a killed run resumes inside the stage it was in.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from curator import atomic
+
+
+@dataclass
+class StageResult:
+    steps: int
+    seconds: float
+    images: int
+    resumed_from: int
+
+
+def cosine_with_warmup(optimizer, steps: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def forever(loader) -> Iterator:
+    while True:
+        for batch in loader:
+            if batch[0] is not None:
+                yield batch
+
+
+class Logger:
+    """JSONL log of losses and learning rates, appended (a resumed run continues the file)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, **row) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: Callable[[tuple], torch.Tensor],
+              batches: Iterator, steps: int, lr: float, ckpt_dir: Path, logger: Logger, *,
+              weight_decay: float = 0.05, ckpt_every: int = 50, progress: bool = False,
+              select: Optional[Callable[[], float]] = None) -> StageResult:
+    """Train ``params`` for ``steps`` steps (resuming from ``ckpt_dir/name.pt`` if present).
+
+    With ``select`` (a validation score), the modules are scored at every checkpoint and at
+    the end, and the best-scoring weights are the stage's result: val picks, test only reports.
+    """
+    done, ckpt = ckpt_dir / f"{name}.done.pt", ckpt_dir / f"{name}.pt"
+    if done.exists():
+        state = torch.load(done, map_location="cpu", weights_only=False)
+        for key, module in modules.items():
+            module.load_state_dict(state["modules"][key])
+        return StageResult(**state["result"])
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = cosine_with_warmup(optimizer, steps, warmup=max(1, steps // 20))
+    start, images, seconds = 0, 0, 0.0
+    best: dict = {"score": -1.0, "state": None}
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        for key, module in modules.items():
+            module.load_state_dict(state["modules"][key])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start, images, seconds = state["step"], state["images"], state["seconds"]
+        best = state.get("best", best)
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+    resumed_from = start
+    for m in modules.values():
+        m.train()
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, initial=start, desc=name, unit="step")
+    for step in range(start, steps):
+        batch = next(batches)
+        loss = loss_fn(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        images += len(batch[0])
+        if step % 10 == 0 or step == steps - 1:
+            logger.log(stage=name, step=step, loss=round(float(loss.detach()), 5), lr=schedule.get_last_lr()[0])
+        if bar:
+            bar.update(1)
+        if (step + 1) % ckpt_every == 0 and step + 1 < steps:
+            if select is not None:
+                _keep_best(best, select(), modules)
+                for m in modules.values():
+                    m.train()
+            _save(ckpt, modules, optimizer, schedule, step + 1, images, seconds + time.perf_counter() - t0, best)
+    if bar:
+        bar.close()
+    if select is not None:
+        _keep_best(best, select(), modules)
+        for key, module in modules.items():
+            module.load_state_dict(best["state"][key])
+    result = StageResult(steps=steps, seconds=round(seconds + time.perf_counter() - t0, 3), images=images,
+                         resumed_from=resumed_from)
+    atomic.write_with(done, lambda p: torch.save({"modules": {k: m.state_dict() for k, m in modules.items()},
+                                                  "result": result.__dict__}, p))
+    ckpt.unlink(missing_ok=True)
+    return result
+
+
+def _keep_best(best: dict, score: float, modules: dict[str, nn.Module]) -> None:
+    if score > best["score"]:
+        best["score"] = score
+        best["state"] = {k: {n: t.detach().clone() for n, t in m.state_dict().items()} for k, m in modules.items()}
+
+
+def _save(path: Path, modules, optimizer, schedule, step: int, images: int, seconds: float, best: dict) -> None:
+    state = {"modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": optimizer.state_dict(),
+             "schedule": schedule.state_dict(), "step": step, "images": images, "seconds": seconds, "best": best,
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
+    atomic.write_with(path, lambda p: torch.save(state, p))
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, num_classes: int) -> Optional[dict]:
+    """Top-1 accuracy and mean per-class accuracy (the honest metric on imbalanced test sets)."""
+    model.eval()
+    correct = np.zeros(num_classes)
+    total = np.zeros(num_classes)
+    for views, labels, _ in loader:
+        if views is None:
+            continue
+        pred = model(views).argmax(-1)
+        for y, p in zip(labels.tolist(), pred.tolist()):
+            total[y] += 1
+            correct[y] += int(y == p)
+    if total.sum() == 0:
+        return None
+    seen = total > 0
+    return {"accuracy": round(float(correct.sum() / total.sum()), 4),
+            "mean_per_class_accuracy": round(float((correct[seen] / total[seen]).mean()), 4), "n": int(total.sum())}

@@ -1,0 +1,105 @@
+"""The distill wing on tiny models and generated images: every method, resume, the report."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, make_image_folder
+from curator.curate import curate
+from curator.formats import CurateParams
+from curator.queries import load_queries
+from curator.retrieval import PoolIndex
+from distill import DistillConfig, run_distill
+from distill.run import info_nce, kd_loss
+from index_builder import BuildOptions, build_index
+
+STUDENT = "resnet18"
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory, tiny_clip_spec):
+    """A 3-class labelled set, a pool, and a balanced transfer set curated from the labelled images."""
+    root = tmp_path_factory.mktemp("kt")
+    make_image_folder(root / "labelled", 36, classes=3, seed=5)
+    make_image_folder(root / "pool", 60, classes=3, seed=6)
+    build_index([str(root / "pool")], root / "index", BuildOptions(encoder=tiny_clip_spec, workers=0,
+                                                                    progress=False))
+    curate(PoolIndex.open(root / "index"), load_queries(root / "labelled")[:6], CurateParams(per_query=5, dedup=1.0,
+           exclude_threshold=1.0), root / "sets", set_id="t")
+    return root
+
+
+def cfg(task, tiny_clip_spec, out, **kw):
+    base = dict(labelled=str(task / "labelled"), transfer=str(task / "sets" / "t"), out=str(out),
+                teacher=tiny_clip_spec, student=STUDENT, student_size=32, labels_per_class=5, val_per_class=2,
+                steps_a=6, steps_b=8, steps_c=6, batch_size=8, ckpt_every=3, progress=False)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["task-oriented", "task-agnostic", "supervised"])
+def test_each_method_produces_a_complete_report(task, tiny_clip_spec, tmp_path, method):
+    report = run_distill(cfg(task, tiny_clip_spec, tmp_path / method, method=method))
+    saved = json.loads((tmp_path / method / "report.json").read_text())
+    assert saved["format"] == "curator.distill-report/1" and saved["config"]["method"] == method
+    assert set(saved["data"]) >= {"classes", "train", "val", "test"} and saved["data"]["train"] == 15
+    final = report["student"]["final"]
+    assert final["test"]["n"] == 36 - 15 - 6 and 0 <= final["test"]["mean_per_class_accuracy"] <= 1
+    assert report["student"]["params"] > 0 and report["student"]["latency_ms_cpu_batch1"] > 0
+    stages = set(report["stages"])
+    assert stages == {"task-oriented": {"a", "b", "c"}, "task-agnostic": {"b", "c"}, "supervised": {"c"}}[method]
+    if method != "supervised":
+        assert report["stages"]["b"]["teacher_forward_passes"] == 8 * 8
+        assert report["data"]["transfer_images"] == 30
+    if method == "task-oriented":
+        assert report["teacher"]["test"]["n"] == 15 and "after_b" in report["student"]
+    assert (tmp_path / method / "student.pt").exists()
+    lines = [json.loads(x) for x in (tmp_path / method / "log.jsonl").read_text().splitlines()]
+    assert {"stage", "step", "loss", "lr"} <= set(lines[0])
+
+
+def test_losses():
+    s, t = torch.randn(4, 3), torch.randn(4, 3)
+    assert kd_loss(t, t, 2.0).abs() < 1e-6 and kd_loss(s, t, 1.0) > 0
+    a = torch.randn(8, 5)
+    assert info_nce(a, a) < info_nce(a, torch.randn(8, 5))
+
+
+def test_killed_run_resumes_with_the_same_number_of_steps(task, tiny_clip_spec, tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "curator.cli", "distill", "--labelled", str(task / "labelled"), "--transfer",
+            str(task / "sets" / "t"), "--out", str(out), "--teacher", tiny_clip_spec, "--student", STUDENT,
+            "--student-size", "32", "--labels-per-class", "5", "--steps-a", "4", "--steps-b", "80",
+            "--steps-c", "4", "--batch-size", "4", "--ckpt-every", "5", "--json"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    ckpt = out / "checkpoints" / "b-distill.pt"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not ckpt.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), proc.stderr.read().decode()[-2000:]
+    step_at_kill = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < step_at_kill < 80
+    rc = subprocess.run(args[:-1], cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["b"]["steps"] == 80 and report["stages"]["b"]["resumed_from"] == step_at_kill
+    steps = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines() if '"b-distill"' in x]
+    assert steps[-1] == 79
+
+
+def test_config_mismatch_and_missing_transfer_are_clear(task, tiny_clip_spec, tmp_path):
+    from curator.errors import CuratorError
+
+    with pytest.raises(CuratorError, match="needs --transfer"):
+        run_distill(cfg(task, tiny_clip_spec, tmp_path / "a", transfer=None))
+    run_distill(cfg(task, tiny_clip_spec, tmp_path / "b", method="supervised"))
+    with pytest.raises(CuratorError, match="another config"):
+        run_distill(cfg(task, tiny_clip_spec, tmp_path / "b", method="supervised", steps_c=7))
