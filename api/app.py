@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query as Q, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from curator.errors import BadImageError, CuratorError
@@ -46,6 +46,27 @@ class CurateRequest(BaseModel):
     images: Optional[list[ImageIn]] = None
     embeddings: Optional[list[list[float]]] = None
     labels: Optional[list[Optional[str]]] = None
+
+
+class DistillJobIn(BaseModel):
+    """A distillation job: which transfer set, where the labelled set is (as the worker sees it),
+    and any ``curator distill`` options (DistillConfig fields except labelled/transfer/out)."""
+    transfer_set_id: str = Field(max_length=128)
+    labelled: str = Field(max_length=4096)
+    config: dict = Field(default_factory=dict)
+
+
+class ClaimIn(BaseModel):
+    worker: str = Field(min_length=1, max_length=128)
+    lease_seconds: float = Field(60.0, ge=5.0, le=3600.0)
+
+
+class FinishIn(BaseModel):
+    worker: str = Field(min_length=1, max_length=128)
+    state: str = Field(pattern="^(succeeded|failed)$")
+    report: Optional[dict] = None
+    student_url: Optional[str] = Field(None, max_length=4096)
+    error: Optional[str] = Field(None, max_length=8192)
 
 
 class JobOut(BaseModel):
@@ -267,6 +288,47 @@ def create_app(settings: Settings) -> FastAPI:
         if job["state"] in ("queued", "running"):
             state["runner"].cancel(job_id)
         return _job_out(store.get_job(job_id))
+
+    # -- distillation jobs -------------------------------------------------------------------
+    @app.post("/distill-jobs", status_code=201)
+    def post_distill_job(body: DistillJobIn, key: Curator) -> dict:
+        _set_folder(body.transfer_set_id)  # 404 unless the set exists
+        forbidden = {"labelled", "transfer", "out", "token", "progress"} & set(body.config)
+        if forbidden:
+            raise reject(422, f"config may not set {sorted(forbidden)}: the worker fills them in")
+        config = dict(body.config, labelled=body.labelled)
+        job_id = state["store"].create_distill_job(config, body.transfer_set_id, key.name if key else None)
+        return state["store"].get_distill_job(job_id)
+
+    @app.get("/distill-jobs/{job_id}")
+    def get_distill_job(job_id: str, key: Reader) -> dict:
+        job = state["store"].get_distill_job(job_id)
+        if job is None:
+            raise reject(404, f"no distillation job {job_id!r}")
+        return job
+
+    @app.get("/distill-jobs")
+    def list_distill_jobs(key: Reader, limit: Annotated[int, Q(ge=1, le=1000)] = 100) -> list[dict]:
+        return state["store"].list_distill_jobs(limit)
+
+    @app.post("/distill-jobs/claim")
+    def claim_distill_job(body: ClaimIn, key: Curator) -> JSONResponse:
+        job = state["store"].claim_distill_job(body.worker, body.lease_seconds)
+        return JSONResponse(job, status_code=200) if job else Response(status_code=204)
+
+    @app.post("/distill-jobs/{job_id}/heartbeat")
+    def heartbeat(job_id: str, body: ClaimIn, key: Curator) -> dict:
+        if not state["store"].heartbeat_distill_job(job_id, body.worker, body.lease_seconds):
+            raise reject(409, f"worker {body.worker!r} no longer holds {job_id!r} (lease lost): stop working on it")
+        return {"ok": True}
+
+    @app.post("/distill-jobs/{job_id}/finish")
+    def finish(job_id: str, body: FinishIn, key: Curator) -> dict:
+        ok = state["store"].finish_distill_job(job_id, body.worker, body.state, report=body.report,
+                                               student_url=body.student_url, error=body.error)
+        if not ok:
+            raise reject(409, f"worker {body.worker!r} does not hold {job_id!r}; its result was not recorded")
+        return state["store"].get_distill_job(job_id)
 
     # -- transfer sets --------------------------------------------------------------------
     def _set_folder(set_id: str) -> Path:

@@ -41,7 +41,7 @@ def save_inputs(folder: Path, queries: list[Query], vectors: Optional[np.ndarray
         else:
             files.append(None)
     if vectors is not None:
-        atomic.write_with(folder / "vectors.npy", lambda p: np.save(open(p, "wb"), vectors))
+        atomic.write_npy(folder / "vectors.npy", vectors)
     atomic.write_json(folder / "inputs.json", {"ids": [q.id for q in queries], "labels": [q.label for q in queries],
                                                "files": files, "vectors": vectors is not None})
 

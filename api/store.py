@@ -20,6 +20,12 @@ CREATE TABLE IF NOT EXISTS jobs (
   transfer_set_id TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS distill_jobs (
+  id TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT, config TEXT NOT NULL, transfer_set_id TEXT NOT NULL,
+  worker TEXT, lease_expires REAL, attempts INTEGER DEFAULT 0, report TEXT, student_url TEXT, error TEXT,
+  created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS distill_state ON distill_jobs(state, created_at);
 CREATE TABLE IF NOT EXISTS transfer_sets (
   id TEXT PRIMARY KEY, job_id TEXT, path TEXT NOT NULL, counts TEXT NOT NULL,
   manifest_sha256 TEXT NOT NULL, created_at REAL NOT NULL
@@ -99,6 +105,50 @@ class Store:
         queued = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at")]
         return running, queued
 
+    # -- distillation jobs (claimed by workers under a lease) ---------------------------------
+    def create_distill_job(self, config: dict, transfer_set_id: str, owner: Optional[str]) -> str:
+        job_id = "dj-" + uuid.uuid4().hex[:12]
+        now = time.time()
+        self._conn().execute("INSERT INTO distill_jobs (id, state, owner, config, transfer_set_id, created_at, "
+                             "updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                             (job_id, owner, json.dumps(config), transfer_set_id, now, now))
+        return job_id
+
+    def claim_distill_job(self, worker: str, lease_seconds: float) -> Optional[dict]:
+        """Atomically hand the oldest queued job, or one whose lease ran out, to ``worker``."""
+        now = time.time()
+        row = self._conn().execute(
+            "UPDATE distill_jobs SET state = 'running', worker = ?, lease_expires = ?, attempts = attempts + 1, "
+            "updated_at = ? WHERE id = (SELECT id FROM distill_jobs WHERE state = 'queued' OR "
+            "(state = 'running' AND lease_expires < ?) ORDER BY created_at LIMIT 1) RETURNING *",
+            (worker, now + lease_seconds, now, now)).fetchone()
+        return _distill(row) if row else None
+
+    def heartbeat_distill_job(self, job_id: str, worker: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when the worker no longer holds the job (it must stop)."""
+        now = time.time()
+        cur = self._conn().execute("UPDATE distill_jobs SET lease_expires = ?, updated_at = ? WHERE id = ? AND "
+                                   "worker = ? AND state = 'running' AND lease_expires >= ?",
+                                   (now + lease_seconds, now, job_id, worker, now))
+        return cur.rowcount == 1
+
+    def finish_distill_job(self, job_id: str, worker: str, state: str, **fields: Any) -> bool:
+        if "report" in fields and fields["report"] is not None:
+            fields["report"] = json.dumps(fields["report"])
+        fields.update(state=state, updated_at=time.time())
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        cur = self._conn().execute(f"UPDATE distill_jobs SET {cols} WHERE id = ? AND worker = ? AND state = 'running'",
+                                   (*fields.values(), job_id, worker))
+        return cur.rowcount == 1
+
+    def get_distill_job(self, job_id: str) -> Optional[dict]:
+        row = self._conn().execute("SELECT * FROM distill_jobs WHERE id = ?", (job_id,)).fetchone()
+        return _distill(row) if row else None
+
+    def list_distill_jobs(self, limit: int = 100) -> list[dict]:
+        rows = self._conn().execute("SELECT * FROM distill_jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [_distill(r) for r in rows]
+
     # -- transfer sets ---------------------------------------------------------------------
     def add_transfer_set(self, set_id: str, job_id: Optional[str], path: str, counts: dict, sha: str) -> None:
         self._conn().execute("INSERT INTO transfer_sets (id, job_id, path, counts, manifest_sha256, created_at) "
@@ -117,6 +167,13 @@ def _job(row: sqlite3.Row) -> dict:
     d = dict(row)
     d["params"] = json.loads(d["params"])
     d["counts"] = json.loads(d["counts"]) if d["counts"] else None
+    return d
+
+
+def _distill(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["config"] = json.loads(d["config"])
+    d["report"] = json.loads(d["report"]) if d["report"] else None
     return d
 
 

@@ -37,7 +37,8 @@ from curator.queries import Query, embed_queries  # noqa: E402
 from curator.retrieval import PoolIndex  # noqa: E402
 from curator.samples import fetch_samples  # noqa: E402
 from index_builder.build import BuildOptions, write_index  # noqa: E402
-from index_builder.embed import save_npy, shard_paths  # noqa: E402
+from curator.atomic import write_npy  # noqa: E402
+from index_builder.embed import shard_paths  # noqa: E402
 from report import command, commit, machine, update_section  # noqa: E402
 from synthetic import ClusteredVectors  # noqa: E402
 
@@ -58,7 +59,7 @@ def make_index(work: Path, n: int, factory: str | None, x: np.ndarray, files: li
         task = ShardTask(shard_id=f"{s:05d}", kind="folder", source="synthetic", files=None)
         paths = shard_paths(out, task.shard_id)
         paths["npy"].parent.mkdir(parents=True, exist_ok=True)
-        save_npy(paths["npy"], x[start:start + len(rows)].astype(np.float16))
+        write_npy(paths["npy"], x[start:start + len(rows)].astype(np.float16))
         pick = [i % len(files) for i in rows]
         pq.write_table(pa.table({"key": [f"item{i:08d}.png" for i in rows], "source": [str(files[j]) for j in pick],
                                  "offset": [0] * len(rows), "size": [sizes[j] for j in pick],

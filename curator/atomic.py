@@ -48,3 +48,13 @@ def write_with(dest: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Atomically create ``dest`` with a library writer that takes a path (np.save, faiss)."""
     with atomic_path(dest) as tmp:
         writer(tmp)
+
+
+def write_npy(dest: str | os.PathLike, array) -> None:
+    """Atomically save a numpy array (through a file handle: a path would get ".npy" appended)."""
+    import numpy as np
+
+    def save(path: Path) -> None:
+        with open(path, "wb") as fh:
+            np.save(fh, array)
+    write_with(dest, save)

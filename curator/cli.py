@@ -249,6 +249,8 @@ def _distill_parser(sub) -> None:
     p.add_argument("--steps-c", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--cache-teacher", type=int, default=0, metavar="V",
+                   help="cache teacher outputs for V fixed views per transfer image (reused by later students)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=50)
@@ -277,6 +279,25 @@ def _run_distill(args) -> int:
         print(f"{cfg.method}: student {cfg.student} test accuracy {final.get('accuracy')} "
               f"(mean per class {final.get('mean_per_class_accuracy')}); teacher {teacher.get('accuracy')}; "
               f"report in {os.path.join(cfg.out, 'report.json')}")
+    return 0
+
+
+def _worker_parser(sub) -> None:
+    p = sub.add_parser("worker", help="claim distillation jobs from a curator service and run them")
+    p.add_argument("--api", required=True, help="service URL, e.g. http://host:8000")
+    p.add_argument("--token", default=os.environ.get("CURATOR_TOKEN"), help="API key with the curate scope")
+    p.add_argument("--work-dir", default="worker-runs", help="where runs (checkpoints, students) are written")
+    p.add_argument("--name", help="worker name (default: host name + a number)")
+    p.add_argument("--lease", type=float, default=60.0, help="lease seconds, renewed every third of it")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between claims when the queue is empty")
+    p.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    p.set_defaults(run=_run_worker)
+
+
+def _run_worker(args) -> int:
+    from distill.worker import run_worker
+
+    run_worker(args.api, args.token, args.work_dir, name=args.name, lease=args.lease, poll=args.poll, once=args.once)
     return 0
 
 
@@ -410,7 +431,7 @@ def _demo_service(out, pool, keys: list[str]) -> None:
 
 
 COMMANDS: list[Callable] = [_demo_parser, _build_index_parser, _search_parser, _curate_parser, _serve_parser,
-                            _distill_parser,
+                            _distill_parser, _worker_parser,
                             _samples_parser,
                             _encoders_parser]
 

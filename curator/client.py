@@ -104,6 +104,30 @@ class CuratorClient:
         files = {"file": (Path(image).name, Path(image).read_bytes(), "application/octet-stream")}
         return self._check(self.http.post("/search", files=files, params={"k": k})).json()
 
+    # -- distillation jobs ------------------------------------------------------------------
+    def submit_distill_job(self, transfer_set_id: str, labelled: str, config: Optional[dict] = None) -> dict:
+        body = {"transfer_set_id": transfer_set_id, "labelled": labelled, "config": config or {}}
+        return self._check(self.http.post("/distill-jobs", json=body)).json()
+
+    def distill_job(self, job_id: str) -> dict:
+        return self._check(self.http.get(f"/distill-jobs/{job_id}")).json()
+
+    def claim_distill_job(self, worker: str, lease_seconds: float) -> Optional[dict]:
+        """The next job for ``worker`` (under a lease), or None when the queue is empty."""
+        r = self._check(self.http.post("/distill-jobs/claim", json={"worker": worker, "lease_seconds": lease_seconds}))
+        return r.json() if r.status_code == 200 else None
+
+    def heartbeat(self, job_id: str, worker: str, lease_seconds: float) -> bool:
+        r = self.http.post(f"/distill-jobs/{job_id}/heartbeat", json={"worker": worker, "lease_seconds": lease_seconds})
+        if r.status_code == 409:
+            return False
+        self._check(r)
+        return True
+
+    def finish_distill_job(self, job_id: str, worker: str, state: str, **fields) -> dict:
+        body = {"worker": worker, "state": state, **fields}
+        return self._check(self.http.post(f"/distill-jobs/{job_id}/finish", json=body)).json()
+
     def download_transfer_set(self, set_id: str, dest: str | os.PathLike) -> Path:
         """Download manifest, samples and every shard into ``dest/set_id``, verifying sha256.
 

@@ -151,3 +151,47 @@ def open_transfer_set(source: str, cache: Path, token: Optional[str] = None) -> 
     if not (folder / "manifest.json").is_file():
         raise CuratorError(f"{source}: not a transfer set (no manifest.json)")
     return folder
+
+
+def fixed_view(img, size: int, key: str) -> torch.Tensor:
+    """A random-resized-crop + flip whose parameters depend only on ``key``: the same view every
+    time, so cached teacher outputs always match the view the student sees."""
+    import math
+
+    from torchvision.transforms import functional as TF
+
+    rng = random.Random(key)
+    w, h = img.size
+    for _ in range(10):
+        area = w * h * rng.uniform(0.35, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
+            break
+    else:
+        cw = ch = min(w, h)
+        top, left = (h - ch) // 2, (w - cw) // 2
+    view = TF.resized_crop(img, top, left, ch, cw, [size, size], antialias=True)
+    if rng.random() < 0.5:
+        view = TF.hflip(view)
+    return TF.to_tensor(view)
+
+
+class FixedViewDataset(Dataset):
+    """``views`` fixed augmented views of each image: item k is view k % views of image k // views."""
+
+    def __init__(self, items: list[tuple], size: int, views: int, seed: int, max_pixels: int = 40_000_000):
+        self.items, self.size, self.views, self.seed, self.max_pixels = items, size, views, seed, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items) * self.views
+
+    def __getitem__(self, k: int):
+        ref, _ = self.items[k // self.views]
+        try:
+            data = read_range(*ref) if isinstance(ref, tuple) else open(ref, "rb").read()
+            img = decode_image(data, max_pixels=self.max_pixels, min_side=256)
+        except (BadImageError, OSError):
+            return None
+        return fixed_view(img, self.size, f"{self.seed}-{k}"), k

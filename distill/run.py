@@ -24,7 +24,8 @@ from curator import atomic
 from curator.errors import CuratorError
 from curator.formats import utcnow
 
-from .data import ImageDataset, collate_skip_bad, load_labelled, open_transfer_set, transfer_items
+from .data import (FixedViewDataset, ImageDataset, collate_skip_bad, load_labelled, open_transfer_set,
+                   transfer_items)
 from .models import Student, Teacher, count_params, flops_per_image
 from .train import Logger, evaluate, forever, run_stage
 
@@ -53,6 +54,8 @@ class DistillConfig(BaseModel):
     lr_student: float = 2e-3
     lr_finetune: float = 5e-4
     temperature: float = Field(1.0, gt=0)
+    cache_teacher: int = Field(0, ge=0, le=64, description="fixed views per transfer image whose teacher outputs "
+                                                          "are cached and reused (0: teacher runs online)")
     workers: int = Field(0, ge=0)
     seed: int = 0
     device: str = "cpu"
@@ -91,6 +94,61 @@ def _latency_ms(model: nn.Module, size: int, repeats: int = 10) -> float:
     for _ in range(repeats):
         model(x)
     return round(1000 * (time.perf_counter() - t0) / repeats, 2)
+
+
+def teacher_key(teacher: Teacher) -> str:
+    """Hash of the adapted teacher's weights: caches from another teacher are never reused."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def teacher_cache(teacher: Teacher, items: list, folder: Path, out: Path, size: int,
+                  cfg: DistillConfig) -> tuple[np.ndarray, int, str]:
+    """Teacher logits for every fixed view, computed once and stored beside the transfer set.
+
+    Returns (logits, teacher forward passes spent now, cache path). Keyed by the teacher's
+    weights, the view count, size and seed; written atomically, so concurrent students agree.
+    """
+    name = f"{teacher_key(teacher)}-v{cfg.cache_teacher}-s{size}-seed{cfg.seed}.npy"
+    target = folder / "teacher-cache" / name
+    try:
+        target.parent.mkdir(exist_ok=True)
+    except OSError:  # a read-only transfer set: keep the cache with the run instead
+        target = out / "teacher-cache" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return np.load(target), 0, str(target)
+    views = FixedViewDataset(items, size, cfg.cache_teacher, cfg.seed)
+    logits = np.zeros((len(views), teacher.head.out_features), dtype=np.float16)
+    loader = DataLoader(views, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_skip_bad)
+    passes = 0
+    for batch, ks, _ in loader:
+        if batch is not None:
+            logits[ks.numpy()] = teacher(batch).float().numpy()
+            passes += len(batch)
+    atomic.write_npy(target, logits)
+    return logits, passes, str(target)
+
+
+def export_student(student: Student, size: int, path: Path) -> str:
+    """The student as a ``torch.export`` program (input: [0, 1] RGB at ``size``, any batch size;
+    normalisation built in), checked to reproduce the eager model's logits before it is written."""
+    student.eval()
+    example = torch.rand(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(student, (example,), dynamic_shapes={"views": {0: batch}})
+    with torch.inference_mode():
+        same = torch.allclose(program.module()(example[:1]), student(example[:1]), atol=1e-4, rtol=1e-4)
+    if not same:
+        raise CuratorError("the exported student does not reproduce the eager model; not exported")
+    atomic.write_with(path, lambda p: torch.export.save(program, str(p)))
+    return str(path)
 
 
 def run_distill(cfg: DistillConfig) -> dict:
@@ -137,7 +195,14 @@ def run_distill(cfg: DistillConfig) -> dict:
         transfer = forever(_loader(transfer_list, view, True, cfg))
         report["data"]["transfer_images"] = len(transfer_list)
 
+    def seed_stage(n: int) -> None:
+        """Each stage's randomness depends on the seed alone, not on what ran before it (e.g. which
+        student was built): the same teacher is then adapted the same way, and its cache reused."""
+        torch.manual_seed(cfg.seed * 1000 + n)
+        np.random.seed(cfg.seed * 1000 + n)
+
     if cfg.method == "task-oriented":
+        seed_stage(1)
         # (a) adapt the teacher: head only (linear) or the whole network at a lower backbone lr
         for p in teacher.backbone.parameters():
             p.requires_grad_(cfg.teacher_mode == "finetune")
@@ -156,15 +221,30 @@ def run_distill(cfg: DistillConfig) -> dict:
             p.requires_grad_(False)
 
         # (b) distil task predictions on the same augmented views of the transfer set
-        def kd(batch):
-            with torch.no_grad():
-                t_logits = teacher(batch[0])
-            return kd_loss(student(batch[0]), t_logits, cfg.temperature)
-        res = run_stage("b-distill", {"student": student}, list(student.parameters()), kd, transfer, cfg.steps_b,
+        seed_stage(2)
+        if cfg.cache_teacher:
+            cache, passes, cache_file = teacher_cache(teacher, transfer_list, folder, out, view, cfg)
+            views = FixedViewDataset(transfer_list, view, cfg.cache_teacher, cfg.seed)
+            batches = forever(DataLoader(views, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                                         collate_fn=collate_skip_bad, drop_last=len(views) >= cfg.batch_size,
+                                         generator=torch.Generator().manual_seed(cfg.seed)))
+
+            def kd(batch):
+                return kd_loss(student(batch[0]), torch.from_numpy(cache[batch[1].numpy()]).float(), cfg.temperature)
+        else:
+            passes, cache_file, batches = None, None, transfer
+
+            def kd(batch):
+                with torch.no_grad():
+                    t_logits = teacher(batch[0])
+                return kd_loss(student(batch[0]), t_logits, cfg.temperature)
+        res = run_stage("b-distill", {"student": student}, list(student.parameters()), kd, batches, cfg.steps_b,
                         cfg.lr_student, **common)
-        report["stages"]["b"] = {**res.__dict__, "teacher_forward_passes": res.images}
+        report["stages"]["b"] = {**res.__dict__, "teacher_forward_passes": res.images if passes is None else passes,
+                                 "teacher_cache": cache_file}
         report["student"]["after_b"] = scores(student)
     elif cfg.method == "task-agnostic":
+        seed_stage(2)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -183,6 +263,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         report["stages"]["b"] = {**res.__dict__, "teacher_forward_passes": res.images}
 
     # (c) finetune the student on the labelled set (for supervised: its only stage, at the higher lr)
+    seed_stage(3)
     lr_c = cfg.lr_student if cfg.method == "supervised" else cfg.lr_finetune
     res = run_stage("c-finetune", {"student": student}, list(student.parameters()),
                     lambda b: F.cross_entropy(student(b[0]), b[1]), train, cfg.steps_c, lr_c,
@@ -196,6 +277,7 @@ def run_distill(cfg: DistillConfig) -> dict:
             "params": count_params(teacher), "flops": flops_per_image(teacher, teacher.size),
             "latency_ms_cpu_batch1": _latency_ms(teacher, teacher.size)}
     torch.save(student.state_dict(), out / "student.pt")
+    report["student"]["exported"] = export_student(student, cfg.student_size, out / "student.pt2")
     report["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     atomic.write_json(out / "report.json", report)
     return report

@@ -116,11 +116,6 @@ def _collate(batch):
     return [b[0] for b in ok], pixels, [b[2] for b in ok], bad
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a path would get ".npy" appended to the temp name
-        np.save(fh, array)
-
-
 def embed_shard(task: ShardTask, encoder: Encoder, out: Path, opts: EmbedOptions,
                 on_items: Optional[Callable[[int], None]] = None) -> ShardDone:
     """Embed one shard and write its outputs atomically; returns the done-marker."""
@@ -150,7 +145,7 @@ def embed_shard(task: ShardTask, encoder: Encoder, out: Path, opts: EmbedOptions
         "meta": [items[i].meta for i in kept],
     }, schema=ITEM_SCHEMA)
     paths = shard_paths(out, task.shard_id)
-    atomic.write_with(paths["npy"], lambda p: save_npy(p, vectors[kept]))
+    atomic.write_npy(paths["npy"], vectors[kept])
     atomic.write_with(paths["parquet"], lambda p: pq.write_table(table, p))
     done = ShardDone(shard_id=task.shard_id, task_digest=task.digest(), encoder=encoder.spec, dim=encoder.dim,
                      n_items=len(kept), n_skipped=len(skipped), skipped=skipped,

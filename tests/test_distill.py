@@ -59,6 +59,8 @@ def test_each_method_produces_a_complete_report(task, tiny_clip_spec, tmp_path, 
     if method == "task-oriented":
         assert report["teacher"]["test"]["n"] == 15 and "after_b" in report["student"]
     assert (tmp_path / method / "student.pt").exists()
+    exported = torch.export.load(report["student"]["exported"]).module()
+    assert exported(torch.rand(5, 3, 32, 32)).shape == (5, 3)
     lines = [json.loads(x) for x in (tmp_path / method / "log.jsonl").read_text().splitlines()]
     assert {"stage", "step", "loss", "lr"} <= set(lines[0])
 
@@ -103,3 +105,27 @@ def test_config_mismatch_and_missing_transfer_are_clear(task, tiny_clip_spec, tm
     run_distill(cfg(task, tiny_clip_spec, tmp_path / "b", method="supervised"))
     with pytest.raises(CuratorError, match="another config"):
         run_distill(cfg(task, tiny_clip_spec, tmp_path / "b", method="supervised", steps_c=7))
+
+
+def test_teacher_cache_is_reused_and_matches_the_teacher(task, tiny_clip_spec, tmp_path):
+    import numpy as np
+
+    from distill.data import FixedViewDataset, transfer_items
+    from distill.models import Teacher
+
+    first = run_distill(cfg(task, tiny_clip_spec, tmp_path / "one", cache_teacher=2))
+    cache_file = first["stages"]["b"]["teacher_cache"]
+    assert first["stages"]["b"]["teacher_forward_passes"] == 30 * 2
+    second = run_distill(cfg(task, tiny_clip_spec, tmp_path / "two", cache_teacher=2, student="mobilenetv3_small_050"))
+    assert second["stages"]["b"]["teacher_forward_passes"] == 0 and second["stages"]["b"]["teacher_cache"] == cache_file
+    # the cached logits are the adapted teacher's outputs on exactly these fixed views
+    teacher = Teacher(tiny_clip_spec, 3)
+    state = torch.load(tmp_path / "one" / "checkpoints" / "a-teacher.done.pt", weights_only=False)
+    teacher.load_state_dict(state["modules"]["teacher"])
+    teacher.eval()
+    views = FixedViewDataset(transfer_items(task / "sets" / "t"), teacher.size, 2, 0)
+    cached = np.load(cache_file)
+    for k in (0, 7, 59):
+        with torch.no_grad():
+            online = teacher(views[k][0][None])[0].numpy()
+        np.testing.assert_allclose(cached[k], online, atol=2e-2)

@@ -1,0 +1,79 @@
+"""Distillation jobs over the service: a worker dies mid-job, its lease runs out, another retakes it."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, make_image_folder
+from curator.client import CuratorClient, ServiceError
+from index_builder import BuildOptions, build_index
+from test_service import CURATE, Server
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_clip_spec):
+    root = tmp_path_factory.mktemp("work")
+    make_image_folder(root / "labelled", 30, classes=3, seed=8)
+    make_image_folder(root / "pool", 60, classes=3, seed=9)
+    build_index([str(root / "pool")], root / "index", BuildOptions(encoder=tiny_clip_spec, workers=0, progress=False))
+    srv = Server(root / "index", root / "state").start()
+    yield root, srv
+    srv.stop()
+
+
+def job_config(tiny_clip_spec, steps_b=6):
+    return {"teacher": tiny_clip_spec, "student": "resnet18", "student_size": 32, "labels_per_class": 5,
+            "val_per_class": 2, "steps_a": 4, "steps_b": steps_b, "steps_c": 4, "batch_size": 8, "ckpt_every": 2}
+
+
+def worker_cmd(srv, work, *extra):
+    return [sys.executable, "-m", "curator.cli", "worker", "--api", srv.url, "--token", CURATE, "--work-dir",
+            str(work), "--lease", "5", "--poll", "0.2", *extra]
+
+
+def test_dead_worker_loses_its_lease_and_the_job_is_retaken(setup, tiny_clip_spec):
+    root, srv = setup
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with CuratorClient(srv.url, CURATE) as client:
+        images = sorted((root / "labelled" / "class0").glob("*"))[:3]
+        ts = client.wait(client.curate(images, {"per_query": 6, "dedup": 1.0, "exclude_threshold": 1.0})["id"])
+        job = client.submit_distill_job(ts["transfer_set_id"], str(root / "labelled"),
+                                        job_config(tiny_clip_spec, steps_b=3000))
+        assert job["state"] == "queued"
+        first = subprocess.Popen(worker_cmd(srv, root / "w1", "--name", "w1"), cwd=REPO, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while time.time() < deadline and client.distill_job(job["id"])["state"] != "running":
+            time.sleep(0.1)
+        assert client.distill_job(job["id"])["worker"] == "w1"
+        assert client.claim_distill_job("w-other", 5) is None  # never two workers on one job
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        time.sleep(5.5)  # the lease runs out
+        retake = client.claim_distill_job("w2", 5)
+        assert retake["id"] == job["id"] and retake["attempts"] == 2
+        with pytest.raises(ServiceError) as exc:
+            client.finish_distill_job(job["id"], "w1", "succeeded")  # a late result from the dead worker
+        assert exc.value.status == 409
+
+
+def test_worker_runs_a_job_to_completion(setup, tiny_clip_spec):
+    root, srv = setup
+    with CuratorClient(srv.url, CURATE) as client:
+        images = sorted((root / "labelled" / "class1").glob("*"))[:3]
+        ts = client.wait(client.curate(images, {"per_query": 6, "dedup": 1.0, "exclude_threshold": 1.0})["id"])
+        while client.claim_distill_job("drain", 3600):  # earlier tests' jobs must not be picked up here
+            pass
+        job = client.submit_distill_job(ts["transfer_set_id"], str(root / "labelled"), job_config(tiny_clip_spec))
+        done = subprocess.run(worker_cmd(srv, root / "w3", "--once", "--name", "w3"), cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        final = client.distill_job(job["id"])
+        assert final["state"] == "succeeded" and final["worker"] == "w3", final.get("error")
+        assert final["report"]["stages"]["b"]["steps"] == 6 and os.path.exists(final["student_url"])
+        with pytest.raises(ServiceError) as exc:
+            client.submit_distill_job(ts["transfer_set_id"], "x", {"out": "/etc"})
+        assert exc.value.status == 422
