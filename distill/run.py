@@ -24,6 +24,7 @@ from curator import atomic
 from curator.errors import CuratorError
 from curator.formats import utcnow
 
+from . import dist
 from .data import (FixedViewDataset, ImageDataset, collate_skip_bad, load_labelled, open_transfer_set,
                    transfer_items)
 from .models import Student, Teacher, count_params, flops_per_image
@@ -65,10 +66,20 @@ class DistillConfig(BaseModel):
 
 
 def _loader(items, size, train, cfg, shuffle=True):
-    g = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(ImageDataset(items, size, train), batch_size=cfg.batch_size, shuffle=shuffle and train,
-                      num_workers=cfg.workers, collate_fn=collate_skip_bad, generator=g,
-                      drop_last=train and len(items) >= cfg.batch_size)  # steady batch statistics
+    return _data_loader(ImageDataset(items, size, train), train and shuffle, cfg)
+
+
+def _data_loader(dataset, train: bool, cfg) -> DataLoader:
+    """Training loaders shard each epoch across ranks (one shard when not distributed)."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = None
+    if train and dist.world_size() > 1:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed, drop_last=True)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      num_workers=cfg.workers, collate_fn=collate_skip_bad,
+                      generator=torch.Generator().manual_seed(cfg.seed),
+                      drop_last=train and len(dataset) >= cfg.batch_size * dist.world_size())
 
 
 def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
@@ -122,7 +133,11 @@ def teacher_cache(teacher: Teacher, items: list, folder: Path, out: Path, size: 
     except OSError:  # a read-only transfer set: keep the cache with the run instead
         target = out / "teacher-cache" / name
         target.parent.mkdir(parents=True, exist_ok=True)
+    if not dist.is_main():  # rank 0 fills the cache; the others wait and read it
+        dist.barrier()
+        return np.load(target), 0, str(target)
     if target.exists():
+        dist.barrier()
         return np.load(target), 0, str(target)
     views = FixedViewDataset(items, size, cfg.cache_teacher, cfg.seed)
     logits = np.zeros((len(views), teacher.head.out_features), dtype=np.float16)
@@ -133,6 +148,7 @@ def teacher_cache(teacher: Teacher, items: list, folder: Path, out: Path, size: 
             logits[ks.numpy()] = teacher(batch).float().numpy()
             passes += len(batch)
     atomic.write_npy(target, logits)
+    dist.barrier()
     return logits, passes, str(target)
 
 
@@ -152,6 +168,8 @@ def export_student(student: Student, size: int, path: Path) -> str:
 
 
 def run_distill(cfg: DistillConfig) -> dict:
+    """One run; under ``torchrun --nproc_per_node N`` it trains data-parallel on N processes."""
+    rank, world = dist.init_from_env(cfg.device)
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -161,7 +179,9 @@ def run_distill(cfg: DistillConfig) -> dict:
     saved = out / "config.json"
     if saved.exists() and json.loads(saved.read_text()) != cfg.model_dump(exclude={"progress", "token"}):
         raise CuratorError(f"{out} holds a run with another config; use a fresh --out to start over")
-    atomic.write_json(saved, cfg.model_dump(exclude={"progress", "token"}))
+    dist.barrier()  # every rank has compared against the old config before rank 0 rewrites it
+    if dist.is_main():
+        atomic.write_json(saved, cfg.model_dump(exclude={"progress", "token"}))
     logger = Logger(out / "log.jsonl")
     data = load_labelled(cfg.labelled, labels_per_class=cfg.labels_per_class, val_per_class=cfg.val_per_class,
                          seed=cfg.seed)
@@ -176,7 +196,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     evals = {s: _loader(data.splits[s], view, False, cfg) for s in ("val", "test") if data.splits.get(s)}
     report: dict = {"format": REPORT_FORMAT, "created_at": utcnow(), "config": cfg.model_dump(exclude={"token"}),
                     "data": data.describe(), "stages": {}, "teacher": None, "student": {}}
-    common = dict(ckpt_dir=ckpt, logger=logger, ckpt_every=cfg.ckpt_every, progress=cfg.progress)
+    common = dict(ckpt_dir=ckpt, logger=logger, ckpt_every=cfg.ckpt_every, progress=cfg.progress and dist.is_main())
 
     def scores(model) -> dict:
         return {s: evaluate(model, loader, n_cls) for s, loader in evals.items()}
@@ -224,10 +244,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         seed_stage(2)
         if cfg.cache_teacher:
             cache, passes, cache_file = teacher_cache(teacher, transfer_list, folder, out, view, cfg)
-            views = FixedViewDataset(transfer_list, view, cfg.cache_teacher, cfg.seed)
-            batches = forever(DataLoader(views, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                                         collate_fn=collate_skip_bad, drop_last=len(views) >= cfg.batch_size,
-                                         generator=torch.Generator().manual_seed(cfg.seed)))
+            batches = forever(_data_loader(FixedViewDataset(transfer_list, view, cfg.cache_teacher, cfg.seed), True, cfg))
 
             def kd(batch):
                 return kd_loss(student(batch[0]), torch.from_numpy(cache[batch[1].numpy()]).float(), cfg.temperature)
@@ -276,8 +293,11 @@ def run_distill(cfg: DistillConfig) -> dict:
         report["teacher"] = (report["teacher"] or {"spec": cfg.teacher, "mode": "frozen"}) | {
             "params": count_params(teacher), "flops": flops_per_image(teacher, teacher.size),
             "latency_ms_cpu_batch1": _latency_ms(teacher, teacher.size)}
-    torch.save(student.state_dict(), out / "student.pt")
-    report["student"]["exported"] = export_student(student, cfg.student_size, out / "student.pt2")
-    report["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-    atomic.write_json(out / "report.json", report)
+    report["world_size"] = world
+    if dist.is_main():
+        torch.save(student.state_dict(), out / "student.pt")
+        report["student"]["exported"] = export_student(student, cfg.student_size, out / "student.pt2")
+        report["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+        atomic.write_json(out / "report.json", report)
+    dist.barrier()
     return report

@@ -19,6 +19,8 @@ from torch import nn
 
 from curator import atomic
 
+from . import dist
+
 
 @dataclass
 class StageResult:
@@ -38,10 +40,14 @@ def cosine_with_warmup(optimizer, steps: int, warmup: int):
 
 
 def forever(loader) -> Iterator:
+    epoch = 0
     while True:
+        if hasattr(loader.sampler, "set_epoch"):  # distributed: a new disjoint shard each epoch
+            loader.sampler.set_epoch(epoch)
         for batch in loader:
             if batch[0] is not None:
                 yield batch
+        epoch += 1
 
 
 class Logger:
@@ -52,6 +58,8 @@ class Logger:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, **row) -> None:
+        if not dist.is_main():
+            return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
 
@@ -86,6 +94,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
     resumed_from = start
+    dist.sync_from_main(modules)
     for m in modules.values():
         m.train()
     t0 = time.perf_counter()
@@ -98,9 +107,11 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
         loss = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        dist.average_gradients(p for group in optimizer.param_groups for p in group["params"])
         optimizer.step()
+        dist.sync_from_main(modules, buffers_only=True)
         schedule.step()
-        images += len(batch[0])
+        images += len(batch[0]) * dist.world_size()
         if step % 10 == 0 or step == steps - 1:
             logger.log(stage=name, step=step, loss=round(float(loss.detach()), 5), lr=schedule.get_last_lr()[0])
         if bar:
@@ -110,7 +121,9 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
                 _keep_best(best, select(), modules)
                 for m in modules.values():
                     m.train()
-            _save(ckpt, modules, optimizer, schedule, step + 1, images, seconds + time.perf_counter() - t0, best)
+            if dist.is_main():
+                _save(ckpt, modules, optimizer, schedule, step + 1, images, seconds + time.perf_counter() - t0, best)
+            dist.barrier()
     if bar:
         bar.close()
     if select is not None:
@@ -119,9 +132,11 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
             module.load_state_dict(best["state"][key])
     result = StageResult(steps=steps, seconds=round(seconds + time.perf_counter() - t0, 3), images=images,
                          resumed_from=resumed_from)
-    atomic.write_with(done, lambda p: torch.save({"modules": {k: m.state_dict() for k, m in modules.items()},
-                                                  "result": result.__dict__}, p))
-    ckpt.unlink(missing_ok=True)
+    if dist.is_main():
+        atomic.write_with(done, lambda p: torch.save({"modules": {k: m.state_dict() for k, m in modules.items()},
+                                                      "result": result.__dict__}, p))
+        ckpt.unlink(missing_ok=True)
+    dist.barrier()
     return result
 
 

@@ -129,3 +129,20 @@ def test_teacher_cache_is_reused_and_matches_the_teacher(task, tiny_clip_spec, t
         with torch.no_grad():
             online = teacher(views[k][0][None])[0].numpy()
         np.testing.assert_allclose(cached[k], online, atol=2e-2)
+
+
+def test_two_process_data_parallel_run_on_cpu(task, tiny_clip_spec, tmp_path):
+    """torchrun with 2 gloo processes: one report, world size 2, both ranks' images counted."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "curator.cli", "distill", "--labelled", str(task / "labelled"), "--transfer", str(task / "sets" / "t"),
+           "--out", str(out), "--teacher", tiny_clip_spec, "--student", STUDENT, "--student-size", "32",
+           "--labels-per-class", "5", "--steps-a", "4", "--steps-b", "6", "--steps-c", "4", "--batch-size", "4",
+           "--cache-teacher", "2", "--json"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["world_size"] == 2
+    assert report["stages"]["b"]["images"] == 6 * 4 * 2 and report["stages"]["b"]["teacher_forward_passes"] == 60
+    assert report["student"]["final"]["test"]["n"] == 36 - 15 - 3  # the CLI's default: 1 val image per class
