@@ -18,7 +18,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``dest``; on success rename it over ``dest``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    # keep the real suffix last: some writers (torch.export) insist on it
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -353,16 +353,16 @@ def _run_demo(args) -> int:
     from .samples import fetch_samples
 
     out = Path(args.out)
-    print("1/3 fetching the Tux Paint stamps (Debian package, unpacked into the cache) ...")
+    print("1/5 fetching the Tux Paint stamps (Debian package, unpacked into the cache) ...")
     pool = fetch_samples(["tuxpaint"], out / "samples")["tuxpaint"]
-    print(f"2/3 building an index over {pool} with {args.encoder} ...")
+    print(f"2/5 building an index over {pool} with {args.encoder} ...")
     report = build_index([str(pool)], out / "index", BuildOptions(encoder=args.encoder, shard_size=200))
     print(f"    {report.items} images, {report.index_factory}, {report.embed_images_per_s:.1f} img/s, "
           f"skipped {report.skipped}, duplicates {report.duplicates}")
     index = PoolIndex.open(out / "index")
     keys = index.items.column("key").to_pylist()
     picks = random.Random(0).sample(range(len(keys)), min(args.queries, len(keys)))
-    print(f"3/3 searching with {len(picks)} of the stamps (top {args.k}, the query itself excluded):")
+    print(f"3/5 searching with {len(picks)} of the stamps (top {args.k}, the query itself excluded):")
     shares = []
     for item_id in picks:
         query = index.embed_images([index.fetch(item_id)])
@@ -376,7 +376,41 @@ def _run_demo(args) -> int:
     print(f"share of neighbours in the query's category: {sum(shares) / len(shares):.0%} "
           f"(15 categories; the index is in {out / 'index'})")
     _demo_service(out, pool, keys)
+    _demo_distill(out, pool, index)
     return 0
+
+
+def _demo_distill(out, pool, index) -> None:
+    """Step 5: 5 labels per class, a transfer set curated for them, a distilled student."""
+    from distill import DistillConfig, run_distill
+    from distill.data import load_labelled
+
+    from .curate import curate
+    from .formats import CurateParams
+    from .queries import Query
+
+    labelled = out / "labelled"  # the categories with at least 20 stamps: 5 train, 2 val, the rest test
+    labelled.mkdir(exist_ok=True)
+    for cat in sorted(p for p in pool.iterdir() if p.is_dir() and len(list(p.glob("*.png"))) >= 20):
+        if not (labelled / cat.name).exists():
+            (labelled / cat.name).symlink_to(cat.resolve(), target_is_directory=True)
+    data = load_labelled(labelled, labels_per_class=5, val_per_class=2, seed=0)
+    as_queries = lambda split: [Query(p, open(p, "rb").read(), data.classes[y]) for p, y in data.splits[split]]
+    print(f"5/5 distilling: {len(data.classes)} classes x 5 labels; transfer set of 10 pool images per labelled "
+          f"image, val and test images excluded ...")
+    curate(index, as_queries("train"), CurateParams(per_query=10), out / "demo-sets",
+           exclude=as_queries("val") + as_queries("test"), set_id="demo") if not (out / "demo-sets" / "demo").exists() \
+        else None
+    report = run_distill(DistillConfig(
+        labelled=str(labelled), labels_per_class=5, val_per_class=2, transfer=str(out / "demo-sets" / "demo"),
+        out=str(out / "distill"), teacher="packaged:efficientnet-lite0", student="mobilenetv3_small_100",
+        student_size=64, steps_a=60, steps_b=200, steps_c=60, cache_teacher=4, progress=False))
+    t, st = report["teacher"], report["student"]
+    print(f"    teacher {t['spec']}: test accuracy {t['test']['accuracy']:.3f}, {t['params'] / 1e6:.1f} M params, "
+          f"{t['latency_ms_cpu_batch1']:.1f} ms/image on this CPU\n"
+          f"    student {st['name']} @ {st['size']} px: test accuracy {st['final']['test']['accuracy']:.3f}, "
+          f"{st['params'] / 1e6:.1f} M params, {st['latency_ms_cpu_batch1']:.1f} ms/image "
+          f"(chance {1 / len(data.classes):.3f}; report in {out / 'distill' / 'report.json'})")
 
 
 def _demo_service(out, pool, keys: list[str]) -> None:
@@ -409,7 +443,7 @@ def _demo_service(out, pool, keys: list[str]) -> None:
         sizes = Counter(k.split("/")[0] for k in keys)
         targets = [c for c, _ in sizes.most_common(3)]  # a neutral rule: the three largest categories
         queries = [pool / k for c in targets for k in [k for k in keys if k.startswith(c + "/")][::7][:3]]
-        print(f"4/4 serving on http://127.0.0.1:{port}; POST /curate with {len(queries)} stamps of "
+        print(f"4/5 serving on http://127.0.0.1:{port}; POST /curate with {len(queries)} stamps of "
               f"{', '.join(targets)} (balanced, 8 per query) ...")
         with CuratorClient(f"http://127.0.0.1:{port}", token) as client:
             job = client.wait(client.curate(queries, {"per_query": 8}, labels=[q.parent.name for q in queries])["id"])

@@ -76,7 +76,7 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildOptions) -> Build
     check_plan(out, plan)
     encoder = create_encoder(opts.encoder, device=opts.device, precision=opts.precision)
 
-    for stale in (out / "shards").glob(".*.tmp"):  # left by a build killed mid-write
+    for stale in (out / "shards").glob(".*.tmp*"):  # left by a build killed mid-write
         stale.unlink()
     dones: dict[str, Optional[ShardDone]] = {t.shard_id: read_done(out, t, opts.encoder) for t in tasks}
     pending = [t for t in tasks if dones[t.shard_id] is None]
