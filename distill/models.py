@@ -36,7 +36,7 @@ class Teacher(nn.Module):
     def features(self, views: torch.Tensor) -> torch.Tensor:
         if views.shape[-1] != self.size:
             views = F.interpolate(views, size=(self.size, self.size), mode="bilinear", antialias=True)
-        return self.encoder._embed((views - self.mean) / self.std).float()
+        return self.encoder.features((views - self.mean) / self.std).float()
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         return self.scale * self.head(F.normalize(self.features(views), dim=-1))

@@ -7,6 +7,7 @@ goes through the same pipeline as the pool was.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
@@ -33,7 +34,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class Encoder:
+class Encoder(ABC):
     """An image (and optionally text) embedding model with its preprocessing.
 
     Subclasses set ``model`` and ``preprocess`` and implement :meth:`_embed`.
@@ -61,8 +62,9 @@ class Encoder:
         self.preprocess_info = preprocess_info or {}
 
     # -- subclass hooks -------------------------------------------------------------
+    @abstractmethod
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Unnormalised image features for a preprocessed batch (each family's own forward)."""
 
     def _embed_text(self, texts: Sequence[str]) -> torch.Tensor:
         raise CuratorError(f"encoder {self.spec} has no text tower")
@@ -91,6 +93,10 @@ class Encoder:
         with self.autocast():
             feats = self._embed(pixels)
         return _normalise(feats)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unnormalised features *with* gradients: for training a head on the encoder, or finetuning it."""
+        return self._embed(pixels)
 
     def encode_pil(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Preprocess and embed PIL images (convenience for small query batches)."""
