@@ -64,7 +64,6 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     timings["search"] = search_seconds[0]
     timings["select"] = time.perf_counter() - t - search_seconds[0]
 
-    t = time.perf_counter()
     progress("write", 0.0)
     index_manifest = (pool.root / MANIFEST_NAME).read_bytes()
     base = {
@@ -78,13 +77,11 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
         "dry_queries": [queries[i].id for i in selection.dry_queries],
         "counts": {**selection.counts, "queries": len(queries), "query_views": int(len(vecs)),
                    "exclude_vectors": int(len(forbidden_vecs) - len(queries))},
+        "timings": {k: round(v, 4) for k, v in timings.items()},  # the writer adds its own phase
     }
     manifest = write_transfer_set(pool.items, selection, [q.id for q in queries], labels, Path(out_root),
                                   set_id or new_set_id(), base, shard_size=params.shard_size,
                                   progress=lambda f: progress("write", f), cancelled=cancelled)
-    timings["write"] = time.perf_counter() - t
-    manifest["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    _rewrite_manifest(Path(out_root) / manifest["id"], manifest)
     progress("done", 1.0)
     return manifest
 
@@ -103,9 +100,3 @@ def _check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
         raise CuratorError("embeddings must be finite and non-zero")
     return vectors / norms
-
-
-def _rewrite_manifest(folder: Path, manifest: dict) -> None:
-    from . import atomic
-
-    atomic.write_json(folder / "manifest.json", manifest)

@@ -93,6 +93,7 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
     final = out_root / set_id
     if final.exists():
         raise CuratorError(f"transfer set {final} already exists")
+    t_write = time.perf_counter()
     tmp = out_root / f".{set_id}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
@@ -126,6 +127,9 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
                        tmp / "samples.parquet")
         manifest = dict(manifest_base, id=set_id, shardlist=shards)
         manifest["counts"] = dict(manifest["counts"], emitted=len(samples), unreadable=missing)
+        timings = manifest.get("timings")
+        if timings is not None:  # the caller's phases, plus this one, recorded in the one manifest write
+            manifest["timings"] = dict(timings, write=round(time.perf_counter() - t_write, 4))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:

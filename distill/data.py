@@ -81,6 +81,14 @@ def _from_csv(path: Path) -> LabelledSet:
     return LabelledSet(classes, splits)
 
 
+def read_ref(ref) -> bytes:
+    """An image's bytes from a file path, or a ``(source, offset, size)`` range of a shard."""
+    if isinstance(ref, tuple):
+        return read_range(*ref)
+    with open(ref, "rb") as fh:
+        return fh.read()
+
+
 def view_transform(size: int, train: bool) -> transforms.Compose:
     """Augmented (train) or centred (eval) view at ``size``, as a [0, 1] tensor."""
     if train:
@@ -99,16 +107,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _bytes(self, ref) -> bytes:
-        if isinstance(ref, tuple):
-            return read_range(*ref)
-        with open(ref, "rb") as fh:
-            return fh.read()
-
     def __getitem__(self, i: int):
         ref, label = self.items[i]
         try:
-            img = decode_image(self._bytes(ref), max_pixels=self.max_pixels, min_side=256)
+            img = decode_image(read_ref(ref), max_pixels=self.max_pixels, min_side=256)
         except (BadImageError, OSError):
             return None
         return self.transform(img), label
@@ -190,8 +192,7 @@ class FixedViewDataset(Dataset):
     def __getitem__(self, k: int):
         ref, _ = self.items[k // self.views]
         try:
-            data = read_range(*ref) if isinstance(ref, tuple) else open(ref, "rb").read()
-            img = decode_image(data, max_pixels=self.max_pixels, min_side=256)
+            img = decode_image(read_ref(ref), max_pixels=self.max_pixels, min_side=256)
         except (BadImageError, OSError):
             return None
         return fixed_view(img, self.size, f"{self.seed}-{k}"), k
