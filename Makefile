@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 
-.PHONY: demo test install bench-embed bench-index clean
+.PHONY: demo test install bench-embed bench-index bench-kt clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	scripts/install.sh $(VENV) cpu,ingest,test
@@ -27,6 +27,9 @@ bench-embed: $(STAMP)
 
 bench-index: $(STAMP)
 	$(PY) benchmarks/bench_index.py
+
+bench-kt: $(STAMP)
+	$(VENV)/bin/curator bench kt
 
 clean:
 	rm -rf .cache/demo

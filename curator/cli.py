@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from typing import Callable, Optional
 
@@ -137,7 +138,9 @@ def _curate_parser(sub) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--budget", type=int, help="total images; per-query quota = budget // queries")
     size.add_argument("--per-query", type=int, help="images per query image (default 100)")
-    p.add_argument("--strategy", default="balanced", choices=["balanced", "class-balanced", "threshold"])
+    p.add_argument("--strategy", default="balanced", choices=["balanced", "class-balanced", "threshold", "random"],
+                   help="balanced: the paper's query-balanced retrieval; "
+                        "random: a uniform draw of the same size (the control)")
     p.add_argument("--threshold", type=float, help="minimum cosine for --strategy threshold")
     p.add_argument("--dedup", type=float, default=0.95, help="collapse near-duplicates at this cosine (1 = off)")
     p.add_argument("--exclude", help="images that must not leak into the set (e.g. the target test set)")
@@ -251,6 +254,9 @@ def _distill_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--cache-teacher", type=int, default=0, metavar="V",
                    help="cache teacher outputs for V fixed views per transfer image (reused by later students)")
+    p.add_argument("--cache-dir", help="where view caches go (default: beside the transfer set)")
+    p.add_argument("--mix-labelled", type=float, default=0.0, metavar="SHARE",
+                   help="share of each stage-(b) batch drawn from the labelled images (cross-entropy)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=50)
@@ -464,8 +470,77 @@ def _demo_service(out, pool, keys: list[str]) -> None:
         thread.join(timeout=10)
 
 
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="reproducible experiments of the whole pipeline")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    k = bsub.add_parser(
+        "kt", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="the paper's comparison: supervised, task-agnostic, task-oriented on random vs retrieved sets, teacher",
+        description="Split the target (few labels per class, val, test), index the pool, curate a retrieved and a "
+                    "random transfer set of the same size (val/test excluded), train every arm over several seeds, "
+                    "and write results.json, results.md and chart.png. Every step resumes.",
+        epilog="Without --target/--pool it runs the public protocol: the Tux Paint stamps (15 categories) against "
+               "openclipart + Oxygen icons (~10k images), fetched with 'curator samples fetch'.")
+    k.add_argument("--target", help="folder with one sub-folder of images per class")
+    k.add_argument("--pool", nargs="+", metavar="PATH", help="unlabelled pool inputs (folders or shards)")
+    k.add_argument("--index", help="an existing build-index folder for the pool (default: OUT/index, built once)")
+    k.add_argument("--index-encoder", default="packaged:efficientnet-lite0", help="encoder of the pool index")
+    k.add_argument("--out", default="bench-out/kt", help="working folder (default: %(default)s)")
+    # defaults live in distill.kt.KTConfig (not imported here: --help stays fast)
+    for flag, kind, text in (
+            ("--labels-per-class", int, "labelled train images per class (5)"),
+            ("--val-per-class", int, "val images per class; val picks checkpoints, never test (2)"),
+            ("--split-seed", int, "seed of the train/val/test split (0)"),
+            ("--budget", int, "transfer-set size, retrieved and random alike (2000)"),
+            ("--seeds", int, "training seeds per arm (3)"),
+            ("--teacher", str, "encoder spec of the VFM (packaged:efficientnet-lite2)"),
+            ("--teacher-mode", str, "linear or finetune (linear)"),
+            ("--student", str, "timm student trained from scratch (mobilenetv3_small_100)"),
+            ("--student-size", int, "student resolution (64)"),
+            ("--cache-views", int, "fixed augmented views per transfer image (2)"),
+            ("--steps-a", int, "teacher adaptation steps (300)"),
+            ("--steps-b", int, "distillation steps (600)"),
+            ("--steps-c", int, "student finetuning steps; the supervised arm's only stage (200)"),
+            ("--batch-size", int, "(64)"), ("--lr-student", float, "(2e-3)"), ("--lr-finetune", float, "(5e-4)"),
+            ("--temperature", float, "KD temperature (1.0)"),
+            ("--mix-labelled", float, "share of each distillation batch from the labelled images (0.25)"),
+            ("--exclude-threshold", float, "cosine at which a pool image counts as a val/test image (0.95)")):
+        k.add_argument(flag, type=kind, help=text)
+    k.add_argument("--json", action="store_true", help="print results.json")
+    k.set_defaults(run=_run_bench_kt)
+
+
+def _run_bench_kt(args) -> int:
+    from distill.kt import KTConfig, run_kt
+    from index_builder.build import BuildOptions, build_index
+
+    from .samples import KT_POOL, fetch_samples
+
+    if bool(args.target) != bool(args.pool):
+        raise CuratorError("give both --target and --pool, or neither (the public protocol)")
+    target, pool = args.target, args.pool
+    if not target:
+        fetched = fetch_samples(("tuxpaint",) + KT_POOL)
+        target, pool = str(fetched["tuxpaint"]), [str(fetched[name]) for name in KT_POOL]
+    index = args.index
+    if not index:
+        index = os.path.join(args.out, "index")
+        build_index(pool, index, BuildOptions(encoder=args.index_encoder, progress=not args.json))
+    given = {k: v for k, v in vars(args).items() if k in KTConfig.model_fields and v is not None
+             and k not in ("target", "index", "out")}
+    cfg = KTConfig(target=target, index=index, out=args.out, progress=not args.json, **given)
+    results = run_kt(cfg, command="curator " + " ".join(map(shlex.quote, args.argv)))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        with open(os.path.join(args.out, "results.md"), encoding="utf-8") as fh:
+            print(fh.read())
+        print(f"results: {os.path.join(args.out, 'results.json')}, chart: {os.path.join(args.out, 'chart.png')}")
+    return 0
+
+
 COMMANDS: list[Callable] = [_demo_parser, _build_index_parser, _search_parser, _curate_parser, _serve_parser,
-                            _distill_parser, _worker_parser,
+                            _distill_parser, _worker_parser, _bench_parser,
                             _samples_parser,
                             _encoders_parser]
 
@@ -483,7 +558,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = make_parser().parse_args(argv)
+    args.argv = argv  # the exact command, for reports that must be reproducible
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("faiss.loader", "httpx"):  # optional-AVX-build notes; one line per client request

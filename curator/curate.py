@@ -17,7 +17,7 @@ from .errors import CuratorError
 from .formats import TRANSFER_FORMAT, CurateParams, utcnow
 from .queries import Query, embed_queries
 from .retrieval import MANIFEST_NAME, PoolIndex
-from .select import quotas_for, select_balanced, select_threshold
+from .select import quotas_for, select_balanced, select_random, select_threshold
 from .transfer import new_set_id, write_transfer_set
 
 Progress = Callable[[str, float], None]
@@ -58,6 +58,9 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
                   exclude_threshold=params.exclude_threshold, cells=pool.cells)
     if params.strategy == "threshold":
         selection = select_threshold(search, owner, len(queries), params.threshold, params.budget, **common)
+    elif params.strategy == "random":
+        budget = params.budget or params.per_query * len(queries)
+        selection = select_random(vecs, owner, budget, params.seed, **common)
     else:
         quotas = quotas_for(params.strategy, len(queries), labels, params.budget, params.per_query)
         selection = select_balanced(search, owner, len(queries), quotas, cancelled=cancelled, **common)

@@ -142,7 +142,7 @@ class BuildReport(_Doc):
 
 class CurateParams(_Doc):
     """How a transfer set is selected; the same model for the CLI, the API and the manifest."""
-    strategy: Literal["balanced", "class-balanced", "threshold"] = "balanced"
+    strategy: Literal["balanced", "class-balanced", "threshold", "random"] = "balanced"
     budget: Optional[int] = Field(None, ge=1, description="total images; the per-query quota follows from it")
     per_query: Optional[int] = Field(None, ge=1, description="images per query image (balanced)")
     threshold: Optional[float] = Field(None, ge=-1.0, le=1.0, description="minimum cosine (threshold strategy)")

@@ -63,10 +63,18 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side:
     if min_side > 0 and min(img.size) >= 4 * min_side:
         # Box-reduce by an integer factor, keeping >= 2x the model's input for the final
         # resampling: a 4000px PNG then costs a fraction of a full bicubic resize.
+        if img.mode not in REDUCIBLE_MODES:  # palette, 1-bit, 16-bit: PIL cannot box-reduce them
+            img = to_rgb(img)
         img = img.reduce(min(img.size) // (2 * min_side))
-    rgb = to_rgb(img)
+    try:
+        rgb = to_rgb(img)
+    except Exception as exc:  # an exotic mode PIL cannot convert: a skip, never a crash
+        raise BadImageError("corrupt", f"{img.mode}: {type(exc).__name__}: {exc}") from None
     rgb.info["original_size"] = original_size
     return rgb
+
+
+REDUCIBLE_MODES = {"RGB", "RGBA", "L", "LA", "RGBX", "CMYK"}
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

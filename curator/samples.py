@@ -51,11 +51,32 @@ def _arrange_openclipart(raw: Path, dest: Path) -> None:
             link.symlink_to(category, target_is_directory=True)
 
 
+def _arrange_icon_theme(theme: str) -> Callable[[Path, Path], None]:
+    """One image per icon, labelled by its context folder (apps, devices, places, ...): the
+    largest PNG size of each name, so the pool holds every icon once."""
+    def arrange(raw: Path, dest: Path) -> None:
+        best: dict[tuple[str, str], tuple[int, Path]] = {}
+        for png in (raw / "usr/share/icons" / theme).rglob("*.png"):
+            size = png.parent.parent.name.split("x")[0]
+            if not size.isdigit():
+                continue
+            key = (png.parent.name, png.name)
+            if key not in best or int(size) > best[key][0]:
+                best[key] = (int(size), png)
+        for (context, name), (_, png) in sorted(best.items()):
+            (dest / context).mkdir(parents=True, exist_ok=True)
+            _link(png, dest / context / name)
+    return arrange
+
+
 SAMPLE_SETS = {
     "tuxpaint": SampleSet("tuxpaint-stamps-default", "549 photo cut-outs and clip-art, 15 categories, captions",
                           _arrange_tuxpaint),
     "openclipart": SampleSet("openclipart-png", "8,121 clip-art PNGs, 22 categories", _arrange_openclipart),
+    "oxygen-icons": SampleSet("oxygen-icon-theme", "2,044 KDE Oxygen icons (largest size of each), 9 contexts; "
+                              "unrelated to most targets: the pool's distractors", _arrange_icon_theme("oxygen/base")),
 }
+KT_POOL = ("openclipart", "oxygen-icons")   # the public pool of `curator bench kt` (~10k images)
 DEFAULT_SAMPLES = ("tuxpaint",)
 
 

@@ -5,7 +5,9 @@ number of *unique* pool images, found by walking its ranked neighbour list and s
 items already taken. Queries take turns one item at a time (round-robin), so no query's
 position in the list decides who gets a contested neighbour. ``class-balanced`` gives each
 class an equal share, split evenly over its queries; ``threshold`` takes everything above
-a similarity, best first, up to the budget.
+a similarity, best first, up to the budget. ``random`` is the paper's control: a uniform
+draw from the pool of the same size, under the same dedup and contamination rules (each
+item is credited to its nearest query, for the record only).
 
 Near-duplicates never enter twice: once an item is taken, every candidate within cosine
 ``dedup`` of it is blocked. Candidates within ``exclude_threshold`` of a query image or of
@@ -232,11 +234,20 @@ def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], own
     vecs = vectors_of(candidates)
     excluded = contaminated(vecs, forbidden, exclude_threshold)
     dups = near_duplicate_pairs(vecs, dedup, cells)
-    state = np.zeros(len(candidates), dtype=np.int8)
-    taken, n_excl, n_dup = [], 0, 0
-    for pid in order:
-        j = pos[pid]
-        if budget is not None and len(taken) >= budget:
+    picked, n_excl, n_dup = _take_in_order([pos[pid] for pid in order], excluded, dups, budget)
+    taken = [(int(candidates[j]), *best[int(candidates[j])]) for j in picked]
+    counts = {"candidates": int(len(candidates)), "excluded": n_excl, "deduped": n_dup}
+    return _selection(taken, np.zeros(n_queries, dtype=np.int64), counts, [], k)
+
+
+def _take_in_order(order: list[int], excluded: np.ndarray, dups: list[np.ndarray],
+                   budget: Optional[int]) -> tuple[list[int], int, int]:
+    """Walk candidate positions in ``order``, skipping contamination and near-duplicates of
+    what was taken, up to ``budget``. Returns (taken positions, excluded seen, duplicates seen)."""
+    state = np.zeros(len(excluded), dtype=np.int8)     # 0 free, 1 taken, 2 dup-blocked
+    picked, n_excl, n_dup = [], 0, 0
+    for j in order:
+        if budget is not None and len(picked) >= budget:
             break
         if excluded[j]:
             n_excl += 1
@@ -245,9 +256,35 @@ def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], own
         else:
             state[j] = 1
             state[dups[j][state[dups[j]] == 0]] = 2
-            taken.append((pid, *best[pid]))
-    counts = {"candidates": int(len(candidates)), "excluded": n_excl, "deduped": n_dup}
-    return _selection(taken, np.zeros(n_queries, dtype=np.int64), counts, [], k)
+            picked.append(j)
+    return picked, n_excl, n_dup
+
+
+def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: int,
+                  vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray, ntotal: int,
+                  dedup: float, exclude_threshold: float,
+                  cells: Optional[Callable[[np.ndarray, int], np.ndarray]] = None) -> Selection:
+    """A seeded uniform draw of ``budget`` pool items (fewer only if the pool runs out)."""
+    faiss = import_faiss()
+    order = np.random.default_rng(seed).permutation(ntotal)
+    n = min(ntotal, 2 * budget + 64)
+    while True:
+        candidates = np.sort(order[:n])
+        vecs = vectors_of(candidates)
+        excluded = contaminated(vecs, forbidden, exclude_threshold)
+        dups = near_duplicate_pairs(vecs, dedup, cells)
+        pos = {int(pid): j for j, pid in enumerate(candidates)}
+        picked, n_excl, n_dup = _take_in_order([pos[int(pid)] for pid in order[:n]], excluded, dups, budget)
+        if len(picked) >= budget or n >= ntotal:
+            break
+        n = min(ntotal, n * 2)
+    picked_arr = np.asarray(picked, dtype=np.int64)
+    sims, nearest = faiss.knn(np.ascontiguousarray(vecs[picked_arr], np.float32),
+                              np.ascontiguousarray(query_vecs, np.float32), 1, metric=faiss.METRIC_INNER_PRODUCT)
+    taken = [(int(candidates[j]), int(owner[v]), -1, float(s)) for j, v, s in zip(picked_arr, nearest[:, 0],
+                                                                                   sims[:, 0])]
+    counts = {"candidates": int(n), "excluded": n_excl, "deduped": n_dup}
+    return _selection(taken, np.zeros(int(owner.max()) + 1 if len(owner) else 0, dtype=np.int64), counts, [], n)
 
 
 def _selection(taken: list, quotas: np.ndarray, counts: dict, dry: list[int], depth: int) -> Selection:

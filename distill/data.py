@@ -7,7 +7,9 @@ resized for the student, so teacher and student always see *the same* view.
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,8 @@ from torchvision import transforms
 from curator.errors import BadImageError, CuratorError
 from curator.images import decode_image, is_image_name
 from curator.pool import read_range, scan_tar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,11 +59,17 @@ def load_labelled(path: str | Path, *, labels_per_class: Optional[int] = None, v
     for label, cls in enumerate(classes):
         files = sorted(str(p) for p in (path / cls).rglob("*") if p.is_file() and is_image_name(p.name))
         rng.shuffle(files)
-        if len(files) < labels_per_class + val_per_class + 1:
-            raise CuratorError(f"class {cls!r} has {len(files)} images; need {labels_per_class + val_per_class + 1}")
-        splits["train"] += [(f, label) for f in files[:labels_per_class]]
-        splits["val"] += [(f, label) for f in files[labels_per_class:labels_per_class + val_per_class]]
-        splits["test"] += [(f, label) for f in files[labels_per_class + val_per_class:]]
+        if len(files) < 2:
+            raise CuratorError(f"class {cls!r} has {len(files)} image(s); need 2 (one to train, one to test)")
+        # a class too small for the full split keeps one test image, then gives train priority over val
+        n_train = min(labels_per_class, len(files) - 1)
+        n_val = min(val_per_class, len(files) - n_train - 1)
+        if (n_train, n_val) != (labels_per_class, val_per_class):
+            log.warning("class %r has %d images: %d train, %d val, %d test", cls, len(files), n_train, n_val,
+                        len(files) - n_train - n_val)
+        splits["train"] += [(f, label) for f in files[:n_train]]
+        splits["val"] += [(f, label) for f in files[n_train:n_train + n_val]]
+        splits["test"] += [(f, label) for f in files[n_train + n_val:]]
     return LabelledSet(classes, splits)
 
 
@@ -98,11 +108,27 @@ def view_transform(size: int, train: bool) -> transforms.Compose:
                                transforms.ToTensor()])
 
 
-class ImageDataset(Dataset):
-    """(view, label) pairs; a sample that fails to decode yields None and is dropped by the collate."""
+def decode_ref(ref, max_pixels: int = 40_000_000):
+    """Decoded (and reduced: shorter side >= 256) image of a ref; raises BadImageError/OSError."""
+    return decode_image(read_ref(ref), max_pixels=max_pixels, min_side=256)
 
-    def __init__(self, items: list[tuple], size: int, train: bool, max_pixels: int = 40_000_000):
+
+@functools.lru_cache(maxsize=4096)
+def decode_ref_memo(ref, max_pixels: int = 40_000_000):
+    """``decode_ref`` remembered: labelled sets are small and seen every epoch (and by every
+    stage and run in one process), so each image is decoded once. Failures are not cached."""
+    return decode_ref(ref, max_pixels)
+
+
+class ImageDataset(Dataset):
+    """(view, label) pairs; a sample that fails to decode yields None and is dropped by the collate.
+
+    ``memo`` keeps decoded images in memory (for the small labelled sets, not transfer sets)."""
+
+    def __init__(self, items: list[tuple], size: int, train: bool, max_pixels: int = 40_000_000,
+                 memo: bool = False):
         self.items, self.transform, self.max_pixels = items, view_transform(size, train), max_pixels
+        self.decode = decode_ref_memo if memo else decode_ref
 
     def __len__(self) -> int:
         return len(self.items)
@@ -110,7 +136,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         ref, label = self.items[i]
         try:
-            img = decode_image(read_ref(ref), max_pixels=self.max_pixels, min_side=256)
+            img = self.decode(ref, self.max_pixels)
         except (BadImageError, OSError):
             return None
         return self.transform(img), label
@@ -181,10 +207,13 @@ def fixed_view(img, size: int, key: str) -> torch.Tensor:
 
 
 class FixedViewDataset(Dataset):
-    """``views`` fixed augmented views of each image: item k is view k % views of image k // views."""
+    """``views`` fixed augmented views of each image: item k is view k % views of image k // views.
+    With ``augment=False``, one centred view per image."""
 
-    def __init__(self, items: list[tuple], size: int, views: int, seed: int, max_pixels: int = 40_000_000):
-        self.items, self.size, self.views, self.seed, self.max_pixels = items, size, views, seed, max_pixels
+    def __init__(self, items: list[tuple], size: int, views: int, seed: int, max_pixels: int = 40_000_000,
+                 augment: bool = True):
+        self.items, self.size, self.seed, self.max_pixels = items, size, seed, max_pixels
+        self.views, self.centre = (views, None) if augment else (1, view_transform(size, False))
 
     def __len__(self) -> int:
         return len(self.items) * self.views
@@ -192,7 +221,9 @@ class FixedViewDataset(Dataset):
     def __getitem__(self, k: int):
         ref, _ = self.items[k // self.views]
         try:
-            img = decode_image(read_ref(ref), max_pixels=self.max_pixels, min_side=256)
+            img = decode_ref(ref, self.max_pixels)
         except (BadImageError, OSError):
             return None
+        if self.centre is not None:
+            return self.centre(img), k
         return fixed_view(img, self.size, f"{self.seed}-{k}"), k

@@ -34,6 +34,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def main_first(fn):
+    """Run ``fn`` on rank 0, then on the others: rank 0 builds a shared cache, the rest load it."""
+    if is_main():
+        result = fn()
+        barrier()
+        return result
+    barrier()
+    return fn()
+
+
 def average_gradients(params) -> None:
     if world_size() == 1:
         return

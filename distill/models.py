@@ -38,8 +38,11 @@ class Teacher(nn.Module):
             views = F.interpolate(views, size=(self.size, self.size), mode="bilinear", antialias=True)
         return self.encoder.features((views - self.mean) / self.std).float()
 
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.head(F.normalize(features, dim=-1))
+
     def forward(self, views: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.head(F.normalize(self.features(views), dim=-1))
+        return self.logits_from_features(self.features(views))
 
 
 class Student(nn.Module):
@@ -67,6 +70,10 @@ class Student(nn.Module):
 
     def features(self, views: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(self._prep(views)), pre_logits=True)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from ``features`` (pre-logits): the classifier layer alone."""
+        return self.net.get_classifier()(features)
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         return self.net(self._prep(views))

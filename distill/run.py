@@ -25,8 +25,8 @@ from curator.errors import CuratorError
 from curator.formats import utcnow
 
 from . import dist
-from .data import (FixedViewDataset, ImageDataset, collate_skip_bad, load_labelled, open_transfer_set,
-                   transfer_items)
+from .cache import CachedViews, view_cache
+from .data import ImageDataset, collate_skip_bad, load_labelled, open_transfer_set, transfer_items
 from .models import Student, Teacher, count_params, flops_per_image
 from .train import Logger, evaluate, forever, run_stage
 
@@ -57,6 +57,10 @@ class DistillConfig(BaseModel):
     temperature: float = Field(1.0, gt=0)
     cache_teacher: int = Field(0, ge=0, le=64, description="fixed views per transfer image whose teacher outputs "
                                                           "are cached and reused (0: teacher runs online)")
+    cache_dir: Optional[str] = Field(None, description="where view caches go (default: beside the transfer set)")
+    view_seed: int = Field(0, description="seed of the cached views (independent of --seed: seeds share caches)")
+    mix_labelled: float = Field(0.0, ge=0.0, lt=1.0, description="share of each stage-(b) batch drawn from the "
+                                                               "labelled images, trained with cross-entropy")
     workers: int = Field(0, ge=0)
     seed: int = 0
     device: str = "cpu"
@@ -65,21 +69,24 @@ class DistillConfig(BaseModel):
     progress: bool = True
 
 
-def _loader(items, size, train, cfg, shuffle=True):
-    return _data_loader(ImageDataset(items, size, train), train and shuffle, cfg)
+def _loader(items, size, train, cfg, memo: bool = True):
+    """Labelled images are few and seen every epoch: decoded once (memo); transfer images are
+    many and decoded as they stream (``memo=False``)."""
+    return _data_loader(ImageDataset(items, size, train, memo=memo), train, cfg)
 
 
-def _data_loader(dataset, train: bool, cfg) -> DataLoader:
+def _data_loader(dataset, train: bool, cfg, batch_size: Optional[int] = None) -> DataLoader:
     """Training loaders shard each epoch across ranks (one shard when not distributed)."""
     from torch.utils.data.distributed import DistributedSampler
 
     sampler = None
     if train and dist.world_size() > 1:
         sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed, drop_last=True)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
+    batch_size = batch_size or cfg.batch_size
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
                       num_workers=cfg.workers, collate_fn=collate_skip_bad,
                       generator=torch.Generator().manual_seed(cfg.seed),
-                      drop_last=train and len(dataset) >= cfg.batch_size * dist.world_size())
+                      drop_last=train and len(dataset) >= batch_size * dist.world_size())
 
 
 def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
@@ -107,51 +114,6 @@ def _latency_ms(model: nn.Module, size: int, repeats: int = 10) -> float:
     return round(1000 * (time.perf_counter() - t0) / repeats, 2)
 
 
-def teacher_key(teacher: Teacher) -> str:
-    """Hash of the adapted teacher's weights: caches from another teacher are never reused."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(teacher.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-@torch.inference_mode()
-def teacher_cache(teacher: Teacher, items: list, folder: Path, out: Path, size: int,
-                  cfg: DistillConfig) -> tuple[np.ndarray, int, str]:
-    """Teacher logits for every fixed view, computed once and stored beside the transfer set.
-
-    Returns (logits, teacher forward passes spent now, cache path). Keyed by the teacher's
-    weights, the view count, size and seed; written atomically, so concurrent students agree.
-    """
-    name = f"{teacher_key(teacher)}-v{cfg.cache_teacher}-s{size}-seed{cfg.seed}.npy"
-    target = folder / "teacher-cache" / name
-    try:
-        target.parent.mkdir(exist_ok=True)
-    except OSError:  # a read-only transfer set: keep the cache with the run instead
-        target = out / "teacher-cache" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-    if not dist.is_main():  # rank 0 fills the cache; the others wait and read it
-        dist.barrier()
-        return np.load(target), 0, str(target)
-    if target.exists():
-        dist.barrier()
-        return np.load(target), 0, str(target)
-    views = FixedViewDataset(items, size, cfg.cache_teacher, cfg.seed)
-    logits = np.zeros((len(views), teacher.head.out_features), dtype=np.float16)
-    loader = DataLoader(views, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_skip_bad)
-    passes = 0
-    for batch, ks, _ in loader:
-        if batch is not None:
-            logits[ks.numpy()] = teacher(batch).float().numpy()
-            passes += len(batch)
-    atomic.write_npy(target, logits)
-    dist.barrier()
-    return logits, passes, str(target)
-
-
 def export_student(student: Student, size: int, path: Path) -> str:
     """The student as a ``torch.export`` program (input: [0, 1] RGB at ``size``, any batch size;
     normalisation built in), checked to reproduce the eager model's logits before it is written."""
@@ -165,6 +127,41 @@ def export_student(student: Student, size: int, path: Path) -> str:
         raise CuratorError("the exported student does not reproduce the eager model; not exported")
     atomic.write_with(path, lambda p: torch.export.save(program, str(p)))
     return str(path)
+
+
+def _joined(views: torch.Tensor, mixed: Optional[torch.Tensor], size: int) -> torch.Tensor:
+    """Transfer views and mixed-in labelled views as one batch, at the student's size."""
+    if mixed is None:
+        return views
+    if views.shape[-1] != size:
+        views = F.interpolate(views, size=(size, size), mode="bilinear", antialias=True)
+    return torch.cat([views, mixed])
+
+
+def _mix(transfer_loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, share: float) -> torch.Tensor:
+    return (1 - share) * transfer_loss + share * F.cross_entropy(logits, labels)
+
+
+def _cache_folder(cfg: DistillConfig, preferred: Path, out: Path) -> Path:
+    """Where view caches go: --cache-dir, else beside the data (``preferred``), else with the run
+    (a read-only transfer set)."""
+    folder = Path(cfg.cache_dir) if cfg.cache_dir else preferred
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    except OSError:
+        return out / "teacher-cache"
+
+
+class _HeadOnFeatures(nn.Module):
+    """A linear-probe teacher seen from cached backbone features: its head alone."""
+
+    def __init__(self, teacher: Teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.teacher.logits_from_features(features)
 
 
 def run_distill(cfg: DistillConfig) -> dict:
@@ -189,22 +186,28 @@ def run_distill(cfg: DistillConfig) -> dict:
     if not data.splits.get("train"):
         raise CuratorError(f"{cfg.labelled}: no training images")
     needs_teacher = cfg.method != "supervised"
+    cached = cfg.cache_teacher > 0
     teacher = Teacher(cfg.teacher, n_cls, cfg.device) if needs_teacher else None
     view = teacher.size if teacher else cfg.student_size
     student = Student(cfg.student, n_cls, cfg.student_size, cfg.student_init)
-    train = forever(_loader(data.splits["train"], view, True, cfg))
-    evals = {s: _loader(data.splits[s], view, False, cfg) for s in ("val", "test") if data.splits.get(s)}
+    # the student always trains and is scored on views made at its own size, whatever the method
+    train_s = forever(_loader(data.splits["train"], cfg.student_size, True, cfg))
+    evals_s = {s: _loader(data.splits[s], cfg.student_size, False, cfg)
+               for s in ("val", "test") if data.splits.get(s)}
     report: dict = {"format": REPORT_FORMAT, "created_at": utcnow(), "config": cfg.model_dump(exclude={"token"}),
                     "data": data.describe(), "stages": {}, "teacher": None, "student": {}}
     common = dict(ckpt_dir=ckpt, logger=logger, ckpt_every=cfg.ckpt_every, progress=cfg.progress and dist.is_main())
+    # one decode worker at least: decoding overlaps the teacher's forward passes
+    cache_opts = dict(student_size=cfg.student_size, view_seed=cfg.view_seed, batch_size=cfg.batch_size,
+                      workers=max(1, cfg.workers), progress=cfg.progress and dist.is_main())
 
-    def scores(model) -> dict:
+    def scores(model, evals) -> dict:
         return {s: evaluate(model, loader, n_cls) for s, loader in evals.items()}
 
-    def val_score(model):
+    def val_score(model, evals):
         return lambda: (evaluate(model, evals["val"], n_cls) or {"accuracy": 0.0})["accuracy"] if "val" in evals else 0.0
 
-    transfer = None
+    transfer_list, folder = None, None
     if needs_teacher:
         if not cfg.transfer:
             raise CuratorError(f"--method {cfg.method} needs --transfer (a transfer-set folder or URL)")
@@ -212,7 +215,6 @@ def run_distill(cfg: DistillConfig) -> dict:
         transfer_list = transfer_items(folder)
         if not transfer_list:
             raise CuratorError(f"transfer set {folder} is empty")
-        transfer = forever(_loader(transfer_list, view, True, cfg))
         report["data"]["transfer_images"] = len(transfer_list)
 
     def seed_stage(n: int) -> None:
@@ -221,6 +223,37 @@ def run_distill(cfg: DistillConfig) -> dict:
         torch.manual_seed(cfg.seed * 1000 + n)
         np.random.seed(cfg.seed * 1000 + n)
 
+    def transfer_cache(kind: str):
+        """(dataset of the transfer views, cache or None, passes, cache path)."""
+        if not cached:
+            return _loader(transfer_list, view, True, cfg, memo=False), None
+        cache = dist.main_first(lambda: view_cache(teacher, transfer_list, _cache_folder(
+            cfg, folder / "teacher-cache", out), kind=kind, views=cfg.cache_teacher, **cache_opts))
+        return _data_loader(CachedViews(cache), True, cfg), cache
+
+    labelled_cache = _cache_folder(cfg, out / "teacher-cache", out) if cached else None
+
+    def features_of(split: str, augment: bool):
+        """Backbone features (and student-size pixels) of fixed views of a labelled split."""
+        return dist.main_first(lambda: view_cache(teacher, data.splits[split], labelled_cache, kind="features",
+                                                  views=max(8, cfg.cache_teacher), augment=augment, **cache_opts))
+
+    def with_labelled(loss_fn):
+        """Stage (b)'s loss on the transfer batch, plus cross-entropy on labelled views mixed into
+        every batch (``mix_labelled``): one forward pass over both, so BatchNorm sees one batch."""
+        n_mix = round(cfg.mix_labelled * cfg.batch_size)
+        if not n_mix:
+            return lambda batch: loss_fn(batch, None)
+        labelled = (CachedViews(features_of("train", True), "labelled") if cached
+                    else ImageDataset(data.splits["train"], cfg.student_size, True, memo=True))
+        mixed = forever(_data_loader(labelled, True, cfg, batch_size=n_mix))
+
+        def loss(batch):
+            views, labels = next(mixed)[:2]
+            return loss_fn(batch, views, labels)
+        return loss
+
+    linear_cached = cached and cfg.teacher_mode == "linear"
     if cfg.method == "task-oriented":
         seed_stage(1)
         # (a) adapt the teacher: head only (linear) or the whole network at a lower backbone lr
@@ -229,37 +262,44 @@ def run_distill(cfg: DistillConfig) -> dict:
         groups = [{"params": teacher.head.parameters(), "lr": cfg.lr_head}]
         if cfg.teacher_mode == "finetune":
             groups.append({"params": teacher.backbone.parameters(), "lr": cfg.lr_backbone})
-        if cfg.teacher_mode == "linear":
-            teacher.backbone.eval()
-        res = run_stage("a-teacher", {"teacher": teacher}, groups,
-                        lambda b: F.cross_entropy(teacher(b[0]), b[1]), train, cfg.steps_a, cfg.lr_head,
-                        select=val_score(teacher), **common)
+        teacher.backbone.eval() if cfg.teacher_mode == "linear" else None
+        if linear_cached:  # frozen backbone: the head trains on cached features of fixed views
+            head = _HeadOnFeatures(teacher)
+            train_t = forever(_data_loader(CachedViews(features_of("train", True), "targets"), True, cfg))
+            evals_t = {s: _data_loader(CachedViews(features_of(s, False), "targets"), False, cfg) for s in evals_s}
+            scored, loss_a = head, lambda b: F.cross_entropy(head(b[0]), b[1])
+        else:
+            train_t = forever(_loader(data.splits["train"], view, True, cfg))
+            evals_t = {s: _loader(data.splits[s], view, False, cfg) for s in evals_s}
+            scored, loss_a = teacher, lambda b: F.cross_entropy(teacher(b[0]), b[1])
+        res = run_stage("a-teacher", {"teacher": teacher}, groups, loss_a, train_t, cfg.steps_a, cfg.lr_head,
+                        select=val_score(scored, evals_t), **common)
         report["stages"]["a"] = res.__dict__
-        report["teacher"] = {"spec": cfg.teacher, "mode": cfg.teacher_mode, **scores(teacher)}
+        report["teacher"] = {"spec": cfg.teacher, "mode": cfg.teacher_mode, **scores(scored, evals_t)}
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
 
         # (b) distil task predictions on the same augmented views of the transfer set
         seed_stage(2)
-        if cfg.cache_teacher:
-            cache, passes, cache_file = teacher_cache(teacher, transfer_list, folder, out, view, cfg)
-            batches = forever(_data_loader(FixedViewDataset(transfer_list, view, cfg.cache_teacher, cfg.seed), True, cfg))
+        loader, cache = transfer_cache("features" if cfg.teacher_mode == "linear" else "logits")
 
-            def kd(batch):
-                return kd_loss(student(batch[0]), torch.from_numpy(cache[batch[1].numpy()]).float(), cfg.temperature)
-        else:
-            passes, cache_file, batches = None, None, transfer
-
-            def kd(batch):
+        def kd(batch, mixed=None, labels=None):
+            if cache is None:
                 with torch.no_grad():
                     t_logits = teacher(batch[0])
-                return kd_loss(student(batch[0]), t_logits, cfg.temperature)
-        res = run_stage("b-distill", {"student": student}, list(student.parameters()), kd, batches, cfg.steps_b,
-                        cfg.lr_student, **common)
-        report["stages"]["b"] = {**res.__dict__, "teacher_forward_passes": res.images if passes is None else passes,
-                                 "teacher_cache": cache_file}
-        report["student"]["after_b"] = scores(student)
+            else:
+                t_logits = torch.from_numpy(cache.targets[batch[1].numpy()]).float()
+                if cfg.teacher_mode == "linear":
+                    t_logits = teacher.logits_from_features(t_logits)
+            logits = student(_joined(batch[0], mixed, cfg.student_size))
+            loss = kd_loss(logits[:len(t_logits)], t_logits, cfg.temperature)
+            return loss if mixed is None else _mix(loss, logits[len(t_logits):], labels, cfg.mix_labelled)
+        res = run_stage("b-distill", {"student": student}, list(student.parameters()), with_labelled(kd),
+                        forever(loader), cfg.steps_b, cfg.lr_student, **common)
+        report["stages"]["b"] = {**res.__dict__, "teacher_forward_passes": res.images if cache is None else cache.passes,
+                                 "teacher_cache": cache and cache.path}
+        report["student"]["after_b"] = scores(student, evals_s)
     elif cfg.method == "task-agnostic":
         seed_stage(2)
         teacher.eval()
@@ -269,24 +309,33 @@ def run_distill(cfg: DistillConfig) -> dict:
         with torch.no_grad():
             s_dim = student.features(torch.rand(1, 3, cfg.student_size, cfg.student_size)).shape[-1]
         proj = nn.Linear(s_dim, teacher.encoder.dim)
+        loader, cache = transfer_cache("features")
 
-        def contrastive(batch):
-            with torch.no_grad():
-                t_feat = teacher.features(batch[0])
-            return info_nce(proj(student.features(batch[0])), t_feat)
+        def contrastive(batch, mixed=None, labels=None):
+            if cache is None:
+                with torch.no_grad():
+                    t_feat = teacher.features(batch[0])
+            else:
+                t_feat = torch.from_numpy(cache.targets[batch[1].numpy()]).float()
+            feats = student.features(_joined(batch[0], mixed, cfg.student_size))
+            loss = info_nce(proj(feats[:len(t_feat)]), t_feat)
+            if mixed is None:
+                return loss
+            return _mix(loss, student.classify(feats[len(t_feat):]), labels, cfg.mix_labelled)
         res = run_stage("b-feature-distill", {"student": student, "proj": proj},
-                        list(student.parameters()) + list(proj.parameters()), contrastive, transfer, cfg.steps_b,
-                        cfg.lr_student, **common)
-        report["stages"]["b"] = {**res.__dict__, "teacher_forward_passes": res.images}
+                        list(student.parameters()) + list(proj.parameters()), with_labelled(contrastive),
+                        forever(loader), cfg.steps_b, cfg.lr_student, **common)
+        report["stages"]["b"] = {**res.__dict__, "teacher_forward_passes": res.images if cache is None else cache.passes,
+                                 "teacher_cache": cache and cache.path}
 
     # (c) finetune the student on the labelled set (for supervised: its only stage, at the higher lr)
     seed_stage(3)
     lr_c = cfg.lr_student if cfg.method == "supervised" else cfg.lr_finetune
     res = run_stage("c-finetune", {"student": student}, list(student.parameters()),
-                    lambda b: F.cross_entropy(student(b[0]), b[1]), train, cfg.steps_c, lr_c,
-                    select=val_score(student), **common)
+                    lambda b: F.cross_entropy(student(b[0]), b[1]), train_s, cfg.steps_c, lr_c,
+                    select=val_score(student, evals_s), **common)
     report["stages"]["c"] = res.__dict__
-    report["student"].update({"name": cfg.student, "size": cfg.student_size, "final": scores(student),
+    report["student"].update({"name": cfg.student, "size": cfg.student_size, "final": scores(student, evals_s),
                               "params": count_params(student), "flops": flops_per_image(student, cfg.student_size),
                               "latency_ms_cpu_batch1": _latency_ms(student, cfg.student_size)})
     if teacher is not None:

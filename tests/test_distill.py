@@ -109,6 +109,7 @@ def test_config_mismatch_and_missing_transfer_are_clear(task, tiny_clip_spec, tm
 
 def test_teacher_cache_is_reused_and_matches_the_teacher(task, tiny_clip_spec, tmp_path):
     import numpy as np
+    import torch.nn.functional as F
 
     from distill.data import FixedViewDataset, transfer_items
     from distill.models import Teacher
@@ -116,9 +117,14 @@ def test_teacher_cache_is_reused_and_matches_the_teacher(task, tiny_clip_spec, t
     first = run_distill(cfg(task, tiny_clip_spec, tmp_path / "one", cache_teacher=2))
     cache_file = first["stages"]["b"]["teacher_cache"]
     assert first["stages"]["b"]["teacher_forward_passes"] == 30 * 2
-    second = run_distill(cfg(task, tiny_clip_spec, tmp_path / "two", cache_teacher=2, student="mobilenetv3_small_050"))
-    assert second["stages"]["b"]["teacher_forward_passes"] == 0 and second["stages"]["b"]["teacher_cache"] == cache_file
-    # the cached logits are the adapted teacher's outputs on exactly these fixed views
+    # another student, another seed, and the task-agnostic baseline all reuse the backbone's cache
+    second = run_distill(cfg(task, tiny_clip_spec, tmp_path / "two", cache_teacher=2, seed=1,
+                             student="mobilenetv3_small_050"))
+    agnostic = run_distill(cfg(task, tiny_clip_spec, tmp_path / "three", cache_teacher=2, method="task-agnostic"))
+    for report in (second, agnostic):
+        assert report["stages"]["b"]["teacher_forward_passes"] == 0
+        assert report["stages"]["b"]["teacher_cache"] == cache_file
+    # the cache holds the teacher's outputs on exactly these fixed views, and the student's pixels of them
     teacher = Teacher(tiny_clip_spec, 3)
     state = torch.load(tmp_path / "one" / "checkpoints" / "a-teacher.done.pt", weights_only=False)
     teacher.load_state_dict(state["modules"]["teacher"])
@@ -126,9 +132,13 @@ def test_teacher_cache_is_reused_and_matches_the_teacher(task, tiny_clip_spec, t
     views = FixedViewDataset(transfer_items(task / "sets" / "t"), teacher.size, 2, 0)
     cached = np.load(cache_file)
     for k in (0, 7, 59):
+        view = views[k][0][None]
         with torch.no_grad():
-            online = teacher(views[k][0][None])[0].numpy()
-        np.testing.assert_allclose(cached[k], online, atol=2e-2)
+            online = teacher(view)[0]
+            from_cache = teacher.logits_from_features(torch.from_numpy(cached["targets"][k:k + 1]).float())[0]
+        torch.testing.assert_close(from_cache, online, atol=3e-2, rtol=0)
+        small = F.interpolate(view, size=(32, 32), mode="bilinear", antialias=True)[0]
+        assert (torch.from_numpy(cached["pixels"][k]).float() / 255 - small).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_two_process_data_parallel_run_on_cpu(task, tiny_clip_spec, tmp_path):
@@ -138,7 +148,7 @@ def test_two_process_data_parallel_run_on_cpu(task, tiny_clip_spec, tmp_path):
            "curator.cli", "distill", "--labelled", str(task / "labelled"), "--transfer", str(task / "sets" / "t"),
            "--out", str(out), "--teacher", tiny_clip_spec, "--student", STUDENT, "--student-size", "32",
            "--labels-per-class", "5", "--steps-a", "4", "--steps-b", "6", "--steps-c", "4", "--batch-size", "4",
-           "--cache-teacher", "2", "--json"]
+           "--cache-teacher", "2", "--cache-dir", str(tmp_path / "cache"), "--json"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -146,3 +156,13 @@ def test_two_process_data_parallel_run_on_cpu(task, tiny_clip_spec, tmp_path):
     assert report["world_size"] == 2
     assert report["stages"]["b"]["images"] == 6 * 4 * 2 and report["stages"]["b"]["teacher_forward_passes"] == 60
     assert report["student"]["final"]["test"]["n"] == 36 - 15 - 3  # the CLI's default: 1 val image per class
+
+
+@pytest.mark.parametrize("method,cache", [("task-oriented", 0), ("task-oriented", 2), ("task-agnostic", 2)])
+def test_labelled_images_mixed_into_distillation_batches(task, tiny_clip_spec, tmp_path, method, cache):
+    """--mix-labelled: a share of every stage-(b) batch is labelled views under cross-entropy."""
+    report = run_distill(cfg(task, tiny_clip_spec, tmp_path / "run", method=method, cache_teacher=cache,
+                             cache_dir=str(tmp_path / "cache"), mix_labelled=0.25))
+    assert report["stages"]["b"]["steps"] == 8 and report["config"]["mix_labelled"] == 0.25
+    losses = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(row["loss"] == row["loss"] for row in losses)  # finite (no NaN) with the mixed term

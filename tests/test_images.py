@@ -58,3 +58,12 @@ def test_alpha_is_composited_on_white():
     rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     img = decode_image(png_bytes(rgba))
     assert img.getpixel((0, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "I;16"])
+def test_large_images_of_every_mode_are_reduced(mode):
+    """PIL cannot box-reduce palette, 1-bit or 16-bit images: they are converted first (a real
+    openclipart PNG crashed the transfer-set reader here)."""
+    big = Image.new("RGB", (2400, 1200), (200, 30, 30)).convert(mode) if mode != "I;16" else Image.new(mode, (2400, 1200))
+    img = decode_image(png_bytes(big), min_side=256)
+    assert img.mode == "RGB" and min(img.size) >= 256 and img.size[0] < 2400

@@ -1,0 +1,58 @@
+"""The paper's comparison end to end (`curator bench kt`), timed from scratch, into BENCHMARKS.md.
+
+Runs the public protocol by default (Tux Paint target, openclipart + Oxygen icons pool), index
+build included, in a fresh --out, and records the wall clock against the 45-minute budget.
+Extra arguments go to `curator bench kt` unchanged (e.g. --seeds 1 for a quick look).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import command, commit, machine, update_section  # noqa: E402
+
+
+def main() -> None:
+    from curator.cli import main as curator_main
+
+    extra = sys.argv[1:]
+    out = Path("bench-out/kt-bench")
+    if "--out" in extra:
+        out = Path(extra[extra.index("--out") + 1])
+    else:
+        extra += ["--out", str(out)]
+    if "--keep" in extra:
+        extra.remove("--keep")
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    rc = curator_main(["bench", "kt", *extra])
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(rc)
+    results = json.loads((out / "results.json").read_text())
+    table = (out / "results.md").read_text()
+    index_report = out / "index" / "build-report.json"
+    index_s = json.loads(index_report.read_text())["total_seconds"] if index_report.exists() else None
+    body = f"""## Knowledge transfer: the paper's arms end to end (`curator bench kt`)
+
+Machine: {machine()}. Commit {commit()}.
+Command: `{command()}`, which runs `{results['command']}`.
+
+Wall clock, everything included (sample fetch, pool index {f'{index_s:.0f} s' if index_s else 'reused'},
+curation, teacher caches, {results['config']['seeds']} seeds x 4 trained arms): **{wall / 60:.1f} min**
+(budget: 45 min on 2 CPU cores).
+
+{table}
+![chart]({out / 'chart.png'})
+"""
+    update_section("kt", body)
+    print(f"wrote the kt section of BENCHMARKS.md ({wall / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""`curator bench kt` in miniature: tiny models, generated images, one seed, every arm reported."""
+import json
+
+from PIL import Image
+
+from conftest import make_image_folder
+from curator.cli import main
+from index_builder import BuildOptions, build_index
+
+
+def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
+    make_image_folder(tmp_path / "target", 36, classes=3, seed=11)
+    make_image_folder(tmp_path / "pool", 80, classes=3, seed=12)
+    build_index([str(tmp_path / "pool")], tmp_path / "index", BuildOptions(encoder=tiny_clip_spec, workers=0,
+                                                                           progress=False))
+    args = ["bench", "kt", "--target", str(tmp_path / "target"), "--pool", str(tmp_path / "pool"),
+            "--index", str(tmp_path / "index"), "--out", str(tmp_path / "out"), "--teacher", tiny_clip_spec,
+            "--student", "resnet18", "--student-size", "32", "--budget", "24", "--seeds", "1",
+            "--labels-per-class", "3", "--val-per-class", "1", "--steps-a", "4", "--steps-b", "6",
+            "--steps-c", "4", "--batch-size", "8", "--json"]
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["format"] == "curator.kt-bench/1" and saved["arms"] == results["arms"]
+    assert list(results["arms"]) == ["supervised", "task-agnostic", "task-oriented-random",
+                                     "task-oriented-retrieved", "teacher"]
+    for arm, r in results["arms"].items():
+        assert len(r["test_accuracy"]["values"]) == 1 and 0 <= r["test_accuracy"]["mean"] <= 1, arm
+        assert 0 <= r["test_mean_per_class_accuracy"]["mean"] <= 1
+    sets = results["transfer_sets"]
+    assert sets["retrieved"]["images"] == sets["random"]["images"] > 0
+    assert results["arms"]["task-oriented-retrieved"]["teacher_forward_passes"] == sets["retrieved"]["images"] * 2
+    assert set(results["orderings"]) == {"task-oriented-retrieved > supervised", "task-oriented-retrieved > "
+                                         "task-agnostic", "task-oriented-retrieved > task-oriented-random"}
+    # the split is saved, and no val/test image is a query
+    rows = (tmp_path / "out" / "split.csv").read_text().splitlines()
+    assert rows[0] == "path,label,split" and sum(r.endswith(",train") for r in rows) == 9
+    manifest = json.loads((tmp_path / "out" / "sets" / "retrieved" / "manifest.json").read_text())
+    assert len(manifest["queries"]) == 9 and manifest["counts"]["exclude_vectors"] == 36 - 9
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.count("\n| ") == 6 and "```\ncurator bench kt" in md
+    with Image.open(tmp_path / "out" / "chart.png") as chart:
+        assert chart.format == "PNG" and chart.size[0] > 400
+    # a second call reuses every finished run and set
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["arms"] == results["arms"]
