@@ -147,6 +147,29 @@ def test_class_balanced_and_threshold(pool_index, tmp_path):
         curate(index, queries_from_seeds([1]), CurateParams(strategy="class-balanced", budget=5), tmp_path)
 
 
+def test_random_strategy_is_a_seeded_uniform_draw_under_the_same_rules(pool_index, tmp_path):
+    """The paper's control: a random pool subset of the budget's size, contamination excluded,
+    near-duplicates collapsed, the same for the same seed and different for another."""
+    index, images = pool_index
+    query = Query("q.png", (images / "class0" / "img0000.png").read_bytes())
+    exclude = load_queries(images / "class1")
+    a = curate(index, [query], CurateParams(strategy="random", budget=60, seed=1), tmp_path, exclude=exclude,
+               set_id="r1")
+    b = curate(index, [query], CurateParams(strategy="random", budget=60, seed=1), tmp_path, exclude=exclude,
+               set_id="r2")
+    c = curate(index, [query], CurateParams(strategy="random", budget=60, seed=2), tmp_path, exclude=exclude,
+               set_id="r3")
+    _, samples = read_set(tmp_path / "r1")
+    keys = {s["pool_key"] for s in samples}
+    assert a["counts"]["emitted"] == len(samples) == 60
+    assert not any(k.startswith("class1/") for k in keys) and "class0/img0000.png" not in keys
+    assert len({k.split("/")[0] for k in keys}) == 3  # spread over the three classes left, unlike retrieval
+    assert [s["sha256"] for s in a["shardlist"]] == [s["sha256"] for s in b["shardlist"]]
+    assert {s["pool_key"] for s in read_set(tmp_path / "r3")[1]} != keys
+    vecs = index.vectors(np.array([s["pool_id"] for s in samples]))
+    assert (vecs @ vecs.T - 2 * np.eye(len(vecs))).max() < 0.95
+
+
 def test_same_inputs_same_set(pool_index, tmp_path):
     index, _ = pool_index
     q = queries_from_seeds([1000, 1001, 1002])
