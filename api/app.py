@@ -293,8 +293,8 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/distill-jobs", status_code=201)
     def post_distill_job(body: DistillJobIn, key: Curator) -> dict:
         _set_folder(body.transfer_set_id)  # 404 unless the set exists
-        # paths on the worker's machine are the worker's to choose (cache_dir included)
-        forbidden = {"labelled", "transfer", "out", "token", "progress", "cache_dir"} & set(body.config)
+        # paths and hardware on the worker's machine are the worker's to choose
+        forbidden = {"labelled", "transfer", "out", "token", "progress", "cache_dir", "device"} & set(body.config)
         if forbidden:
             raise reject(422, f"config may not set {sorted(forbidden)}: the worker fills them in")
         config = dict(body.config, labelled=body.labelled)

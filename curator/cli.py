@@ -257,7 +257,10 @@ def _distill_parser(sub) -> None:
     p.add_argument("--cache-dir", help="where view caches go (default: beside the transfer set)")
     p.add_argument("--mix-labelled", type=float, default=0.0, metavar="SHARE",
                    help="share of each stage-(b) batch drawn from the labelled images (cross-entropy)")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="image-decoding processes per loader")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; under torchrun, cuda is each rank's GPU")
+    p.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="on CUDA, train in fp32 without channels_last (default: bf16 autocast, channels_last)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--token", default=os.environ.get("CURATOR_TOKEN"), help="API key for a transfer-set URL")
@@ -297,13 +300,15 @@ def _worker_parser(sub) -> None:
     p.add_argument("--lease", type=float, default=60.0, help="lease seconds, renewed every third of it")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between claims when the queue is empty")
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    p.add_argument("--device", default="cpu", help="where this worker trains: cpu, cuda or cuda:N")
     p.set_defaults(run=_run_worker)
 
 
 def _run_worker(args) -> int:
     from distill.worker import run_worker
 
-    run_worker(args.api, args.token, args.work_dir, name=args.name, lease=args.lease, poll=args.poll, once=args.once)
+    run_worker(args.api, args.token, args.work_dir, name=args.name, lease=args.lease, poll=args.poll, once=args.once,
+               device=args.device)
     return 0
 
 
@@ -491,7 +496,7 @@ def _bench_parser(sub) -> None:
             ("--labels-per-class", int, "labelled train images per class (5)"),
             ("--val-per-class", int, "val images per class; val picks checkpoints, never test (2)"),
             ("--split-seed", int, "seed of the train/val/test split (0)"),
-            ("--budget", int, "transfer-set size, retrieved and random alike (2000)"),
+            ("--budget", int, "transfer-set size, retrieved and random alike (1600)"),
             ("--seeds", int, "training seeds per arm (3)"),
             ("--teacher", str, "encoder spec of the VFM (packaged:efficientnet-lite2)"),
             ("--teacher-mode", str, "linear or finetune (linear)"),
@@ -499,12 +504,14 @@ def _bench_parser(sub) -> None:
             ("--student-size", int, "student resolution (64)"),
             ("--cache-views", int, "fixed augmented views per transfer image (2)"),
             ("--steps-a", int, "teacher adaptation steps (300)"),
-            ("--steps-b", int, "distillation steps (600)"),
+            ("--steps-b", int, "distillation steps (500)"),
             ("--steps-c", int, "student finetuning steps; the supervised arm's only stage (200)"),
             ("--batch-size", int, "(64)"), ("--lr-student", float, "(2e-3)"), ("--lr-finetune", float, "(5e-4)"),
             ("--temperature", float, "KD temperature (1.0)"),
             ("--mix-labelled", float, "share of each distillation batch from the labelled images (0.25)"),
-            ("--exclude-threshold", float, "cosine at which a pool image counts as a val/test image (0.95)")):
+            ("--exclude-threshold", float, "cosine at which a pool image counts as a val/test image (0.95)"),
+            ("--device", str, "where every arm trains: cpu, cuda, cuda:N (cpu)"),
+            ("--workers", int, "image-decoding processes per loader (0)")):
         k.add_argument(flag, type=kind, help=text)
     k.add_argument("--json", action="store_true", help="print results.json")
     k.set_defaults(run=_run_bench_kt)
@@ -525,7 +532,8 @@ def _run_bench_kt(args) -> int:
     index = args.index
     if not index:
         index = os.path.join(args.out, "index")
-        build_index(pool, index, BuildOptions(encoder=args.index_encoder, progress=not args.json))
+        build_index(pool, index, BuildOptions(encoder=args.index_encoder, device=args.device or "cpu",
+                                              progress=not args.json))
     given = {k: v for k, v in vars(args).items() if k in KTConfig.model_fields and v is not None
              and k not in ("target", "index", "out")}
     cfg = KTConfig(target=target, index=index, out=args.out, progress=not args.json, **given)

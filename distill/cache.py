@@ -17,9 +17,10 @@ later student, of any architecture.
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, ContextManager, Literal
 
 import numpy as np
 import torch
@@ -68,10 +69,12 @@ def items_key(items: list[tuple]) -> str:
 @torch.inference_mode()
 def view_cache(teacher, items: list[tuple], folder: Path, *, kind: Kind, views: int, student_size: int,
                view_seed: int = 0, augment: bool = True, batch_size: int = 32, workers: int = 0,
-               progress: bool = False) -> ViewCache:
+               progress: bool = False, autocast: Callable[[], ContextManager] = nullcontext) -> ViewCache:
     """Load the cache for these images and views from ``folder``, or build and store it.
 
-    ``augment=False`` gives one centred view per image (for evaluation)."""
+    ``augment=False`` gives one centred view per image (for evaluation). Views are decoded on the
+    CPU and labelled on the teacher's device (under ``autocast``: bf16 on CUDA); the stored
+    student-size pixels are made on the CPU from the same views."""
     producer = teacher.backbone if kind == "features" else teacher
     views = views if augment else 1
     name = (f"{kind}-{weights_key(producer)}-{items_key(items)}-v{views}{'a' if augment else 'c'}"
@@ -81,7 +84,9 @@ def view_cache(teacher, items: list[tuple], folder: Path, *, kind: Kind, views: 
         with np.load(path) as z:
             return ViewCache(z["pixels"], z["targets"], z["labels"], str(path), 0)
     dataset = FixedViewDataset(items, teacher.size, views, view_seed, augment=augment)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad)
+    device = teacher.mean.device
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
+                        pin_memory=device.type == "cuda")
     teacher.eval()
     chunks: list[tuple] = []
     bar = None
@@ -90,11 +95,13 @@ def view_cache(teacher, items: list[tuple], folder: Path, *, kind: Kind, views: 
         bar = tqdm(total=len(dataset), desc=f"teacher {kind} ({views} view{'s' * (views > 1)})", unit="view")
     for batch, ks, _ in loader:
         if batch is not None:
-            out = teacher.features(batch) if kind == "features" else teacher(batch)
+            on_device = batch.to(device, non_blocking=True)
+            with autocast():
+                out = teacher.features(on_device) if kind == "features" else teacher(on_device)
             small = F.interpolate(batch, size=(student_size, student_size), mode="bilinear", antialias=True)
             pixels = (small.clamp(0, 1) * 255).round().to(torch.uint8)
             labels = np.array([items[k // views][1] for k in ks.tolist()], dtype=np.int64)
-            chunks.append((pixels.numpy(), out.float().numpy().astype(np.float16), labels))
+            chunks.append((pixels.numpy(), out.float().cpu().numpy().astype(np.float16), labels))
         if bar:
             bar.update(len(ks) if ks is not None else batch_size)
     if bar:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import torch.distributed as dist
 from torch import nn
 
@@ -17,8 +18,17 @@ def init_from_env(device: str) -> tuple[int, int]:
     """(rank, world size); starts the process group when torchrun set WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
+        if device == "cuda":  # one GPU per process: the one torchrun's LOCAL_RANK names
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def local_device(device: str) -> str:
+    """``cuda`` means this process's GPU under torchrun (``cuda:LOCAL_RANK``); anything else as given."""
+    if device == "cuda" and world_size() > 1:
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
 
 
 def world_size() -> int:

@@ -52,7 +52,7 @@ class KTConfig(BaseModel):
     labels_per_class: int = Field(5, ge=1)
     val_per_class: int = Field(2, ge=1)
     split_seed: int = 0
-    budget: int = Field(2000, ge=1, description="transfer-set size (retrieved and random alike)")
+    budget: int = Field(1600, ge=1, description="transfer-set size (retrieved and random alike)")
     seeds: int = Field(3, ge=1)
     teacher: str = "packaged:efficientnet-lite2"
     teacher_mode: str = "linear"
@@ -60,7 +60,7 @@ class KTConfig(BaseModel):
     student_size: int = 64
     cache_views: int = Field(2, ge=1, description="fixed augmented views per transfer image")
     steps_a: int = 300
-    steps_b: int = 600
+    steps_b: int = 500
     steps_c: int = 200
     batch_size: int = 64
     lr_student: float = 2e-3
@@ -68,6 +68,8 @@ class KTConfig(BaseModel):
     temperature: float = 1.0
     mix_labelled: float = Field(0.25, description="share of each distillation batch from the labelled images")
     exclude_threshold: float = Field(0.95, description="cosine at which a pool image counts as a val/test image")
+    device: str = Field("cpu", description="where every arm trains (cpu, cuda, cuda:N)")
+    workers: int = Field(0, ge=0, description="image-decoding processes per loader (0: in the training process)")
     progress: bool = True
 
 
@@ -132,6 +134,7 @@ def run_arm(cfg: KTConfig, arm: str, seed: int, split: Path, out: Path) -> dict:
                        lr_finetune=cfg.lr_finetune, temperature=cfg.temperature,
                        cache_teacher=cfg.cache_views if method != "supervised" else 0,
                        cache_dir=str(out / "cache"), seed=seed, ckpt_every=max(50, cfg.steps_b // 8),
+                       device=cfg.device, workers=cfg.workers,
                        progress=cfg.progress)
     return run_distill(dc)
 

@@ -8,8 +8,10 @@ supervised: the student on the labelled set alone.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -21,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from curator import atomic
+from curator.encoders import resolve_device
 from curator.errors import CuratorError
 from curator.formats import utcnow
 
@@ -63,7 +66,8 @@ class DistillConfig(BaseModel):
                                                                "labelled images, trained with cross-entropy")
     workers: int = Field(0, ge=0)
     seed: int = 0
-    device: str = "cpu"
+    device: str = Field("cpu", description="cpu, cuda or cuda:N (under torchrun, cuda is each rank's own GPU)")
+    amp: bool = Field(True, description="bf16 autocast and channels_last on CUDA (no effect on CPU)")
     ckpt_every: int = Field(50, ge=1)
     token: Optional[str] = None
     progress: bool = True
@@ -84,7 +88,10 @@ def _data_loader(dataset, train: bool, cfg, batch_size: Optional[int] = None) ->
         sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed, drop_last=True)
     batch_size = batch_size or cfg.batch_size
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-                      num_workers=cfg.workers, collate_fn=collate_skip_bad,
+                      num_workers=cfg.workers, collate_fn=collate_skip_bad, pin_memory=cfg.device.startswith("cuda"),
+                      # a labelled set smaller than a batch is a new epoch every step: without persistent
+                      # workers each step would fork them all again (minutes, from a process holding a GPU)
+                      persistent_workers=cfg.workers > 0,
                       generator=torch.Generator().manual_seed(cfg.seed),
                       drop_last=train and len(dataset) >= batch_size * dist.world_size())
 
@@ -99,18 +106,22 @@ def kd_loss(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
 def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
     """Symmetric CLIP-style contrastive loss: row i of a matches row i of b."""
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
-    target = torch.arange(len(a))
+    target = torch.arange(len(a), device=a.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 @torch.inference_mode()
 def _latency_ms(model: nn.Module, size: int, repeats: int = 10) -> float:
+    """Batch-1 latency on the device the model sits on (the student is measured on a CPU copy)."""
     model.eval()
-    x = torch.rand(1, 3, size, size)
+    x = torch.rand(1, 3, size, size, device=next(model.parameters()).device)
     model(x)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
         model(x)
+    sync()
     return round(1000 * (time.perf_counter() - t0) / repeats, 2)
 
 
@@ -167,6 +178,9 @@ class _HeadOnFeatures(nn.Module):
 def run_distill(cfg: DistillConfig) -> dict:
     """One run; under ``torchrun --nproc_per_node N`` it trains data-parallel on N processes."""
     rank, world = dist.init_from_env(cfg.device)
+    device = resolve_device(dist.local_device(cfg.device))
+    gpu = device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if gpu and cfg.amp else nullcontext
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -187,25 +201,30 @@ def run_distill(cfg: DistillConfig) -> dict:
         raise CuratorError(f"{cfg.labelled}: no training images")
     needs_teacher = cfg.method != "supervised"
     cached = cfg.cache_teacher > 0
-    teacher = Teacher(cfg.teacher, n_cls, cfg.device) if needs_teacher else None
+    teacher = Teacher(cfg.teacher, n_cls, str(device)).to(device) if needs_teacher else None
     view = teacher.size if teacher else cfg.student_size
-    student = Student(cfg.student, n_cls, cfg.student_size, cfg.student_init)
+    student = Student(cfg.student, n_cls, cfg.student_size, cfg.student_init).to(device)
+    if gpu and cfg.amp:  # convnets run faster NHWC on tensor cores
+        student = student.to(memory_format=torch.channels_last)
     # the student always trains and is scored on views made at its own size, whatever the method
-    train_s = forever(_loader(data.splits["train"], cfg.student_size, True, cfg))
+    train_s = forever(_loader(data.splits["train"], cfg.student_size, True, cfg), device)
     evals_s = {s: _loader(data.splits[s], cfg.student_size, False, cfg)
                for s in ("val", "test") if data.splits.get(s)}
     report: dict = {"format": REPORT_FORMAT, "created_at": utcnow(), "config": cfg.model_dump(exclude={"token"}),
                     "data": data.describe(), "stages": {}, "teacher": None, "student": {}}
-    common = dict(ckpt_dir=ckpt, logger=logger, ckpt_every=cfg.ckpt_every, progress=cfg.progress and dist.is_main())
+    common = dict(ckpt_dir=ckpt, logger=logger, ckpt_every=cfg.ckpt_every, progress=cfg.progress and dist.is_main(),
+                  autocast=autocast)
     # one decode worker at least: decoding overlaps the teacher's forward passes
     cache_opts = dict(student_size=cfg.student_size, view_seed=cfg.view_seed, batch_size=cfg.batch_size,
-                      workers=max(1, cfg.workers), progress=cfg.progress and dist.is_main())
+                      workers=max(1, cfg.workers), progress=cfg.progress and dist.is_main(), autocast=autocast)
 
     def scores(model, evals) -> dict:
-        return {s: evaluate(model, loader, n_cls) for s, loader in evals.items()}
+        return {s: evaluate(model, loader, n_cls, device, autocast) for s, loader in evals.items()}
 
     def val_score(model, evals):
-        return lambda: (evaluate(model, evals["val"], n_cls) or {"accuracy": 0.0})["accuracy"] if "val" in evals else 0.0
+        def score() -> float:
+            return (evaluate(model, evals["val"], n_cls, device, autocast) or {"accuracy": 0.0})["accuracy"]
+        return score if "val" in evals else (lambda: 0.0)
 
     transfer_list, folder = None, None
     if needs_teacher:
@@ -226,10 +245,12 @@ def run_distill(cfg: DistillConfig) -> dict:
     def transfer_cache(kind: str):
         """(dataset of the transfer views, cache or None, passes, cache path)."""
         if not cached:
-            return _loader(transfer_list, view, True, cfg, memo=False), None
+            return _loader(transfer_list, view, True, cfg, memo=False), None, None
         cache = dist.main_first(lambda: view_cache(teacher, transfer_list, _cache_folder(
             cfg, folder / "teacher-cache", out), kind=kind, views=cfg.cache_teacher, **cache_opts))
-        return _data_loader(CachedViews(cache), True, cfg), cache
+        # the targets live where the student trains: a batch's rows are then one gather
+        targets = torch.from_numpy(cache.targets).to(device)
+        return _data_loader(CachedViews(cache), True, cfg), cache, targets
 
     labelled_cache = _cache_folder(cfg, out / "teacher-cache", out) if cached else None
 
@@ -246,7 +267,7 @@ def run_distill(cfg: DistillConfig) -> dict:
             return lambda batch: loss_fn(batch, None)
         labelled = (CachedViews(features_of("train", True), "labelled") if cached
                     else ImageDataset(data.splits["train"], cfg.student_size, True, memo=True))
-        mixed = forever(_data_loader(labelled, True, cfg, batch_size=n_mix))
+        mixed = forever(_data_loader(labelled, True, cfg, batch_size=n_mix), device)
 
         def loss(batch):
             views, labels = next(mixed)[:2]
@@ -265,11 +286,11 @@ def run_distill(cfg: DistillConfig) -> dict:
         teacher.backbone.eval() if cfg.teacher_mode == "linear" else None
         if linear_cached:  # frozen backbone: the head trains on cached features of fixed views
             head = _HeadOnFeatures(teacher)
-            train_t = forever(_data_loader(CachedViews(features_of("train", True), "targets"), True, cfg))
+            train_t = forever(_data_loader(CachedViews(features_of("train", True), "targets"), True, cfg), device)
             evals_t = {s: _data_loader(CachedViews(features_of(s, False), "targets"), False, cfg) for s in evals_s}
             scored, loss_a = head, lambda b: F.cross_entropy(head(b[0]), b[1])
         else:
-            train_t = forever(_loader(data.splits["train"], view, True, cfg))
+            train_t = forever(_loader(data.splits["train"], view, True, cfg), device)
             evals_t = {s: _loader(data.splits[s], view, False, cfg) for s in evals_s}
             scored, loss_a = teacher, lambda b: F.cross_entropy(teacher(b[0]), b[1])
         res = run_stage("a-teacher", {"teacher": teacher}, groups, loss_a, train_t, cfg.steps_a, cfg.lr_head,
@@ -282,21 +303,21 @@ def run_distill(cfg: DistillConfig) -> dict:
 
         # (b) distil task predictions on the same augmented views of the transfer set
         seed_stage(2)
-        loader, cache = transfer_cache("features" if cfg.teacher_mode == "linear" else "logits")
+        loader, cache, targets = transfer_cache("features" if cfg.teacher_mode == "linear" else "logits")
 
         def kd(batch, mixed=None, labels=None):
             if cache is None:
                 with torch.no_grad():
                     t_logits = teacher(batch[0])
             else:
-                t_logits = torch.from_numpy(cache.targets[batch[1].numpy()]).float()
+                t_logits = targets[batch[1]].float()
                 if cfg.teacher_mode == "linear":
                     t_logits = teacher.logits_from_features(t_logits)
             logits = student(_joined(batch[0], mixed, cfg.student_size))
             loss = kd_loss(logits[:len(t_logits)], t_logits, cfg.temperature)
             return loss if mixed is None else _mix(loss, logits[len(t_logits):], labels, cfg.mix_labelled)
         res = run_stage("b-distill", {"student": student}, list(student.parameters()), with_labelled(kd),
-                        forever(loader), cfg.steps_b, cfg.lr_student, **common)
+                        forever(loader, device), cfg.steps_b, cfg.lr_student, **common)
         report["stages"]["b"] = {**res.__dict__, "teacher_forward_passes": res.images if cache is None else cache.passes,
                                  "teacher_cache": cache and cache.path}
         report["student"]["after_b"] = scores(student, evals_s)
@@ -307,16 +328,16 @@ def run_distill(cfg: DistillConfig) -> dict:
             p.requires_grad_(False)
         student.eval()  # probe the pre-logit width (BatchNorm cannot train on one sample)
         with torch.no_grad():
-            s_dim = student.features(torch.rand(1, 3, cfg.student_size, cfg.student_size)).shape[-1]
-        proj = nn.Linear(s_dim, teacher.encoder.dim)
-        loader, cache = transfer_cache("features")
+            s_dim = student.features(torch.rand(1, 3, cfg.student_size, cfg.student_size, device=device)).shape[-1]
+        proj = nn.Linear(s_dim, teacher.encoder.dim).to(device)
+        loader, cache, targets = transfer_cache("features")
 
         def contrastive(batch, mixed=None, labels=None):
             if cache is None:
                 with torch.no_grad():
                     t_feat = teacher.features(batch[0])
             else:
-                t_feat = torch.from_numpy(cache.targets[batch[1].numpy()]).float()
+                t_feat = targets[batch[1]].float()
             feats = student.features(_joined(batch[0], mixed, cfg.student_size))
             loss = info_nce(proj(feats[:len(t_feat)]), t_feat)
             if mixed is None:
@@ -324,7 +345,7 @@ def run_distill(cfg: DistillConfig) -> dict:
             return _mix(loss, student.classify(feats[len(t_feat):]), labels, cfg.mix_labelled)
         res = run_stage("b-feature-distill", {"student": student, "proj": proj},
                         list(student.parameters()) + list(proj.parameters()), with_labelled(contrastive),
-                        forever(loader), cfg.steps_b, cfg.lr_student, **common)
+                        forever(loader, device), cfg.steps_b, cfg.lr_student, **common)
         report["stages"]["b"] = {**res.__dict__, "teacher_forward_passes": res.images if cache is None else cache.passes,
                                  "teacher_cache": cache and cache.path}
 
@@ -335,14 +356,18 @@ def run_distill(cfg: DistillConfig) -> dict:
                     lambda b: F.cross_entropy(student(b[0]), b[1]), train_s, cfg.steps_c, lr_c,
                     select=val_score(student, evals_s), **common)
     report["stages"]["c"] = res.__dict__
-    report["student"].update({"name": cfg.student, "size": cfg.student_size, "final": scores(student, evals_s),
+    final = scores(student, evals_s)
+    # the student is deployed on CPUs: it is measured, saved and exported as a CPU fp32 copy
+    student = copy.deepcopy(student).to("cpu", memory_format=torch.contiguous_format).float()
+    report["student"].update({"name": cfg.student, "size": cfg.student_size, "final": final,
                               "params": count_params(student), "flops": flops_per_image(student, cfg.student_size),
                               "latency_ms_cpu_batch1": _latency_ms(student, cfg.student_size)})
     if teacher is not None:
         report["teacher"] = (report["teacher"] or {"spec": cfg.teacher, "mode": "frozen"}) | {
             "params": count_params(teacher), "flops": flops_per_image(teacher, teacher.size),
-            "latency_ms_cpu_batch1": _latency_ms(teacher, teacher.size)}
+            f"latency_ms_{device.type}_batch1": _latency_ms(teacher, teacher.size)}
     report["world_size"] = world
+    report["device"] = torch.cuda.get_device_name(device) if gpu else "cpu"
     if dist.is_main():
         torch.save(student.state_dict(), out / "student.pt")
         report["student"]["exported"] = export_student(student, cfg.student_size, out / "student.pt2")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, ContextManager, Iterator, Optional
 
 import numpy as np
 import torch
@@ -39,14 +40,22 @@ def cosine_with_warmup(optimizer, steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def forever(loader) -> Iterator:
+def to_device(batch: tuple, device: Optional[torch.device]) -> tuple:
+    """Move a batch's tensors to ``device`` (non-blocking from pinned memory); others unchanged."""
+    if device is None or device.type == "cpu":
+        return batch
+    return tuple(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)
+
+
+def forever(loader, device: Optional[torch.device] = None) -> Iterator:
+    """Endless batches (epoch after epoch), skipping empty ones, already on ``device``."""
     epoch = 0
     while True:
         if hasattr(loader.sampler, "set_epoch"):  # distributed: a new disjoint shard each epoch
             loader.sampler.set_epoch(epoch)
         for batch in loader:
             if batch[0] is not None:
-                yield batch
+                yield to_device(batch, device)
         epoch += 1
 
 
@@ -67,8 +76,11 @@ class Logger:
 def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: Callable[[tuple], torch.Tensor],
               batches: Iterator, steps: int, lr: float, ckpt_dir: Path, logger: Logger, *,
               weight_decay: float = 0.05, ckpt_every: int = 50, progress: bool = False,
-              select: Optional[Callable[[], float]] = None) -> StageResult:
+              select: Optional[Callable[[], float]] = None,
+              autocast: Callable[[], ContextManager] = nullcontext) -> StageResult:
     """Train ``params`` for ``steps`` steps (resuming from ``ckpt_dir/name.pt`` if present).
+
+    The loss is computed under ``autocast`` (bf16 on CUDA: no loss scaling needed, unlike fp16).
 
     With ``select`` (a validation score), the modules are scored at every checkpoint and at
     the end, and the best-scoring weights are the stage's result: val picks, test only reports.
@@ -93,6 +105,8 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
         best = state.get("best", best)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
+        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     resumed_from = start
     dist.sync_from_main(modules)
     for m in modules.values():
@@ -104,7 +118,8 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
         bar = tqdm(total=steps, initial=start, desc=name, unit="step")
     for step in range(start, steps):
         batch = next(batches)
-        loss = loss_fn(batch)
+        with autocast():
+            loss = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         dist.average_gradients(p for group in optimizer.param_groups for p in group["params"])
@@ -149,12 +164,14 @@ def _keep_best(best: dict, score: float, modules: dict[str, nn.Module]) -> None:
 def _save(path: Path, modules, optimizer, schedule, step: int, images: int, seconds: float, best: dict) -> None:
     state = {"modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": optimizer.state_dict(),
              "schedule": schedule.state_dict(), "step": step, "images": images, "seconds": seconds, "best": best,
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
     atomic.write_with(path, lambda p: torch.save(state, p))
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, num_classes: int) -> Optional[dict]:
+def evaluate(model: nn.Module, loader, num_classes: int, device: Optional[torch.device] = None,
+             autocast: Callable[[], ContextManager] = nullcontext) -> Optional[dict]:
     """Top-1 accuracy and mean per-class accuracy (the honest metric on imbalanced test sets)."""
     model.eval()
     correct = np.zeros(num_classes)
@@ -162,7 +179,8 @@ def evaluate(model: nn.Module, loader, num_classes: int) -> Optional[dict]:
     for views, labels, _ in loader:
         if views is None:
             continue
-        pred = model(views).argmax(-1)
+        with autocast():
+            pred = model(to_device((views,), device)[0]).argmax(-1).cpu()
         for y, p in zip(labels.tolist(), pred.tolist()):
             total[y] += 1
             correct[y] += int(y == p)

@@ -34,7 +34,7 @@ def _heartbeat(client: CuratorClient, job_id: str, worker: str, lease: float, st
 
 
 def run_one(client: CuratorClient, api: str, token: Optional[str], worker: str, work_dir: Path,
-            lease: float) -> Optional[dict]:
+            lease: float, device: str = "cpu") -> Optional[dict]:
     """Claim and run one job; returns the finished job, or None when the queue was empty."""
     job = client.claim_distill_job(worker, lease)
     if job is None:
@@ -46,7 +46,7 @@ def run_one(client: CuratorClient, api: str, token: Optional[str], worker: str, 
     out = work_dir / job["id"]
     try:
         cfg = DistillConfig(**job["config"], transfer=f"{api.rstrip('/')}/transfer-sets/{job['transfer_set_id']}",
-                            out=str(out), token=token, progress=False)
+                            out=str(out), token=token, device=device, progress=False)
         report = run_distill(cfg)
         state, fields = "succeeded", {"report": report, "student_url": str((out / "student.pt").resolve())}
     except (CuratorError, ValueError) as exc:
@@ -64,13 +64,13 @@ def run_one(client: CuratorClient, api: str, token: Optional[str], worker: str, 
 
 
 def run_worker(api: str, token: Optional[str], work_dir: str, *, name: Optional[str] = None, lease: float = 60.0,
-               poll: float = 5.0, once: bool = False) -> int:
+               poll: float = 5.0, once: bool = False, device: str = "cpu") -> int:
     """Loop: claim, train, report. ``once`` stops after one job (or an empty queue)."""
     worker = name or f"{socket.gethostname()}-{time.time_ns() % 1_000_000}"
     done = 0
     with CuratorClient(api, token) as client:
         while True:
-            result = run_one(client, api, token, worker, Path(work_dir), lease)
+            result = run_one(client, api, token, worker, Path(work_dir), lease, device)
             if result is not None:
                 done += 1
                 log.info("%s: %s %s", worker, result["id"], result["state"])

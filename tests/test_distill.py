@@ -105,6 +105,9 @@ def test_config_mismatch_and_missing_transfer_are_clear(task, tiny_clip_spec, tm
     run_distill(cfg(task, tiny_clip_spec, tmp_path / "b", method="supervised"))
     with pytest.raises(CuratorError, match="another config"):
         run_distill(cfg(task, tiny_clip_spec, tmp_path / "b", method="supervised", steps_c=7))
+    if not torch.cuda.is_available():  # asking for a GPU that is not there never falls back to the CPU
+        with pytest.raises(CuratorError, match="no CUDA GPU"):
+            run_distill(cfg(task, tiny_clip_spec, tmp_path / "c", method="supervised", device="cuda"))
 
 
 def test_teacher_cache_is_reused_and_matches_the_teacher(task, tiny_clip_spec, tmp_path):

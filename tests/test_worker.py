@@ -74,7 +74,7 @@ def test_worker_runs_a_job_to_completion(setup, tiny_clip_spec):
         final = client.distill_job(job["id"])
         assert final["state"] == "succeeded" and final["worker"] == "w3", final.get("error")
         assert final["report"]["stages"]["b"]["steps"] == 6 and os.path.exists(final["student_url"])
-        for hostile in ({"out": "/etc"}, {"cache_dir": "/etc"}):  # the worker's paths are its own
+        for hostile in ({"out": "/etc"}, {"cache_dir": "/etc"}, {"device": "cuda"}):  # the worker's own
             with pytest.raises(ServiceError) as exc:
                 client.submit_distill_job(ts["transfer_set_id"], "x", hostile)
             assert exc.value.status == 422
