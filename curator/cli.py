@@ -244,7 +244,8 @@ def _distill_parser(sub) -> None:
     p.add_argument("--teacher", default="packaged:efficientnet-lite2", help="encoder spec of the VFM")
     p.add_argument("--teacher-mode", default="linear", choices=["linear", "finetune"])
     p.add_argument("--student", default="mobilenetv3_small_100", help="any timm model name")
-    p.add_argument("--student-init", default="scratch", choices=["scratch", "imagenet"])
+    p.add_argument("--student-init", default="scratch", metavar="scratch|imagenet|PATH",
+                   help="from scratch, timm's ImageNet weights, or a checkpoint (e.g. an earlier student.pt)")
     p.add_argument("--student-size", type=int, default=64, help="student input resolution")
     p.add_argument("--labels-per-class", type=int, help="seeded split of a flat class-folder set")
     p.add_argument("--steps-a", type=int, default=150)

@@ -38,11 +38,11 @@ class LabelledSet:
 def load_labelled(path: str | Path, *, labels_per_class: Optional[int] = None, val_per_class: int = 1,
                   seed: int = 0) -> LabelledSet:
     """A folder with train/ (val/, test/) sub-folders of classes; a folder of class folders, split
-    seeded into ``labels_per_class`` train + ``val_per_class`` val + the rest test; or a CSV with
-    ``path,label[,split]``."""
+    seeded into ``labels_per_class`` train + ``val_per_class`` val + the rest test; or a CSV or
+    parquet table with ``path,label[,split]`` (relative paths are relative to the table)."""
     path = Path(path)
     if path.is_file():
-        return _from_csv(path)
+        return _from_table(path)
     if not path.is_dir():
         raise CuratorError(f"labelled set {path} is neither a folder nor a CSV")
     if (path / "train").is_dir():
@@ -78,9 +78,17 @@ def _files_by_class(root: Path, classes: list[str]) -> list[tuple[str, int]]:
             for p in sorted((root / cls).rglob("*")) if p.is_file() and is_image_name(p.name)]
 
 
-def _from_csv(path: Path) -> LabelledSet:
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+def _from_table(path: Path) -> LabelledSet:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in pq.read_table(path).to_pylist()]
+        except Exception as exc:
+            raise CuratorError(f"{path}: not a readable parquet table ({exc})") from None
+    else:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise CuratorError(f"{path}: needs 'path' and 'label' columns (and optionally 'split')")
     classes = sorted({r["label"] for r in rows})

@@ -49,6 +49,8 @@ class Student(nn.Module):
     """A timm classifier at low resolution; ``features`` gives its pooled pre-logits."""
 
     def __init__(self, name: str, num_classes: int, size: int, init: str = "scratch"):
+        """``init``: ``scratch``, ``imagenet`` (timm's pretrained weights) or the path of a checkpoint
+        (a student.pt, or a timm state_dict) of the same architecture."""
         super().__init__()
         import timm
 
@@ -62,6 +64,9 @@ class Student(nn.Module):
         self.size = size
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        if init not in ("scratch", "imagenet"):
+            self.dropped = load_checkpoint(self.net, init)
+
 
     def _prep(self, views: torch.Tensor) -> torch.Tensor:
         if views.shape[-1] != self.size:
@@ -77,6 +82,30 @@ class Student(nn.Module):
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         return self.net(self._prep(views))
+
+
+def load_checkpoint(net: nn.Module, path: str) -> list[str]:
+    """Load a checkpoint's matching tensors into ``net``; returns the names left at their init
+    (a classifier trained for other classes). A checkpoint that shares nothing is an error."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CuratorError(f"--student-init {path}: not a readable checkpoint ({exc})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    state = {k.removeprefix("net."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if _weight_share(usable) < 0.5 * _weight_share(own):  # a few BN counters are not a match
+        raise CuratorError(f"--student-init {path}: no tensor matches the student's architecture "
+                           f"(less than half of its weights); was it trained for another model?")
+    net.load_state_dict(usable, strict=False)
+    return sorted(k for k in own if k not in usable)
+
+
+def _weight_share(state: dict[str, torch.Tensor]) -> int:
+    """Floating-point elements in a state dict (integer counters such as BatchNorm's step count
+    have the same shape in every architecture, so they say nothing about a match)."""
+    return sum(v.numel() for v in state.values() if v.is_floating_point())
 
 
 def count_params(module: nn.Module) -> int:

@@ -18,7 +18,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -45,7 +45,7 @@ class DistillConfig(BaseModel):
     teacher: str = "packaged:efficientnet-lite2"
     teacher_mode: Literal["linear", "finetune"] = "linear"
     student: str = "mobilenetv3_small_100"
-    student_init: Literal["scratch", "imagenet"] = "scratch"
+    student_init: str = Field("scratch", description="scratch, imagenet, or a checkpoint path (same architecture)")
     student_size: int = Field(64, ge=16, le=512)
     labels_per_class: Optional[int] = Field(None, ge=1)
     val_per_class: int = Field(1, ge=0)
@@ -71,6 +71,13 @@ class DistillConfig(BaseModel):
     ckpt_every: int = Field(50, ge=1)
     token: Optional[str] = None
     progress: bool = True
+
+    @field_validator("student_init")
+    @classmethod
+    def _init_exists(cls, value: str) -> str:
+        if value not in ("scratch", "imagenet") and not Path(value).is_file():
+            raise ValueError(f"{value!r} is neither scratch, imagenet nor a checkpoint file")
+        return value
 
 
 def _loader(items, size, train, cfg, memo: bool = True):

@@ -169,3 +169,38 @@ def test_labelled_images_mixed_into_distillation_batches(task, tiny_clip_spec, t
     assert report["stages"]["b"]["steps"] == 8 and report["config"]["mix_labelled"] == 0.25
     losses = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(row["loss"] == row["loss"] for row in losses)  # finite (no NaN) with the mixed term
+
+
+def test_parquet_table_and_student_checkpoint_init(task, tiny_clip_spec, tmp_path):
+    """A labelled set as a parquet table reads as the folder does; a finished student.pt starts the
+    next run (every tensor loaded, output unchanged); a checkpoint of another architecture, or a
+    path that is not there, is a clear error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pydantic import ValidationError
+
+    from curator.errors import CuratorError
+    from distill.data import load_labelled
+    from distill.models import Student
+
+    folder = load_labelled(task / "labelled", labels_per_class=5, val_per_class=2, seed=0)
+    rows = [(p, folder.classes[y], s) for s, items in folder.splits.items() for p, y in items]
+    pq.write_table(pa.table({k: [r[i] for r in rows] for i, k in enumerate(("path", "label", "split"))}),
+                   tmp_path / "labelled.parquet")
+    table = load_labelled(tmp_path / "labelled.parquet")
+    assert table.classes == folder.classes and table.splits == folder.splits
+
+    first = run_distill(cfg(task, tiny_clip_spec, tmp_path / "first", method="supervised"))
+    ckpt = tmp_path / "first" / "student.pt"
+    warm = Student(STUDENT, 3, 32, str(ckpt)).eval()
+    trained = Student(STUDENT, 3, 32)
+    trained.load_state_dict(torch.load(ckpt, weights_only=True))
+    x = torch.rand(2, 3, 32, 32)
+    assert warm.dropped == [] and torch.allclose(warm(x), trained.eval()(x))
+    assert Student(STUDENT, 5, 32, str(ckpt)).dropped == ["fc.bias", "fc.weight"]  # another task's classes
+    again = run_distill(cfg(task, tiny_clip_spec, tmp_path / "second", method="supervised", student_init=str(ckpt)))
+    assert again["student"]["final"]["test"]["n"] == first["student"]["final"]["test"]["n"]
+    with pytest.raises(CuratorError, match="no tensor matches"):
+        Student("mobilenetv3_small_050", 3, 32, str(ckpt))
+    with pytest.raises(ValidationError, match="neither scratch"):
+        cfg(task, tiny_clip_spec, tmp_path / "x", student_init=str(tmp_path / "missing.pt"))
