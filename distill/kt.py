@@ -12,7 +12,8 @@ arms that share the student, its schedule and the transfer-set size:
 Retrieval uses the pool index's own encoder; val and test images are contamination-excluded
 from both transfer sets. Teacher outputs are cached per backbone (``distill.cache``), so the
 teacher runs once per transfer set, whatever the seeds and arms. Every run is resumable:
-a finished run's report is reused, a killed one resumes from its checkpoints.
+a finished run's report is reused, a killed one resumes from its checkpoints, and a larger
+``--seeds`` extends a finished bench. Per-seed paired differences say whether a lead beats noise.
 """
 from __future__ import annotations
 
@@ -144,6 +145,15 @@ def _stats(values: list[float]) -> dict:
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, "values": values}
 
 
+def _paired(mine: list[float], theirs: list[float]) -> dict:
+    """Per-seed differences in test accuracy (the arms share each seed), so a reader can tell a lead
+    from seed noise: the mean difference, its standard error, and the seeds it wins."""
+    diffs = [a - b for a, b in zip(mine, theirs)]
+    sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return {"mean_difference": round(statistics.fmean(diffs), 4), "sem": round(sem, 4) if sem is not None else None,
+            "wins": sum(d > 0 for d in diffs), "seeds": len(diffs)}
+
+
 def summarise(cfg: KTConfig, reports: dict[str, list[dict]], sets: dict[str, dict], wall: float) -> dict:
     """results.json: per arm, test (and val) accuracy over seeds, and what each arm cost."""
     arms: dict[str, dict] = {}
@@ -164,10 +174,11 @@ def summarise(cfg: KTConfig, reports: dict[str, list[dict]], sets: dict[str, dic
                      "test_mean_per_class_accuracy": _stats([f["test"]["mean_per_class_accuracy"] for f in finals]),
                      "val_accuracy": _stats([f["val"]["accuracy"] for f in finals]), **compute}
     mean = {a: arms[a]["test_accuracy"]["mean"] for a in arms}
-    paper = "task-oriented-retrieved"
+    paper, others = "task-oriented-retrieved", ("supervised", "task-agnostic", "task-oriented-random")
     return {"format": RESULTS_FORMAT, "created_at": utcnow(), "config": cfg.model_dump(), "arms": arms,
-            "orderings": {f"{paper} > {other}": mean[paper] > mean[other]
-                          for other in ("supervised", "task-agnostic", "task-oriented-random")},
+            "orderings": {f"{paper} > {other}": mean[paper] > mean[other] for other in others},
+            "paired": {f"{paper} - {other}": _paired(arms[paper]["test_accuracy"]["values"],
+                                                      arms[other]["test_accuracy"]["values"]) for other in others},
             "transfer_sets": {name: {"images": m["counts"]["emitted"], "excluded": m["counts"].get("excluded"),
                                      "deduped": m["counts"].get("deduped")} for name, m in sets.items()},
             "student": {k: reports["supervised"][0]["student"][k] for k in ("name", "size", "params", "flops",
@@ -186,7 +197,8 @@ def markdown(results: dict, command: Optional[str] = None) -> str:
         rows.append(f"| {arm} | {fmt(r['test_accuracy'])} | {fmt(r['test_mean_per_class_accuracy'])} "
                     f"| {fmt(r['val_accuracy'])} | {r['teacher_forward_passes'] if r['teacher_forward_passes'] is not None else '–'} "
                     f"| {r['student_steps']} | {r['wall_seconds'] if r['wall_seconds'] is not None else '–'} |")
-    checks = "\n".join(f"- {k}: {'holds' if v else '**does not hold**'}" for k, v in results["orderings"].items())
+    checks = "\n".join(f"- {k}: {'holds' if v else '**does not hold**'} in the mean; {_paired_text(d)}"
+                       for (k, v), d in zip(results["orderings"].items(), results["paired"].values()))
     c = results["config"]
     head = (f"Target `{c['target']}`, {c['labels_per_class']} labels per class, {c['seeds']} seeds (mean ± std); "
             f"teacher `{c['teacher']}` ({c['teacher_mode']}); student `{c['student']}` at {c['student_size']} px; "
@@ -194,6 +206,11 @@ def markdown(results: dict, command: Optional[str] = None) -> str:
             + f"; total wall {results['wall_seconds']} s.")
     cmd = f"\n\n```\n{command}\n```" if command else ""
     return f"{head}{cmd}\n\n" + "\n".join(rows) + "\n\n" + checks + "\n"
+
+
+def _paired_text(d: dict) -> str:
+    sem = f" ± {d['sem']:.3f} (s.e.)" if d["sem"] is not None else ""
+    return f"paired difference {d['mean_difference']:+.3f}{sem}, ahead on {d['wins']} of {d['seeds']} seeds"
 
 
 def bar_chart(results: dict, path: Path) -> None:
@@ -233,9 +250,11 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "kt-config.json"
-    mine = cfg.model_dump(exclude={"progress"})
-    if saved.exists() and json.loads(saved.read_text()) != mine:
-        raise CuratorError(f"{out} holds a bench with another config; use a fresh --out to start over")
+    # more seeds extend a finished bench (its runs are reused); any other change starts over
+    mine = cfg.model_dump(exclude={"progress", "seeds"})
+    if saved.exists() and {k: v for k, v in json.loads(saved.read_text()).items() if k != "seeds"} != mine:
+        raise CuratorError(f"{out} holds a bench with another config; use a fresh --out to start over "
+                           "(only --seeds may change: more seeds reuse the finished ones)")
     atomic.write_json(saved, mine)
     split = write_split(cfg, out)
     sets = curate_sets(cfg, split, out)
