@@ -9,8 +9,8 @@ Run on the GPU machine (writes a JSON of figures), then here to write BENCHMARKS
 Data: a folder packed by ``benchmarks/pack_kt.py`` (the kt bench's split and transfer sets,
 re-encoded as 192 px JPEGs so they travel). Baselines are measured in the same run:
 
-* embed: the encoder alone on ready tensors (the ceiling) vs curator's ``embed_shard`` (decode
-  workers feeding the GPU), fp32 vs bf16. Encoders: ``packaged:efficientnet-lite2`` (real
+* embed: the encoder alone on ready tensors (the ceiling) vs curator's ``embed_shards`` (decode
+  workers feeding the GPU; a loader per shard vs one shared across shards), fp32 vs bf16. Encoders: ``packaged:efficientnet-lite2`` (real
   ImageNet weights) and open_clip ViT-B-32 (deterministic untrained weights saved as a local
   checkpoint: the hub is unreachable there, and weights do not change the speed).
 * distill: one task-oriented run per mode with the same steps, Lite2 linear teacher, student
@@ -56,7 +56,7 @@ def _ceiling(encoder, n: int, batch: int) -> float:
 
 def bench_embed(data: Path, batch: int, workers: int, repeat: int) -> list[dict]:
     from curator.pool import plan_tasks
-    from index_builder.embed import EmbedOptions, embed_shard
+    from index_builder.embed import EmbedOptions, embed_shard, embed_shards
 
     tars = sorted(str(p) for p in (data / "sets").glob("*/*.tar"))
     tasks = plan_tasks(tars * repeat, shard_size=1000)
@@ -69,14 +69,16 @@ def bench_embed(data: Path, batch: int, workers: int, repeat: int) -> list[dict]
                 enc = create_encoder(spec, device="cuda", precision=precision)
                 ceiling = _ceiling(enc, 8 * batch, batch)
                 embed_shard(tasks[0], enc, Path(tmp) / "warm", EmbedOptions(batch_size=batch, workers=workers))
-                n, t0 = 0, time.perf_counter()
-                for k, task in enumerate(tasks):
-                    done = embed_shard(task, enc, Path(tmp) / f"o{k}", EmbedOptions(batch_size=batch, workers=workers))
-                    n += done.n_items
-                wall = time.perf_counter() - t0
-                rows.append({"encoder": spec.split("//")[0], "precision": precision, "ceiling_img_s": round(ceiling),
-                             "pipeline_img_s": round(n / wall), "images": n, "batch": batch, "workers": workers})
-                print(rows[-1], flush=True)
+                # a loader per shard (loader_items=1: as build-index ran before) vs one shared loader
+                for loaders, items in (("one per shard", 1), ("shared", EmbedOptions.loader_items)):
+                    opts = EmbedOptions(batch_size=batch, workers=workers, loader_items=items)
+                    t0 = time.perf_counter()
+                    n = sum(d.n_items for d in embed_shards(tasks, enc, Path(tmp) / f"o-{items}", opts))
+                    wall = time.perf_counter() - t0
+                    rows.append({"encoder": spec.split("//")[0], "precision": precision, "loaders": loaders,
+                                 "ceiling_img_s": round(ceiling), "pipeline_img_s": round(n / wall), "images": n,
+                                 "batch": batch, "workers": workers})
+                    print(rows[-1], flush=True)
                 del enc
                 torch.cuda.empty_cache()
     return rows
@@ -133,11 +135,12 @@ def report(path: Path, commit: str) -> None:
              f"Machine: {doc['device']}. Commit {doc.get('commit') or commit}.", f"Command: `{doc['command']}`", ""]
     if doc.get("embed"):
         lines += [f"Embedding: the packed kt transfer sets, {doc['embed'][0]['images']} images (192 px JPEGs in "
-                  "4 tar shards of ~1,000), one `embed_shard` per shard as build-index runs it. Ceiling = the "
-                  "encoder alone on ready tensors, host-to-device copy included.", "",
-                  "| encoder | precision | batch | decode workers | ceiling img/s | curator embed_shard img/s "
-                  "| pipeline / ceiling |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['encoder']} | {r['precision']} | {r['batch']} | {r['workers']} | {r['ceiling_img_s']} "
+                  "4 tar shards of ~1,000) through `embed_shards`, with a DataLoader per shard or one shared "
+                  "across shards. Ceiling = the encoder alone on ready tensors, host-to-device copy included.", "",
+                  "| encoder | precision | batch | decode workers | loaders | ceiling img/s | curator img/s "
+                  "| pipeline / ceiling |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['encoder']} | {r['precision']} | {r['batch']} | {r['workers']} "
+                  f"| {r.get('loaders', 'one per shard')} | {r['ceiling_img_s']} "
                   f"| {r['pipeline_img_s']} | {r['pipeline_img_s'] / r['ceiling_img_s']:.2f} |" for r in doc["embed"]]
         lines.append("")
     if doc.get("distill"):

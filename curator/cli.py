@@ -498,7 +498,7 @@ def _bench_parser(sub) -> None:
             ("--val-per-class", int, "val images per class; val picks checkpoints, never test (2)"),
             ("--split-seed", int, "seed of the train/val/test split (0)"),
             ("--budget", int, "transfer-set size, retrieved and random alike (1600)"),
-            ("--seeds", int, "training seeds per arm (3)"),
+            ("--seeds", int, "training seeds per arm (3); more seeds on the same --out reuse the finished ones"),
             ("--teacher", str, "encoder spec of the VFM (packaged:efficientnet-lite2)"),
             ("--teacher-mode", str, "linear or finetune (linear)"),
             ("--student", str, "timm student trained from scratch (mobilenetv3_small_100)"),

@@ -177,8 +177,9 @@ def summarise(cfg: KTConfig, reports: dict[str, list[dict]], sets: dict[str, dic
     paper, others = "task-oriented-retrieved", ("supervised", "task-agnostic", "task-oriented-random")
     return {"format": RESULTS_FORMAT, "created_at": utcnow(), "config": cfg.model_dump(), "arms": arms,
             "orderings": {f"{paper} > {other}": mean[paper] > mean[other] for other in others},
-            "paired": {f"{paper} - {other}": _paired(arms[paper]["test_accuracy"]["values"],
-                                                      arms[other]["test_accuracy"]["values"]) for other in others},
+            "paired": {f"{paper} - {other}": {metric: _paired(arms[paper][metric]["values"], arms[other][metric]["values"])
+                                              for metric in ("test_accuracy", "test_mean_per_class_accuracy")}
+                       for other in others},
             "transfer_sets": {name: {"images": m["counts"]["emitted"], "excluded": m["counts"].get("excluded"),
                                      "deduped": m["counts"].get("deduped")} for name, m in sets.items()},
             "student": {k: reports["supervised"][0]["student"][k] for k in ("name", "size", "params", "flops",
@@ -208,9 +209,12 @@ def markdown(results: dict, command: Optional[str] = None) -> str:
     return f"{head}{cmd}\n\n" + "\n".join(rows) + "\n\n" + checks + "\n"
 
 
-def _paired_text(d: dict) -> str:
-    sem = f" ± {d['sem']:.3f} (s.e.)" if d["sem"] is not None else ""
-    return f"paired difference {d['mean_difference']:+.3f}{sem}, ahead on {d['wins']} of {d['seeds']} seeds"
+def _paired_text(pair: dict) -> str:
+    def one(d: dict) -> str:
+        sem = f" ± {d['sem']:.3f} (s.e.)" if d["sem"] is not None else ""
+        return f"{d['mean_difference']:+.3f}{sem}, ahead on {d['wins']} of {d['seeds']} seeds"
+    return (f"paired difference in accuracy {one(pair['test_accuracy'])}; in mean per-class accuracy "
+            f"{one(pair['test_mean_per_class_accuracy'])}")
 
 
 def bar_chart(results: dict, path: Path) -> None:

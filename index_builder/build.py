@@ -33,7 +33,7 @@ from curator.progress import progress_bar
 from curator.retrieval import MANIFEST_NAME
 
 from . import faiss_index
-from .embed import EmbedOptions, default_workers, embed_shard, read_done, shard_paths
+from .embed import EmbedOptions, default_workers, embed_shards, read_done, shard_paths
 from .ingest import download_url_list
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,8 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildOptions) -> Build
     n_embedded = 0
     with progress_bar(total=known or None, desc="embed", unit="img", enabled=opts.progress) as bar:
         eopts = EmbedOptions(opts.batch_size, opts.workers, opts.max_pixels, opts.worker_nice)
-        for task in pending:
-            done = embed_shard(task, encoder, out, eopts, on_items=bar.update)
-            dones[task.shard_id] = done
+        for done in embed_shards(pending, encoder, out, eopts, on_items=bar.update):
+            dones[done.shard_id] = done
             n_embedded += done.n_items + done.n_skipped
     embed_seconds = time.perf_counter() - t_embed
 

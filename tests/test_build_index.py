@@ -131,3 +131,31 @@ def test_shard_done_marker_is_valid(messy_pool, tmp_path, tiny_clip_spec):
     done = load_doc(out / "shards" / "00000.done.json", ShardDone)
     vecs = np.load(out / "shards" / "00000.npy")
     assert vecs.dtype == np.float16 and vecs.shape == (done.n_items, 32)
+
+
+def test_shards_sharing_one_loader_match_a_loader_per_shard(messy_pool, tmp_path, tiny_clip_spec):
+    """Consecutive shards read through one DataLoader (batches straddle shard borders) give the
+    same outputs, in the same order, as a loader per shard; a shard of only bad files is written too."""
+    from curator.encoders import create_encoder
+    from curator.pool import plan_tasks
+    from index_builder.embed import EmbedOptions, embed_shards
+
+    bad_only = tmp_path / "bad"
+    bad_only.mkdir()
+    (bad_only / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    (bad_only / "b.jpg").write_text("not an image")
+    tasks = plan_tasks([str(messy_pool), str(bad_only), str(messy_pool)], 7)
+    encoder = create_encoder(tiny_clip_spec)
+    seen: list[int] = []
+    runs = {}
+    for name, loader_items in (("per-shard", 1), ("shared", 10**6)):
+        opts = EmbedOptions(batch_size=5, workers=1, loader_items=loader_items)
+        runs[name] = list(embed_shards(tasks, encoder, tmp_path / name, opts, on_items=seen.append))
+    assert [d.shard_id for d in runs["shared"]] == [t.shard_id for t in tasks] == [d.shard_id for d in runs["per-shard"]]
+    assert sum(seen) == 2 * (29 * 2 + 2)
+    for a, b in zip(runs["per-shard"], runs["shared"]):
+        assert (a.n_items, a.n_skipped, [s.key for s in a.skipped]) == (b.n_items, b.n_skipped, [s.key for s in b.skipped])
+        va, vb = (np.load(tmp_path / run / "shards" / f"{a.shard_id}.npy") for run in ("per-shard", "shared"))
+        assert va.shape == vb.shape and np.allclose(va.astype(np.float32), vb.astype(np.float32), atol=2e-3)
+        assert (tmp_path / "shared" / "shards" / f"{a.shard_id}.done.json").exists()
+    assert any(d.n_skipped == 2 and d.n_items == 0 for d in runs["shared"])  # the bad-only shard

@@ -41,7 +41,7 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     assert md.count("\n| ") == 6 and "```\ncurator bench kt" in md
     with Image.open(tmp_path / "out" / "chart.png") as chart:
         assert chart.format == "PNG" and chart.size[0] > 400
-    assert results["paired"]["task-oriented-retrieved - supervised"]["seeds"] == 1
+    assert results["paired"]["task-oriented-retrieved - supervised"]["test_accuracy"]["seeds"] == 1
     # a second call reuses every finished run and set
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
@@ -52,7 +52,7 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     for arm, r in more["arms"].items():
         assert r["test_accuracy"]["values"][0] == results["arms"][arm]["test_accuracy"]["values"][0], arm
         assert len(r["test_accuracy"]["values"]) == 2
-    paired = more["paired"]["task-oriented-retrieved - supervised"]
+    paired = more["paired"]["task-oriented-retrieved - supervised"]["test_mean_per_class_accuracy"]
     assert paired["seeds"] == 2 and paired["sem"] is not None and 0 <= paired["wins"] <= 2
     assert "paired difference" in (tmp_path / "out" / "results.md").read_text()
     assert main(args[:-1] + ["--temperature", "2", "--json"]) != 0
