@@ -108,12 +108,25 @@ def bench_distill(data: Path, work: Path, steps_b: int, batch: int, workers: int
     return rows
 
 
+def _kt_arm(cfg_json: str, arm: str, seed: int) -> None:
+    """One trained arm of one seed, in a process of its own (runs side by side on one GPU)."""
+    from distill.kt import KTConfig, run_arm
+
+    cfg = KTConfig.model_validate_json(cfg_json)
+    run_arm(cfg, arm, seed, Path(cfg.out) / "split.csv", Path(cfg.out))
+
+
 def bench_kt(data: Path, work: Path, args) -> dict:
     """The kt bench's arms on the packed sets at GPU scale (more views, longer distillation);
-    resumes from ``work`` (finished runs are kept), so a cut-off call can be repeated."""
+    resumes from ``work`` (finished runs are kept), so a cut-off call can be repeated.
+
+    Seed 0 runs first and alone (it builds the teacher caches every seed shares); the other
+    seeds' runs then go ``--kt-parallel`` at a time, each in its own (non-daemonic: its
+    DataLoader starts workers) process."""
+    import multiprocessing as mp
     import shutil
 
-    from distill.kt import KTConfig, run_kt
+    from distill.kt import RUNS, KTConfig, run_kt
 
     if not (work / "sets").exists():
         work.mkdir(parents=True, exist_ok=True)
@@ -123,15 +136,46 @@ def bench_kt(data: Path, work: Path, args) -> dict:
     cfg = KTConfig(target=str(data / "labelled"), index="(packed: sets already curated)", out=str(work),
                    device="cuda", workers=args.workers, cache_views=args.kt_views, steps_a=args.kt_steps_a,
                    steps_b=args.kt_steps_b, steps_c=args.kt_steps_c, batch_size=args.kt_batch,
-                   seeds=args.kt_seeds, progress=False)
-    return run_kt(cfg, command=f"python {' '.join(sys.argv)}")
+                   seeds=1, progress=False)
+    run_kt(cfg)
+    ctx, cfg_json = mp.get_context("spawn"), cfg.model_dump_json()
+    jobs = [(arm, seed) for seed in range(1, args.kt_seeds) for arm in RUNS]
+    for i in range(0, len(jobs), max(1, args.kt_parallel)):
+        procs = [ctx.Process(target=_kt_arm, args=(cfg_json, arm, seed))
+                 for arm, seed in jobs[i:i + max(1, args.kt_parallel)]]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        if any(proc.exitcode for proc in procs):
+            raise SystemExit(f"a kt run failed (exit codes {[proc.exitcode for proc in procs]})")
+    return run_kt(cfg.model_copy(update={"seeds": args.kt_seeds}), command=f"python {' '.join(sys.argv)}")
 
 
-def report(path: Path, commit: str) -> None:
+def report_kt(path: Path, commit: str) -> None:
+    """BENCHMARKS.md's gpu-kt section from a ``--parts kt`` JSON."""
+    from report import update_section
+
+    from distill.kt import markdown
+
+    doc = json.loads(path.read_text())
+    c = doc["kt"]["config"]
+    body = (f"## Knowledge transfer at GPU scale on {doc['device'].split(' (')[0]} (`bench_gpu.py --parts kt`)\n\n"
+            f"Machine: {doc['device']}. Commit {doc.get('commit') or commit}.\nCommand: `{doc['command']}`\n\n"
+            + "Versus the CPU bench: {v} cached views per transfer image (CPU: 2), steps a/b/c {a}/{b}/{c} "
+            "(CPU: 300/500/200), batch {bs} (CPU: 64); same packed split and transfer sets, same student.\n\n".format(
+                v=c["cache_views"], a=c["steps_a"], b=c["steps_b"], c=c["steps_c"], bs=c["batch_size"])
+            + markdown(doc["kt"]))
+    update_section("gpu-kt", body)
+    print(body)
+
+
+def report(path: Path, commit: str, section: str = "gpu") -> None:
     from report import update_section
 
     doc = json.loads(path.read_text())
-    lines = [f"## GPU paths: embedding and distillation on {doc['device'].split(' (')[0]}", "",
+    title = "GPU paths: embedding and distillation" if doc.get("distill") else "GPU embedding, re-measured"
+    lines = [f"## {title} on {doc['device'].split(' (')[0]}", "",
              f"Machine: {doc['device']}. Commit {doc.get('commit') or commit}.", f"Command: `{doc['command']}`", ""]
     if doc.get("embed"):
         lines += [f"Embedding: the packed kt transfer sets, {doc['embed'][0]['images']} images (192 px JPEGs in "
@@ -156,7 +200,7 @@ def report(path: Path, commit: str) -> None:
                   f"| {r['student_test']:.3f} |" for r in d]
     if doc.get("notes"):
         lines += ["", doc["notes"]]
-    update_section("gpu", "\n".join(lines))
+    update_section(section, "\n".join(lines))
     print("\n".join(lines))
 
 
@@ -180,12 +224,17 @@ def main() -> None:
     r.add_argument("--kt-steps-c", type=int, default=200)
     r.add_argument("--kt-batch", type=int, default=128)
     r.add_argument("--kt-seeds", type=int, default=3)
+    r.add_argument("--kt-parallel", type=int, default=4, help="runs (arm, seed) after seed 0 trained side by side")
     w = sub.add_parser("report")
     w.add_argument("json", type=Path)
     w.add_argument("--commit", default="", help="the commit the figures were taken at (when the JSON lacks it)")
+    w.add_argument("--section", default="gpu", help="BENCHMARKS.md section to write (a re-measurement: its own)")
     args = ap.parse_args()
     if args.cmd == "report":
-        return report(args.json, args.commit)
+        doc = json.loads(args.json.read_text())
+        if "kt" in doc:
+            return report_kt(args.json, args.commit)
+        return report(args.json, args.commit, args.section)
     from report import command, commit
 
     doc = {"device": _gpu(), "commit": commit(), "command": command()}

@@ -3,7 +3,8 @@
 Runs the public protocol by default (Tux Paint target, openclipart + Oxygen icons pool), index
 build included, in a fresh --out, and records the wall clock against the 45-minute budget.
 Extra arguments go to `curator bench kt` unchanged (e.g. --seeds 1 for a quick look); `--keep`
-extends the bench already in --out (e.g. `--keep --seeds 9`) into its own section.
+extends the bench already in --out (e.g. `--keep --seeds 9`) into its own section; `--section NAME`
+writes a variant (e.g. `--student tf_efficientnet_lite0 --student-init imagenet`) into section NAME.
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ def main() -> None:
         out = Path(extra[extra.index("--out") + 1])
     else:
         extra += ["--out", str(out)]
+    section = None  # --section NAME: a variant (another student, init, ...) in its own section
+    if "--section" in extra:
+        i = extra.index("--section")
+        section = extra[i + 1]
+        del extra[i:i + 2]
     keep = "--keep" in extra  # extend an earlier bench (e.g. more --seeds): its finished runs are reused
     if keep:
         extra.remove("--keep")
@@ -41,7 +47,12 @@ def main() -> None:
     index_report = out / "index" / "build-report.json"
     index_s = json.loads(index_report.read_text())["total_seconds"] if index_report.exists() else None
     seeds = results["config"]["seeds"]
-    if keep:
+    if section:
+        cfg = results["config"]
+        title = f"variant `{section}`: student {cfg['student']} ({cfg.get('student_init', 'scratch')})"
+        timing = (f"This call trained what --out lacked in {wall / 60:.1f} min"
+                  + (" (finished runs in --out were reused)." if keep else "."))
+    elif keep:
         title, section = f"more seeds ({seeds}), extending the run above", "kt-extended"
         timing = (f"This call reused the earlier runs and trained the missing seeds in {wall / 60:.1f} min; "
                   "the from-scratch wall clock is the section above.")
@@ -61,7 +72,7 @@ Command: `{command()}`, which runs `{results['command']}`.
 ![chart]({out / 'chart.png'})
 """
     update_section(section, body)
-    print(f"wrote the kt section of BENCHMARKS.md ({wall / 60:.1f} min)")
+    print(f"wrote the {section} section of BENCHMARKS.md ({wall / 60:.1f} min)")
 
 
 if __name__ == "__main__":

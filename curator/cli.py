@@ -245,7 +245,7 @@ def _distill_parser(sub) -> None:
     p.add_argument("--teacher-mode", default="linear", choices=["linear", "finetune"])
     p.add_argument("--student", default="mobilenetv3_small_100", help="any timm model name")
     p.add_argument("--student-init", default="scratch", metavar="scratch|imagenet|PATH",
-                   help="from scratch, timm's ImageNet weights, or a checkpoint (e.g. an earlier student.pt)")
+                   help="from scratch, ImageNet weights (packaged, offline, for tf_efficientnet_lite0/2; else timm's hub), or a checkpoint (e.g. an earlier student.pt)")
     p.add_argument("--student-size", type=int, default=64, help="student input resolution")
     p.add_argument("--labels-per-class", type=int, help="seeded split of a flat class-folder set")
     p.add_argument("--steps-a", type=int, default=150)
@@ -501,7 +501,9 @@ def _bench_parser(sub) -> None:
             ("--seeds", int, "training seeds per arm (3); more seeds on the same --out reuse the finished ones"),
             ("--teacher", str, "encoder spec of the VFM (packaged:efficientnet-lite2)"),
             ("--teacher-mode", str, "linear or finetune (linear)"),
-            ("--student", str, "timm student trained from scratch (mobilenetv3_small_100)"),
+            ("--student", str, "timm student, the same in every arm (mobilenetv3_small_100)"),
+            ("--student-init", str, "scratch, imagenet (packaged weights for tf_efficientnet_lite0/2 work offline) "
+                                    "or a checkpoint path (scratch)"),
             ("--student-size", int, "student resolution (64)"),
             ("--cache-views", int, "fixed augmented views per transfer image (2)"),
             ("--steps-a", int, "teacher adaptation steps (300)"),

@@ -58,6 +58,7 @@ class KTConfig(BaseModel):
     teacher: str = "packaged:efficientnet-lite2"
     teacher_mode: str = "linear"
     student: str = "mobilenetv3_small_100"
+    student_init: str = Field("scratch", description="scratch, imagenet, or a checkpoint path; every arm alike")
     student_size: int = 64
     cache_views: int = Field(2, ge=1, description="fixed augmented views per transfer image")
     steps_a: int = 300
@@ -130,7 +131,7 @@ def run_arm(cfg: KTConfig, arm: str, seed: int, split: Path, out: Path) -> dict:
     steps_c = cfg.steps_c + (cfg.steps_b if method == "supervised" else 0)
     dc = DistillConfig(labelled=str(split), transfer=str(out / "sets" / transfer) if transfer else None,
                        out=str(run_dir), method=method, teacher=cfg.teacher, teacher_mode=cfg.teacher_mode,
-                       student=cfg.student, student_size=cfg.student_size, steps_a=cfg.steps_a, steps_b=cfg.steps_b,
+                       student=cfg.student, student_init=cfg.student_init, student_size=cfg.student_size, steps_a=cfg.steps_a, steps_b=cfg.steps_b,
                        steps_c=steps_c, mix_labelled=cfg.mix_labelled, batch_size=cfg.batch_size, lr_student=cfg.lr_student,
                        lr_finetune=cfg.lr_finetune, temperature=cfg.temperature,
                        cache_teacher=cfg.cache_views if method != "supervised" else 0,
@@ -248,6 +249,13 @@ def bar_chart(results: dict, path: Path) -> None:
     atomic.write_with(path, lambda p: img.save(p, format="PNG"))
 
 
+def _saved_config(path: Path, mine: dict) -> dict:
+    """A saved kt-config without ``seeds``; knobs added to KTConfig since it was written read as
+    their defaults, so an older finished bench stays extendable."""
+    saved = {k: v for k, v in json.loads(path.read_text()).items() if k != "seeds"}
+    return {**{k: KTConfig.model_fields[k].default for k in mine if k not in saved}, **saved}
+
+
 def run_kt(cfg: KTConfig, command: Optional[str] = None) -> dict:
     """The whole bench; returns results.json's content (also written with results.md, chart.png)."""
     t0 = time.perf_counter()
@@ -256,7 +264,7 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None) -> dict:
     saved = out / "kt-config.json"
     # more seeds extend a finished bench (its runs are reused); any other change starts over
     mine = cfg.model_dump(exclude={"progress", "seeds"})
-    if saved.exists() and {k: v for k, v in json.loads(saved.read_text()).items() if k != "seeds"} != mine:
+    if saved.exists() and _saved_config(saved, mine) != mine:
         raise CuratorError(f"{out} holds a bench with another config; use a fresh --out to start over "
                            "(only --seeds may change: more seeds reuse the finished ones)")
     atomic.write_json(saved, mine)

@@ -7,6 +7,7 @@ from torch import nn
 from torchvision import transforms
 
 from curator.encoders import Encoder, create_encoder
+from curator.encoders.packaged import load_packaged_model, packaged_name_for_timm
 from curator.errors import CuratorError, EncoderUnavailableError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -49,21 +50,20 @@ class Student(nn.Module):
     """A timm classifier at low resolution; ``features`` gives its pooled pre-logits."""
 
     def __init__(self, name: str, num_classes: int, size: int, init: str = "scratch"):
-        """``init``: ``scratch``, ``imagenet`` (timm's pretrained weights) or the path of a checkpoint
-        (a student.pt, or a timm state_dict) of the same architecture."""
+        """``init``: ``scratch``, ``imagenet`` (packaged weights where curator ships them, else timm's
+        hub) or the path of a checkpoint (a student.pt, or a timm state_dict) of the same architecture."""
         super().__init__()
         import timm
 
         if not timm.is_model(name):
             raise CuratorError(f"unknown timm student {name!r}; e.g. mobilenetv3_small_100, resnet18, fastvit_t8")
-        try:
-            self.net = timm.create_model(name, num_classes=num_classes, pretrained=init == "imagenet")
-        except Exception as exc:
-            raise EncoderUnavailableError(f"cannot load ImageNet weights for student {name} ({exc}); "
-                                          f"use --student-init scratch offline") from None
+        self.net = _imagenet_student(name, num_classes) if init == "imagenet" else \
+            timm.create_model(name, num_classes=num_classes)
         self.size = size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        # the normalisation the architecture's ImageNet weights were trained with (TF-Lite: 0.5/0.5)
+        cfg = getattr(self.net, "pretrained_cfg", None) or {}
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.get("std", IMAGENET_STD)).view(1, 3, 1, 1))
         if init not in ("scratch", "imagenet"):
             self.dropped = load_checkpoint(self.net, init)
 
@@ -82,6 +82,25 @@ class Student(nn.Module):
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         return self.net(self._prep(views))
+
+
+def _imagenet_student(name: str, num_classes: int) -> nn.Module:
+    """ImageNet weights for a student: the packaged checkpoint where one exists for the
+    architecture (real weights, offline), else timm's hub weights; the classifier starts fresh."""
+    import timm
+
+    packaged = packaged_name_for_timm(name)
+    if packaged:
+        net = load_packaged_model(packaged)
+        net.reset_classifier(num_classes)
+        return net
+    try:
+        return timm.create_model(name, num_classes=num_classes, pretrained=True)
+    except Exception as exc:
+        raise EncoderUnavailableError(
+            f"cannot load ImageNet weights for student {name} ({exc}); offline, use --student-init scratch, a "
+            f"local checkpoint, or a student with packaged weights (tf_efficientnet_lite0, tf_efficientnet_lite2)"
+        ) from None
 
 
 def load_checkpoint(net: nn.Module, path: str) -> list[str]:

@@ -99,3 +99,21 @@ def test_cuda_without_gpu_is_an_error_not_a_silent_cpu_run(tiny_clip_spec):
 
 def test_registry_lists_schemes():
     assert {"open_clip", "timm", "packaged"} <= set(list_encoder_schemes())
+
+
+def test_imagenet_student_starts_from_the_packaged_weights(lite0):
+    """--student-init imagenet works offline for the architectures curator ships weights for
+    (same features as the encoder, with the weights' own 0.5/0.5 normalisation), and names
+    them when hub weights are unreachable."""
+    from skimage import data
+
+    from distill.models import Student
+
+    student = Student("tf_efficientnet_lite0", 4, 224, "imagenet").eval()
+    pixels = lite0.preprocess(Image.fromarray(data.chelsea()))[None]  # (x - 0.5) / 0.5
+    with torch.no_grad():
+        mine = student.features(pixels * 0.5 + 0.5)
+        ref = lite0.model.forward_head(lite0.model.forward_features(pixels), pre_logits=True)
+    assert torch.allclose(mine, ref, atol=1e-4) and student.net.get_classifier().out_features == 4
+    with pytest.raises(EncoderUnavailableError, match="tf_efficientnet_lite0"):
+        Student("mobilenetv3_small_050", 4, 64, "imagenet")

@@ -80,6 +80,12 @@ def load_packaged_model(name: str) -> torch.nn.Module:
     return model
 
 
+def packaged_name_for_timm(timm_name: str) -> str | None:
+    """The packaged checkpoint that holds ImageNet weights for timm model ``timm_name``, if any:
+    a student of that architecture can start from real weights offline."""
+    return next((key for key, info in PACKAGED.items() if info.timm_name == timm_name), None)
+
+
 def packaged_preprocess(info: PackagedWeights) -> transforms.Compose:
     """TF-Lite preprocessing: bicubic short-side resize, centre crop, (x - 0.5) / 0.5."""
     return transforms.Compose([
