@@ -140,9 +140,9 @@ def bench_kt(data: Path, work: Path, args) -> dict:
     run_kt(cfg)
     ctx, cfg_json = mp.get_context("spawn"), cfg.model_dump_json()
     jobs = [(arm, seed) for seed in range(1, args.kt_seeds) for arm in RUNS]
-    for i in range(0, len(jobs), max(1, args.kt_parallel)):
-        procs = [ctx.Process(target=_kt_arm, args=(cfg_json, arm, seed))
-                 for arm, seed in jobs[i:i + max(1, args.kt_parallel)]]
+    width = max(1, args.kt_parallel)
+    for i in range(0, len(jobs), width):
+        procs = [ctx.Process(target=_kt_arm, args=(cfg_json, arm, seed)) for arm, seed in jobs[i:i + width]]
         for proc in procs:
             proc.start()
         for proc in procs:
@@ -152,13 +152,12 @@ def bench_kt(data: Path, work: Path, args) -> dict:
     return run_kt(cfg.model_copy(update={"seeds": args.kt_seeds}), command=f"python {' '.join(sys.argv)}")
 
 
-def report_kt(path: Path, commit: str) -> None:
+def report_kt(doc: dict, commit: str) -> None:
     """BENCHMARKS.md's gpu-kt section from a ``--parts kt`` JSON."""
     from report import update_section
 
     from distill.kt import markdown
 
-    doc = json.loads(path.read_text())
     c = doc["kt"]["config"]
     body = (f"## Knowledge transfer at GPU scale on {doc['device'].split(' (')[0]} (`bench_gpu.py --parts kt`)\n\n"
             f"Machine: {doc['device']}. Commit {doc.get('commit') or commit}.\nCommand: `{doc['command']}`\n\n"
@@ -170,10 +169,9 @@ def report_kt(path: Path, commit: str) -> None:
     print(body)
 
 
-def report(path: Path, commit: str, section: str = "gpu") -> None:
+def report(doc: dict, commit: str, section: str = "gpu") -> None:
     from report import update_section
 
-    doc = json.loads(path.read_text())
     title = "GPU paths: embedding and distillation" if doc.get("distill") else "GPU embedding, re-measured"
     lines = [f"## {title} on {doc['device'].split(' (')[0]}", "",
              f"Machine: {doc['device']}. Commit {doc.get('commit') or commit}.", f"Command: `{doc['command']}`", ""]
@@ -233,8 +231,8 @@ def main() -> None:
     if args.cmd == "report":
         doc = json.loads(args.json.read_text())
         if "kt" in doc:
-            return report_kt(args.json, args.commit)
-        return report(args.json, args.commit, args.section)
+            return report_kt(doc, args.commit)
+        return report(doc, args.commit, args.section)
     from report import command, commit
 
     doc = {"device": _gpu(), "commit": commit(), "command": command()}
