@@ -131,7 +131,8 @@ def run_arm(cfg: KTConfig, arm: str, seed: int, split: Path, out: Path) -> dict:
     steps_c = cfg.steps_c + (cfg.steps_b if method == "supervised" else 0)
     dc = DistillConfig(labelled=str(split), transfer=str(out / "sets" / transfer) if transfer else None,
                        out=str(run_dir), method=method, teacher=cfg.teacher, teacher_mode=cfg.teacher_mode,
-                       student=cfg.student, student_init=cfg.student_init, student_size=cfg.student_size, steps_a=cfg.steps_a, steps_b=cfg.steps_b,
+                       student=cfg.student, student_init=cfg.student_init, student_size=cfg.student_size,
+                       steps_a=cfg.steps_a, steps_b=cfg.steps_b,
                        steps_c=steps_c, mix_labelled=cfg.mix_labelled, batch_size=cfg.batch_size, lr_student=cfg.lr_student,
                        lr_finetune=cfg.lr_finetune, temperature=cfg.temperature,
                        cache_teacher=cfg.cache_views if method != "supervised" else 0,

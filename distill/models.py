@@ -7,7 +7,7 @@ from torch import nn
 from torchvision import transforms
 
 from curator.encoders import Encoder, create_encoder
-from curator.encoders.packaged import load_packaged_model, packaged_name_for_timm
+from curator.encoders.packaged import PACKAGED, load_packaged_model, packaged_name_for_timm
 from curator.errors import CuratorError, EncoderUnavailableError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -97,9 +97,10 @@ def _imagenet_student(name: str, num_classes: int) -> nn.Module:
     try:
         return timm.create_model(name, num_classes=num_classes, pretrained=True)
     except Exception as exc:
+        offline = ", ".join(info.timm_name for info in PACKAGED.values())
         raise EncoderUnavailableError(
             f"cannot load ImageNet weights for student {name} ({exc}); offline, use --student-init scratch, a "
-            f"local checkpoint, or a student with packaged weights (tf_efficientnet_lite0, tf_efficientnet_lite2)"
+            f"local checkpoint, or a student with packaged weights ({offline})"
         ) from None
 
 
