@@ -6,7 +6,6 @@ job is queued, so a queued job survives a restart and runs when the server comes
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -19,7 +18,7 @@ import numpy as np
 from curator import atomic
 from curator.curate import curate
 from curator.errors import CuratorError
-from curator.formats import CurateParams
+from curator.formats import CurateParams, JobInputs, load_doc, save_doc
 from curator.queries import Query
 from curator.retrieval import PoolIndex
 
@@ -42,15 +41,15 @@ def save_inputs(folder: Path, queries: list[Query], vectors: Optional[np.ndarray
             files.append(None)
     if vectors is not None:
         atomic.write_npy(folder / "vectors.npy", vectors)
-    atomic.write_json(folder / "inputs.json", {"ids": [q.id for q in queries], "labels": [q.label for q in queries],
-                                               "files": files, "vectors": vectors is not None})
+    save_doc(folder / "inputs.json", JobInputs(ids=[q.id for q in queries], labels=[q.label for q in queries],
+                                               files=files, vectors=vectors is not None))
 
 
 def load_inputs(folder: Path) -> tuple[list[Query], Optional[np.ndarray]]:
-    meta = json.loads((folder / "inputs.json").read_text())
+    meta = load_doc(folder / "inputs.json", JobInputs)
     queries = [Query(i, (folder / f).read_bytes() if f else b"", lab)
-               for i, lab, f in zip(meta["ids"], meta["labels"], meta["files"])]
-    vectors = np.load(folder / "vectors.npy") if meta["vectors"] else None
+               for i, lab, f in zip(meta.ids, meta.labels, meta.files)]
+    vectors = np.load(folder / "vectors.npy") if meta.vectors else None
     return queries, vectors
 
 
@@ -107,11 +106,12 @@ class JobRunner:
             params = CurateParams.model_validate(job["params"])
             manifest = curate(self.pool, queries, params, self.settings.sets_dir, query_vectors=vectors,
                               set_id="ts-" + job_id.removeprefix("job-"), progress=progress, cancelled=cancelled)
-            folder = self.settings.sets_dir / manifest["id"]
+            folder = self.settings.sets_dir / manifest.id
             sha = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
-            self.store.add_transfer_set(manifest["id"], job_id, str(folder), manifest["counts"], sha)
-            self.store.finish_job(job_id, "succeeded", phase="done", progress=1.0, counts=manifest["counts"],
-                                  transfer_set_id=manifest["id"])
+            counts = manifest.counts.model_dump()
+            self.store.add_transfer_set(manifest.id, job_id, str(folder), counts, sha)
+            self.store.finish_job(job_id, "succeeded", phase="done", progress=1.0, counts=counts,
+                                  transfer_set_id=manifest.id)
         except InterruptedError:
             self.store.finish_job(job_id, "cancelled", error="cancelled by the caller")
         except CuratorError as exc:

@@ -5,16 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-
-@dataclass(frozen=True)
-class Limits:
-    """Every upload is bounded: count, bytes per file, bytes per request, decoded pixels."""
-    max_files: int = 256
-    max_file_bytes: int = 20 << 20
-    max_request_bytes: int = 256 << 20
-    max_pixels: int = 40_000_000
-    max_budget: int = 2_000_000
-    max_k: int = 1000
+from curator.formats import Limits
 
 
 @dataclass

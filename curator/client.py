@@ -20,6 +20,7 @@ from typing import Any, Iterable, Optional, Sequence
 import httpx
 
 from .errors import CuratorError
+from .formats import TransferManifest, parse_doc
 
 
 class ServiceError(CuratorError):
@@ -97,8 +98,15 @@ class CuratorClient:
     def transfer_sets(self) -> list[dict]:
         return self._check(self.http.get("/transfer-sets")).json()
 
-    def manifest(self, set_id: str) -> dict:
-        return self._check(self.http.get(f"/transfer-sets/{set_id}/manifest")).json()
+    def transfer_set(self, set_id: str) -> dict:
+        return self._check(self.http.get(f"/transfer-sets/{set_id}")).json()
+
+    def manifest_bytes(self, set_id: str) -> bytes:
+        """The manifest exactly as the service stores it (its sha256 is in the set's summary)."""
+        return self._check(self.http.get(f"/transfer-sets/{set_id}/manifest")).content
+
+    def manifest(self, set_id: str) -> TransferManifest:
+        return _parse_manifest(self.manifest_bytes(set_id), set_id)
 
     def search(self, image: str | os.PathLike, k: int = 10) -> dict:
         files = {"file": (Path(image).name, Path(image).read_bytes(), "application/octet-stream")}
@@ -139,24 +147,40 @@ class CuratorClient:
         if final.exists():
             return final
         tmp.mkdir(parents=True, exist_ok=True)
-        manifest = self.manifest(set_id)
-        for shard in manifest["shardlist"]:
-            path = tmp / shard["url"]
-            if path.exists() and _sha256(path) == shard["sha256"]:
+        raw = self.manifest_bytes(set_id)
+        if hashlib.sha256(raw).hexdigest() != self.transfer_set(set_id)["manifest_sha256"]:
+            raise CuratorError(f"the manifest of {set_id} does not match the sha256 the service recorded for it")
+        manifest = _parse_manifest(raw, set_id)
+        for shard in manifest.shardlist:
+            path = tmp / shard.url
+            if path.exists() and _sha256(path) == shard.sha256:
                 continue
-            with self.http.stream("GET", f"/transfer-sets/{set_id}/shards/{shard['url']}") as response:
-                self._check(response)
-                with open(path, "wb") as fh:
-                    for chunk in response.iter_bytes(1 << 20):
-                        fh.write(chunk)
-            if _sha256(path) != shard["sha256"]:
+            self._download(f"/transfer-sets/{set_id}/shards/{shard.url}", path)
+            if _sha256(path) != shard.sha256:
                 path.unlink()
-                raise CuratorError(f"shard {shard['url']} of {set_id}: sha256 mismatch after download")
+                raise CuratorError(f"shard {shard.url} of {set_id}: sha256 mismatch after download")
         samples = self._check(self.http.get(f"/transfer-sets/{set_id}/samples.parquet")).content
         (tmp / "samples.parquet").write_bytes(samples)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / "manifest.json").write_bytes(raw)  # byte for byte: its sha256 stays the service's
         os.replace(tmp, final)
         return final
+
+    def _download(self, url: str, path: Path) -> None:
+        with self.http.stream("GET", url) as response:
+            if response.status_code >= 400:
+                response.read()  # a streamed error body must be read before it can be reported
+            self._check(response)
+            with open(path, "wb") as fh:
+                for chunk in response.iter_bytes(1 << 20):
+                    fh.write(chunk)
+
+
+def _parse_manifest(raw: bytes, set_id: str) -> TransferManifest:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise CuratorError(f"the manifest of {set_id} is not JSON") from None
+    return parse_doc(doc, TransferManifest, f"the manifest of {set_id}")
 
 
 def _sha256(path: Path) -> str:

@@ -1,8 +1,8 @@
 """The curation engine: query images in, a transfer set out. Used by the CLI and the service.
 
 Phases (each timed in the manifest): embed the queries (and crops, and the exclude set) with
-the pool's own encoder; search; select (strategy, dedup, contamination control); write the
-shards. The function is deterministic for the same index, queries, parameters and seed.
+the pool's own encoder; search; select (a registered strategy, with dedup and contamination
+control); write the shards. Deterministic for the same index, queries, parameters and seed.
 """
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .errors import CuratorError
-from .formats import TRANSFER_FORMAT, CurateParams, utcnow
+from .formats import INDEX_MANIFEST_NAME, CurateParams, IndexRef, QueryEntry, TransferCounts, TransferManifest
 from .queries import Query, embed_queries
-from .retrieval import MANIFEST_NAME, PoolIndex
-from .select import quotas_for, select_balanced, select_random, select_threshold
+from .retrieval import PoolIndex
+from .select import Selection
+from .strategies import Request, select
 from .transfer import new_set_id, write_transfer_set
 
 Progress = Callable[[str, float], None]
@@ -26,7 +27,8 @@ Progress = Callable[[str, float], None]
 def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_root: str | Path, *,
            query_vectors: Optional[np.ndarray] = None, exclude: Sequence[Query] = (),
            exclude_vectors: Optional[np.ndarray] = None, set_id: Optional[str] = None,
-           progress: Progress = lambda phase, f: None, cancelled: Callable[[], bool] = lambda: False) -> dict:
+           progress: Progress = lambda phase, f: None,
+           cancelled: Callable[[], bool] = lambda: False) -> TransferManifest:
     """Curate a transfer set into ``out_root/<set_id>``; returns its manifest."""
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -34,10 +36,10 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     if query_vectors is None:
         vecs, owner = embed_queries(pool.encoder(), queries, crops=params.crops, seed=params.seed)
     else:
-        vecs, owner = _check_vectors(query_vectors, pool.manifest.dim), np.arange(len(queries))
+        vecs, owner = check_vectors(query_vectors, pool.manifest.dim), np.arange(len(queries))
     forbidden = [vecs[_first_views(owner)]]
     if exclude_vectors is not None:
-        forbidden.append(_check_vectors(exclude_vectors, pool.manifest.dim))
+        forbidden.append(check_vectors(exclude_vectors, pool.manifest.dim))
     if exclude:
         forbidden.append(embed_queries(pool.encoder(), exclude)[0])
     forbidden_vecs = np.concatenate(forbidden)
@@ -53,40 +55,36 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
         return result
 
     t = time.perf_counter()
-    labels = [q.label for q in queries]
-    common = dict(vectors_of=pool.vectors, forbidden=forbidden_vecs, ntotal=pool.ntotal, dedup=params.dedup,
-                  exclude_threshold=params.exclude_threshold, cells=pool.cells)
-    if params.strategy == "threshold":
-        selection = select_threshold(search, owner, len(queries), params.threshold, params.budget, **common)
-    elif params.strategy == "random":
-        budget = params.budget or params.per_query * len(queries)
-        selection = select_random(vecs, owner, budget, params.seed, **common)
-    else:
-        quotas = quotas_for(params.strategy, len(queries), labels, params.budget, params.per_query)
-        selection = select_balanced(search, owner, len(queries), quotas, cancelled=cancelled, **common)
+    rules = dict(vectors_of=pool.vectors, forbidden=forbidden_vecs, ntotal=pool.ntotal, dedup=params.dedup,
+                 exclude_threshold=params.exclude_threshold, cells=pool.cells)
+    selection = select(Request(search, vecs, owner, [q.label for q in queries], rules, cancelled), params)
     timings["search"] = search_seconds[0]
     timings["select"] = time.perf_counter() - t - search_seconds[0]
 
     progress("write", 0.0)
-    index_manifest = (pool.root / MANIFEST_NAME).read_bytes()
-    base = {
-        "format": TRANSFER_FORMAT, "__kind__": "wids-shard-index-v1", "wids_version": 1, "created_at": utcnow(),
-        "index": {"path": str(pool.root), "manifest_sha256": hashlib.sha256(index_manifest).hexdigest(),
-                  "encoder": pool.manifest.encoder.spec, "index_factory": pool.manifest.index_factory,
-                  "ntotal": pool.ntotal},
-        "params": params.model_dump(),
-        "queries": [{"id": q.id, "label": q.label, "quota": int(selection.quotas[i]),
-                     "taken": int((selection.query == i).sum())} for i, q in enumerate(queries)],
-        "dry_queries": [queries[i].id for i in selection.dry_queries],
-        "counts": {**selection.counts, "queries": len(queries), "query_views": int(len(vecs)),
-                   "exclude_vectors": int(len(forbidden_vecs) - len(queries))},
-        "timings": {k: round(v, 4) for k, v in timings.items()},  # the writer adds its own phase
-    }
-    manifest = write_transfer_set(pool.items, selection, [q.id for q in queries], labels, Path(out_root),
-                                  set_id or new_set_id(), base, shard_size=params.shard_size,
-                                  progress=lambda f: progress("write", f), cancelled=cancelled)
+    base = _manifest(pool, queries, params, selection, set_id or new_set_id(), len(vecs),
+                     len(forbidden_vecs) - len(queries), timings)
+    manifest = write_transfer_set(pool.items, selection, [q.id for q in queries], [q.label for q in queries],
+                                  Path(out_root), base, progress=lambda f: progress("write", f), cancelled=cancelled)
     progress("done", 1.0)
     return manifest
+
+
+def _manifest(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, selection: Selection, set_id: str,
+              views: int, exclude_vectors: int, timings: dict[str, float]) -> TransferManifest:
+    """The manifest less what only the writer knows (shards, emitted, write time)."""
+    index_json = (pool.root / INDEX_MANIFEST_NAME).read_bytes()
+    return TransferManifest(
+        id=set_id, params=params,
+        index=IndexRef(name=pool.root.name, manifest_sha256=hashlib.sha256(index_json).hexdigest(),
+                       encoder=pool.manifest.encoder.spec, index_factory=pool.manifest.index_factory,
+                       ntotal=pool.ntotal),
+        queries=[QueryEntry(id=q.id, label=q.label, quota=int(selection.quotas[i]),
+                            taken=int((selection.query == i).sum())) for i, q in enumerate(queries)],
+        dry_queries=[queries[i].id for i in selection.dry_queries],
+        counts=TransferCounts(**selection.counts, queries=len(queries), query_views=views,
+                              exclude_vectors=exclude_vectors),
+        timings={k: round(v, 4) for k, v in timings.items()})
 
 
 def _first_views(owner: np.ndarray) -> np.ndarray:
@@ -95,8 +93,12 @@ def _first_views(owner: np.ndarray) -> np.ndarray:
     return first
 
 
-def _check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
+def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Precomputed embeddings as unit rows of this index's width; a clear error otherwise."""
+    try:
+        vectors = np.asarray(vectors, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise CuratorError(f"embeddings must be a rectangular (n, {dim}) array of numbers") from None
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         raise CuratorError(f"embeddings must be (n, {dim}) for this index, got {vectors.shape}")
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -93,3 +93,15 @@ def embed_queries(encoder, queries: Sequence[Query], *, crops: int = 0, seed: in
             owner.append(qi)
     out = [encoder.encode_images(torch.stack(pixels[s:s + batch_size])) for s in range(0, len(pixels), batch_size)]
     return np.concatenate(out), np.asarray(owner, dtype=np.int64)
+
+
+def load_query_input(path: str | Path) -> tuple[list[Query], Optional[np.ndarray]]:
+    """``--queries``: image queries (folder or table), or a ``.npy`` of precomputed embeddings
+    (one row per query, returned as the vectors beside placeholder queries)."""
+    if str(path).endswith(".npy"):
+        try:
+            vectors = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CuratorError(f"--queries {path}: not a readable .npy array ({exc})") from None
+        return [Query(f"embedding-{i}", b"") for i in range(len(vectors))], vectors
+    return load_queries(path), None

@@ -7,6 +7,7 @@ one ranged read.
 """
 from __future__ import annotations
 
+import json
 import math
 import threading
 from dataclasses import dataclass
@@ -18,11 +19,9 @@ import pyarrow as pa
 
 from .errors import CuratorError
 from .faiss_support import import_faiss
-from .formats import IndexManifest, load_doc
+from .formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc
 from .images import DEFAULT_MAX_PIXELS, decode_image
 from .pool import read_range
-
-MANIFEST_NAME = "index.json"
 
 
 @dataclass
@@ -53,7 +52,7 @@ class PoolIndex:
         faiss = import_faiss()
 
         root = Path(root)
-        manifest = load_doc(root / MANIFEST_NAME, IndexManifest)
+        manifest = load_doc(root / INDEX_MANIFEST_NAME, IndexManifest)
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         index = faiss.read_index(str(root / manifest.index_file), flags)
         if manifest.nprobe:
@@ -75,7 +74,9 @@ class PoolIndex:
                 from .encoders import create_encoder
 
                 enc = self.manifest.encoder
-                self._encoder = create_encoder(enc.spec, device=device, precision=enc.precision)
+                encoder = create_encoder(enc.spec, device=device, precision=enc.precision)
+                check_preprocessing(self.root, enc.preprocess, encoder.describe()["preprocess"])
+                self._encoder = encoder
         return self._encoder
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
@@ -116,20 +117,29 @@ class PoolIndex:
             return self.index.search(queries, k)
         return self.index.search(queries, k, params=params)
 
+    def _ivf(self):
+        """The IVF layer under any wrapping (OPQ, PCA, pre-transforms), or None for flat indexes."""
+        faiss = import_faiss()
+        try:
+            return faiss.extract_index_ivf(self.index)
+        except RuntimeError:
+            return None
+
     def _search_params(self, k: int):
         faiss = import_faiss()
-        if not self.manifest.nprobe or not isinstance(self.index, faiss.IndexIVF):
+        ivf = self._ivf()
+        if not self.manifest.nprobe or ivf is None:
             return None
-        nlist = self.index.nlist
+        nlist = ivf.nlist
         wanted = math.ceil(8 * k * nlist / max(1, self.ntotal))  # lists holding ~8x k items on average
         return faiss.SearchParametersIVF(nprobe=min(nlist, max(self.manifest.nprobe, wanted)))
 
     def cells(self, vectors: np.ndarray, n: int) -> Optional[np.ndarray]:
         """The ``n`` nearest IVF cells of each vector (the index's own coarse quantizer)."""
-        faiss = import_faiss()
-        if not isinstance(self.index, faiss.IndexIVF):
+        ivf = self._ivf()
+        if ivf is None or ivf.d != vectors.shape[1]:  # a pre-transform (PCA/OPQ) changed the space
             return None
-        return self.index.quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), n)[1]
+        return ivf.quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), n)[1]
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         keep = ids >= 0
@@ -143,3 +153,14 @@ class PoolIndex:
             raise CuratorError(f"item id {item_id} out of range 0..{self.ntotal - 1}")
         row = self.items.slice(item_id, 1).to_pylist()[0]
         return read_range(row["source"], row["offset"], row["size"])
+
+
+def check_preprocessing(root: Path, recorded: dict, current: dict) -> None:
+    """Queries must go through the pool's preprocessing: a library upgrade that changed it would
+    silently embed queries differently from the pool, so a difference is an error that names it."""
+    current = json.loads(json.dumps(current))  # tuples -> lists, as index.json holds them
+    diff = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    if diff:
+        changes = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in diff)
+        raise CuratorError(f"{root}: the encoder's preprocessing differs from the one the pool was indexed with "
+                           f"({changes}); install the library versions the index was built with, or rebuild it")

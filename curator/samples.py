@@ -76,7 +76,6 @@ SAMPLE_SETS = {
     "oxygen-icons": SampleSet("oxygen-icon-theme", "2,044 KDE Oxygen icons (largest size of each), 9 contexts; "
                               "unrelated to most targets: the pool's distractors", _arrange_icon_theme("oxygen/base")),
 }
-KT_POOL = ("openclipart", "oxygen-icons")   # the public pool of `curator bench kt` (~10k images)
 DEFAULT_SAMPLES = ("tuxpaint",)
 
 

@@ -1,5 +1,6 @@
 """Transfer-set selection: which pool items each query image contributes.
 
+The strategies themselves are registered in ``curator.strategies``; this module is their machinery.
 ``balanced`` is the paper's query-balanced retrieval: every query image gets the same
 number of *unique* pool images, found by walking its ranked neighbour list and skipping
 items already taken. Queries take turns one item at a time (round-robin), so no query's
@@ -18,11 +19,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import CuratorError
 from .faiss_support import import_faiss
 
 log = logging.getLogger(__name__)
@@ -39,27 +39,6 @@ class Selection:
     quotas: np.ndarray       # per-query quota that was asked for
     counts: dict = field(default_factory=dict)
     dry_queries: list[int] = field(default_factory=list)
-
-
-def quotas_for(strategy: str, n_queries: int, labels: Sequence[Optional[str]], budget: Optional[int],
-               per_query: Optional[int]) -> np.ndarray:
-    """Per-query quotas. Balanced quotas are equal by construction (floor of budget / n)."""
-    if strategy == "balanced":
-        k = per_query if per_query is not None else (budget or 0) // max(1, n_queries)
-        if k <= 0:
-            raise CuratorError(f"budget {budget} gives no image per query for {n_queries} queries; "
-                               f"raise --budget or set --per-query")
-        return np.full(n_queries, k, dtype=np.int64)
-    if strategy == "class-balanced":
-        if any(lab is None for lab in labels):
-            raise CuratorError("class-balanced needs a label for every query (class sub-folders or a 'label' column)")
-        classes = sorted(set(labels))
-        per_class = per_query * max(labels.count(c) for c in classes) if per_query else (budget or 0) // len(classes)
-        quotas = np.array([per_class // labels.count(lab) for lab in labels], dtype=np.int64)
-        if quotas.min() <= 0:
-            raise CuratorError(f"budget {budget} is too small for {len(classes)} classes; raise --budget")
-        return quotas
-    raise CuratorError(f"no quotas for strategy {strategy!r}")
 
 
 def merge_views(scores: np.ndarray, ids: np.ndarray, owner: np.ndarray, n_queries: int) -> list[tuple]:

@@ -23,7 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import CuratorError
+from .formats import ShardEntry, TransferManifest, dump_doc, load_doc
 from .pool import read_range
+
+#: The file that describes a transfer set (and makes its folder one).
+MANIFEST_FILE = "manifest.json"
 
 SAMPLES_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("pool_id", pa.int64()), ("pool_key", pa.string()),
@@ -86,10 +90,12 @@ def image_extension(key: str, source: str, data: bytes) -> str:
 
 
 def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_labels: list[Optional[str]],
-                       out_root: Path, set_id: str, manifest_base: dict, *, shard_size: int,
+                       out_root: Path, manifest: TransferManifest, *,
                        progress: Callable[[float], None] = lambda f: None,
-                       cancelled: Callable[[], bool] = lambda: False) -> dict:
-    """Write the set to ``out_root/set_id`` atomically; returns the manifest dict."""
+                       cancelled: Callable[[], bool] = lambda: False) -> TransferManifest:
+    """Write the set to ``out_root/<manifest.id>`` atomically; returns the completed manifest
+    (``manifest`` is the caller's part: this adds the shards, the counts it saw, its own time)."""
+    set_id, shard_size = manifest.id, manifest.params.shard_size
     final = out_root / set_id
     if final.exists():
         raise CuratorError(f"transfer set {final} already exists")
@@ -125,12 +131,12 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
         cols = list(zip(*samples)) if samples else [[] for _ in SAMPLES_SCHEMA]
         pq.write_table(pa.table({f.name: list(c) for f, c in zip(SAMPLES_SCHEMA, cols)}, schema=SAMPLES_SCHEMA),
                        tmp / "samples.parquet")
-        manifest = dict(manifest_base, id=set_id, shardlist=shards)
-        manifest["counts"] = dict(manifest["counts"], emitted=len(samples), unreadable=missing)
-        timings = manifest.get("timings")
-        if timings is not None:  # the caller's phases, plus this one, recorded in the one manifest write
-            manifest["timings"] = dict(timings, write=round(time.perf_counter() - t_write, 4))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = manifest.model_copy(update={
+            "shardlist": [ShardEntry(**s) for s in shards],
+            "counts": manifest.counts.model_copy(update={"emitted": len(samples), "unreadable": missing}),
+            # the caller's phases, plus this one, recorded in the one manifest write
+            "timings": dict(manifest.timings, write=round(time.perf_counter() - t_write, 4))})
+        (tmp / MANIFEST_FILE).write_text(json.dumps(dump_doc(manifest), indent=2) + "\n")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -143,3 +149,11 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
 
 def new_set_id() -> str:
     return time.strftime("ts-%Y%m%d-%H%M%S-", time.gmtime()) + uuid.uuid4().hex[:6]
+
+
+def read_manifest(folder: str | Path) -> TransferManifest:
+    """A transfer set's manifest, validated: the one way any wing reads it."""
+    folder = Path(folder)
+    if not (folder / MANIFEST_FILE).is_file():
+        raise CuratorError(f"{folder}: not a transfer set (no {MANIFEST_FILE})")
+    return load_doc(folder / MANIFEST_FILE, TransferManifest)

@@ -9,6 +9,9 @@ from curator._torchvision_shim import import_torchvision
 
 import_torchvision()  # before anything below imports torchvision, timm or open_clip
 
-from .run import DistillConfig, run_distill  # noqa: E402
+from curator.formats import DistillConfig  # noqa: E402
 
-__all__ = ["DistillConfig", "run_distill"]
+from .methods import METHODS, register_method  # noqa: E402
+from .run import run_distill  # noqa: E402
+
+__all__ = ["DistillConfig", "METHODS", "register_method", "run_distill"]

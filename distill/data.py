@@ -1,14 +1,12 @@
 """Labelled target sets and unlabelled transfer sets, as torch datasets of PIL-decoded images.
 
-Both decode through curator.images (pixel caps, alpha on white): a corrupt sample is skipped
-and counted, never a crash. Augmented views are made once at the teacher's resolution and
+Both load through the core sample pipeline (``curator.pipeline``: pixel caps, alpha on white,
+one error policy): a corrupt sample is skipped and counted, never a crash. Augmented views are made once at the teacher's resolution and
 resized for the student, so teacher and student always see *the same* view.
 """
 from __future__ import annotations
 
 import csv
-import functools
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -19,9 +17,11 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from curator.errors import BadImageError, CuratorError
-from curator.images import decode_image, is_image_name
-from curator.pool import read_range, scan_tar
+from curator.errors import CuratorError
+from curator.images import is_image_name
+from curator.pipeline import ImagePipeline, Skip, collate
+from curator.pool import scan_tar
+from curator.transfer import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,6 @@ def _from_table(path: Path) -> LabelledSet:
     return LabelledSet(classes, splits)
 
 
-def read_ref(ref) -> bytes:
-    """An image's bytes from a file path, or a ``(source, offset, size)`` range of a shard."""
-    if isinstance(ref, tuple):
-        return read_range(*ref)
-    with open(ref, "rb") as fh:
-        return fh.read()
-
-
 def view_transform(size: int, train: bool) -> transforms.Compose:
     """Augmented (train) or centred (eval) view at ``size``, as a [0, 1] tensor."""
     if train:
@@ -116,58 +108,61 @@ def view_transform(size: int, train: bool) -> transforms.Compose:
                                transforms.ToTensor()])
 
 
-def decode_ref(ref, max_pixels: int = 40_000_000):
-    """Decoded (and reduced: shorter side >= 256) image of a ref; raises BadImageError/OSError."""
-    return decode_image(read_ref(ref), max_pixels=max_pixels, min_side=256)
+#: Labelled images are decoded once per process (they are few and seen every epoch, by every stage and run).
+_LABELLED = ImagePipeline(min_side=256)
+_MEMO: dict = {}
+_MEMO_MAX = 4096
 
 
-@functools.lru_cache(maxsize=4096)
-def decode_ref_memo(ref, max_pixels: int = 40_000_000):
-    """``decode_ref`` remembered: labelled sets are small and seen every epoch (and by every
-    stage and run in one process), so each image is decoded once. Failures are not cached."""
-    return decode_ref(ref, max_pixels)
+def _decode_memo(ref):
+    """``_LABELLED.decode`` remembered; failures are not (a file may be fixed and retried)."""
+    if ref not in _MEMO:
+        decoded = _LABELLED.decode(ref)
+        if isinstance(decoded, Skip):
+            return decoded
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[ref] = decoded
+    return _MEMO[ref]
 
 
 class ImageDataset(Dataset):
-    """(view, label) pairs; a sample that fails to decode yields None and is dropped by the collate.
+    """(view, label) pairs through the core sample pipeline; a bad sample is set aside by the collate.
 
     ``memo`` keeps decoded images in memory (for the small labelled sets, not transfer sets)."""
 
-    def __init__(self, items: list[tuple], size: int, train: bool, max_pixels: int = 40_000_000,
-                 memo: bool = False):
-        self.items, self.transform, self.max_pixels = items, view_transform(size, train), max_pixels
-        self.decode = decode_ref_memo if memo else decode_ref
+    def __init__(self, items: list[tuple], size: int, train: bool, memo: bool = False):
+        self.items, self.transform, self.memo = items, view_transform(size, train), memo
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
         ref, label = self.items[i]
-        try:
-            img = self.decode(ref, self.max_pixels)
-        except (BadImageError, OSError):
-            return None
-        return self.transform(img), label
+        if not self.memo:
+            return label, _LABELLED.load(ref, self.transform)
+        decoded = _decode_memo(ref)
+        return label, decoded if isinstance(decoded, Skip) else ImagePipeline.finish(*decoded, self.transform)
 
 
 def collate_skip_bad(batch):
-    good = [b for b in batch if b is not None]
-    if not good:
-        return None, None, len(batch)
-    return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), len(batch) - len(good)
+    """(views, tags, number of bad samples): the one collate of every distill loader."""
+    b = collate(batch)
+    if b.values is None:
+        return None, None, len(b.skipped)
+    return b.values, torch.tensor(b.tags), len(b.skipped)
 
 
 def transfer_items(folder: Path) -> list[tuple]:
     """Every image of a transfer set as ((tar, offset, size), -1), after checking shard sha256."""
     import hashlib
 
-    manifest = json.loads((folder / "manifest.json").read_text())
     items = []
-    for shard in manifest["shardlist"]:
-        path = folder / shard["url"]
+    for shard in read_manifest(folder).shardlist:
+        path = folder / shard.url
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != shard["sha256"]:
-            raise CuratorError(f"transfer-set shard {path} fails its sha256 check (manifest {shard['sha256'][:12]}..., "
+        if digest != shard.sha256:
+            raise CuratorError(f"transfer-set shard {path} fails its sha256 check (manifest {shard.sha256[:12]}..., "
                                f"file {digest[:12]}...): re-download it")
         items += [((it.source, it.offset, it.size), -1) for it in scan_tar(str(path))]
     return items
@@ -184,8 +179,7 @@ def open_transfer_set(source: str, cache: Path, token: Optional[str] = None) -> 
         with CuratorClient(base, token) as client:
             return client.download_transfer_set(set_id, cache)
     folder = Path(source)
-    if not (folder / "manifest.json").is_file():
-        raise CuratorError(f"{source}: not a transfer set (no manifest.json)")
+    read_manifest(folder)  # a clear error now, not inside a worker process later
     return folder
 
 
@@ -218,9 +212,8 @@ class FixedViewDataset(Dataset):
     """``views`` fixed augmented views of each image: item k is view k % views of image k // views.
     With ``augment=False``, one centred view per image."""
 
-    def __init__(self, items: list[tuple], size: int, views: int, seed: int, max_pixels: int = 40_000_000,
-                 augment: bool = True):
-        self.items, self.size, self.seed, self.max_pixels = items, size, seed, max_pixels
+    def __init__(self, items: list[tuple], size: int, views: int, seed: int, augment: bool = True):
+        self.items, self.size, self.seed = items, size, seed
         self.views, self.centre = (views, None) if augment else (1, view_transform(size, False))
 
     def __len__(self) -> int:
@@ -228,10 +221,5 @@ class FixedViewDataset(Dataset):
 
     def __getitem__(self, k: int):
         ref, _ = self.items[k // self.views]
-        try:
-            img = decode_ref(ref, self.max_pixels)
-        except (BadImageError, OSError):
-            return None
-        if self.centre is not None:
-            return self.centre(img), k
-        return fixed_view(img, self.size, f"{self.seed}-{k}"), k
+        transform = self.centre or (lambda img: fixed_view(img, self.size, f"{self.seed}-{k}"))
+        return k, _LABELLED.load(ref, transform)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import transforms
 
 from curator.encoders import Encoder, create_encoder
 from curator.encoders.packaged import PACKAGED, load_packaged_model, packaged_name_for_timm
@@ -14,10 +13,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _normalisation(encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
-    steps = getattr(encoder.preprocess, "transforms", [])
-    norm = next((t for t in steps if isinstance(t, transforms.Normalize)), None)
-    mean, std = (norm.mean, norm.std) if norm is not None else ((0.5,) * 3, (0.5,) * 3)
-    return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    """The encoder's own normalisation, read from its recorded preprocessing (the registry's data)."""
+    info = encoder.preprocess_info
+    mean, std = info.get("mean", (0.5,) * 3), info.get("std", (0.5,) * 3)
+    return torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
 
 class Teacher(nn.Module):

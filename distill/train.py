@@ -12,7 +12,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Optional
+from typing import Callable, ContextManager, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -76,11 +76,14 @@ class Logger:
 def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: Callable[[tuple], torch.Tensor],
               batches: Iterator, steps: int, lr: float, ckpt_dir: Path, logger: Logger, *,
               weight_decay: float = 0.05, ckpt_every: int = 50, progress: bool = False,
-              select: Optional[Callable[[], float]] = None,
+              select: Optional[Callable[[], float]] = None, frozen: Sequence[nn.Module] = (),
               autocast: Callable[[], ContextManager] = nullcontext) -> StageResult:
     """Train ``params`` for ``steps`` steps (resuming from ``ckpt_dir/name.pt`` if present).
 
     The loss is computed under ``autocast`` (bf16 on CUDA: no loss scaling needed, unlike fp16).
+
+    ``frozen`` sub-modules stay in eval mode whenever the modules are put in training mode (a
+    linear probe's backbone: its BatchNorm statistics must not drift).
 
     With ``select`` (a validation score), the modules are scored at every checkpoint and at
     the end, and the best-scoring weights are the stage's result: val picks, test only reports.
@@ -109,8 +112,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     resumed_from = start
     dist.sync_from_main(modules)
-    for m in modules.values():
-        m.train()
+    _train_mode(modules, frozen)
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -134,8 +136,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
         if (step + 1) % ckpt_every == 0 and step + 1 < steps:
             if select is not None:
                 _keep_best(best, select(), modules)
-                for m in modules.values():
-                    m.train()
+                _train_mode(modules, frozen)
             if dist.is_main():
                 _save(ckpt, modules, optimizer, schedule, step + 1, images, seconds + time.perf_counter() - t0, best)
             dist.barrier()
@@ -153,6 +154,13 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
         ckpt.unlink(missing_ok=True)
     dist.barrier()
     return result
+
+
+def _train_mode(modules: dict[str, nn.Module], frozen: Sequence[nn.Module]) -> None:
+    for m in modules.values():
+        m.train()
+    for m in frozen:
+        m.eval()
 
 
 def _keep_best(best: dict, score: float, modules: dict[str, nn.Module]) -> None:

@@ -16,8 +16,9 @@ from typing import Optional
 
 from curator.client import CuratorClient
 from curator.errors import CuratorError
+from curator.formats import DistillConfig, dump_doc
 
-from .run import DistillConfig, run_distill
+from .run import run_distill
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def run_one(client: CuratorClient, api: str, token: Optional[str], worker: str, 
         cfg = DistillConfig(**job["config"], transfer=f"{api.rstrip('/')}/transfer-sets/{job['transfer_set_id']}",
                             out=str(out), token=token, device=device, progress=False)
         report = run_distill(cfg)
-        state, fields = "succeeded", {"report": report, "student_url": str((out / "student.pt").resolve())}
+        state, fields = "succeeded", {"report": dump_doc(report), "student_url": str((out / "student.pt").resolve())}
     except (CuratorError, ValueError) as exc:
         state, fields = "failed", {"error": str(exc)}
     except Exception as exc:

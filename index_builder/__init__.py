@@ -2,6 +2,6 @@
 
 Imports the core (``curator``) only; the CLI loads it lazily for ``curator build-index``.
 """
-from .build import BuildOptions, build_index
+from .build import BuildConfig, build_index
 
-__all__ = ["BuildOptions", "build_index"]
+__all__ = ["BuildConfig", "build_index"]

@@ -13,7 +13,6 @@ import logging
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -22,50 +21,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curator import atomic
-from curator.encoders import DEFAULT_ENCODER, create_encoder
+from curator.encoders import create_encoder
 from curator.errors import CuratorError, PlanMismatchError
 from curator.faiss_support import import_faiss
-from curator.formats import (INDEX_ITEM_SCHEMA, BuildPlan, BuildReport, EncoderInfo, IndexManifest,
+from curator.formats import (INDEX_ITEM_SCHEMA, INDEX_MANIFEST_NAME, BuildConfig, BuildPlan, BuildReport, EncoderInfo, IndexManifest,
                              ShardDone, ShardTask, load_doc)
-from curator.images import DEFAULT_MAX_PIXELS
 from curator.pool import input_kind, plan_tasks
 from curator.progress import progress_bar
-from curator.retrieval import MANIFEST_NAME
 
 from . import faiss_index
-from .embed import EmbedOptions, default_workers, embed_shards, read_done, shard_paths
+from .embed import EmbedOptions, embed_shards, read_done, shard_paths
 from .ingest import download_url_list
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 200_000
 
 
-@dataclass
-class BuildOptions:
-    encoder: str = DEFAULT_ENCODER
-    device: str = "cpu"
-    precision: str = "fp32"
-    batch_size: int = 64
-    workers: int = field(default_factory=default_workers)
-    worker_nice: Optional[int] = None
-    shard_size: int = 1000
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_index_memory: int = 4 << 30
-    target_recall: float = 0.95
-    index_factory: Optional[str] = None   # forced faiss.index_factory string; else chosen by budget
-    keep_duplicates: bool = False         # index exact duplicates (same sha256) as separate items
-    recall_queries: int = 1000
-    seed: int = 0
-    overwrite: bool = False
-    progress: bool = True
-    download: dict = field(default_factory=dict)
-
-
-def build_index(inputs: list[str], out: str | Path, opts: BuildOptions) -> BuildReport:
+def build_index(inputs: list[str], out: str | Path, opts: BuildConfig) -> BuildReport:
     t_start = time.perf_counter()
     out = Path(out)
     if opts.overwrite and out.exists():
-        for name in ("shards", "plan.json", MANIFEST_NAME, "index.faiss", "items.arrow", "build-report.json"):
+        for name in ("shards", "plan.json", INDEX_MANIFEST_NAME, "index.faiss", "items.arrow", "build-report.json"):
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +85,7 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildOptions) -> Build
     return report
 
 
-def resolve_inputs(inputs: list[str], out: Path, opts: BuildOptions) -> list[str]:
+def resolve_inputs(inputs: list[str], out: Path, opts: BuildConfig) -> list[str]:
     """Replace URL lists by the tar shards img2dataset downloads them into."""
     resolved: list[str] = []
     for n, spec in enumerate(inputs):
@@ -195,11 +171,11 @@ def dedup_items(out: Path, tasks: list[ShardTask], keep_duplicates: bool = False
 
 
 def write_index(out: Path, tasks: list[ShardTask], dones: dict, encoder: EncoderInfo,
-                opts: BuildOptions) -> IndexManifest:
+                opts: BuildConfig) -> IndexManifest:
     faiss = import_faiss()
 
     shard_ids = [t.shard_id for t in tasks]
-    existing = out / MANIFEST_NAME
+    existing = out / INDEX_MANIFEST_NAME
     if existing.exists():
         old = load_doc(existing, IndexManifest)
         if (old.embedding_shards == shard_ids and old.max_index_memory == opts.max_index_memory

@@ -8,7 +8,6 @@ distributed runner can call the same function with one task per machine.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -25,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from curator import atomic
 from curator.encoders import Encoder
-from curator.errors import BadImageError, PlanMismatchError
+from curator.errors import PlanMismatchError
 from curator.formats import ITEM_SCHEMA, ShardDone, ShardTask, SkippedItem, load_doc
-from curator.images import decode_image
-from curator.pool import PoolItem, list_items, read_range
+from curator.images import DEFAULT_MAX_PIXELS
+from curator.pipeline import ImagePipeline, collate
+from curator.pool import PoolItem, list_items
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class EmbedOptions:
     batch_size: int = 64
     workers: int = 2
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     #: Decode workers' CPU priority (``os.nice``). None: 19 when the model runs on the CPU,
     #: so its OpenMP threads keep their cores and decoding fills the gaps (on 2 cores: 93% of
     #: the forward-only ceiling at nice 0, ~100% at 19); 0 on a GPU, where decoding is the
@@ -70,31 +70,18 @@ def read_done(out: Path, task: ShardTask, encoder_spec: str) -> Optional[ShardDo
 
 
 class _ItemDataset(Dataset):
-    """Ranged read + sha256 + safe decode + the encoder's preprocessing, in a worker."""
+    """The core sample pipeline (read, hash, decode, the encoder's preprocessing), in a worker."""
 
     def __init__(self, items: list[PoolItem], preprocess, image_size: int, max_pixels: int):
         self.items, self.preprocess = items, preprocess
-        self.min_side, self.max_pixels = 2 * image_size, max_pixels
+        self.pipeline = ImagePipeline(max_pixels=max_pixels, min_side=2 * image_size, hash=True)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
         item = self.items[i]
-        try:
-            data = read_range(item.source, item.offset, item.size)
-        except OSError as exc:
-            return i, None, ("unreadable", f"{type(exc).__name__}: {exc}")
-        sha = hashlib.sha256(data).hexdigest()
-        try:
-            img = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side)
-            pixels = self.preprocess(img)
-        except BadImageError as exc:
-            return i, None, (exc.reason, exc.detail)
-        except Exception as exc:  # a preprocessing failure on a strange image must not kill a build
-            return i, None, ("preprocess_failed", f"{type(exc).__name__}: {exc}")
-        width, height = img.info.get("original_size", img.size)
-        return i, pixels, (sha, width, height)
+        return i, self.pipeline.load((item.source, item.offset, item.size), self.preprocess)
 
 
 def _nice_for(opts: EmbedOptions, encoder: Encoder) -> int:
@@ -103,21 +90,9 @@ def _nice_for(opts: EmbedOptions, encoder: Encoder) -> int:
     return 19 if encoder.device.type == "cpu" else 0
 
 
-def default_workers() -> int:
-    """One core for the model's main thread, the rest decode (at least one worker)."""
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
 def _lower_priority(nice: int, _worker_id: int) -> None:
     if nice and hasattr(os, "nice"):
         os.nice(nice)
-
-
-def _collate(batch):
-    ok = [b for b in batch if b[1] is not None]
-    bad = [(b[0], *b[2]) for b in batch if b[1] is None]
-    pixels = torch.stack([b[1] for b in ok]) if ok else None
-    return [b[0] for b in ok], pixels, [b[2] for b in ok], bad
 
 
 class _ShardOutput:
@@ -189,7 +164,7 @@ def _groups(tasks: Iterable[ShardTask], loader_items: int) -> Iterator[list[tupl
 
 def _loader(items: list[PoolItem], encoder: Encoder, opts: EmbedOptions) -> DataLoader:
     return DataLoader(_ItemDataset(items, encoder.preprocess, encoder.image_size, opts.max_pixels),
-                      batch_size=opts.batch_size, num_workers=opts.workers, collate_fn=_collate,
+                      batch_size=opts.batch_size, num_workers=opts.workers, collate_fn=collate,
                       pin_memory=encoder.device.type == "cuda",
                       prefetch_factor=4 if opts.workers > 0 else None,
                       worker_init_fn=partial(_lower_priority, _nice_for(opts, encoder)))
@@ -212,12 +187,12 @@ def embed_shards(tasks: Iterable[ShardTask], encoder: Encoder, out: Path, opts: 
             ready = next(pending, None)
         if not where:
             continue
-        for idx, pixels, metas, bad in _loader([outputs[s].items[i] for s, i in where], encoder, opts):
+        for idx, pixels, samples, bad in _loader([outputs[s].items[i] for s, i in where], encoder, opts):
             vectors = encoder.encode_images(pixels) if pixels is not None else []
-            for f, vector, meta in zip(idx, vectors, metas):
-                outputs[where[f][0]].add(where[f][1], vector, meta)
-            for f, reason, detail in bad:
-                outputs[where[f][0]].add(where[f][1], None, (reason, detail))
+            for f, vector, sample in zip(idx, vectors, samples):
+                outputs[where[f][0]].add(where[f][1], vector, (sample.sha256, sample.width, sample.height))
+            for f, skip in bad:
+                outputs[where[f][0]].add(where[f][1], None, (skip.reason, skip.detail))
             if on_items:
                 on_items(len(idx) + len(bad))
             while ready is not None and ready.complete:

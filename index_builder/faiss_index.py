@@ -17,6 +17,7 @@ import numpy as np
 
 from curator.errors import CuratorError, DeviceUnavailableError
 from curator.faiss_support import import_faiss
+from curator.formats import parse_bytes  # noqa: F401  (re-exported for benchmarks)
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,6 @@ class IndexChoice:
     factory: str
     nlist: int
     bytes_estimate: int
-
-
-def parse_bytes(text: str | int) -> int:
-    """``"4G"``, ``"512M"``, ``"1.5GB"`` or a plain integer, in bytes."""
-    if isinstance(text, int):
-        return text
-    s = text.strip().upper().removesuffix("B")
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    try:
-        if s and s[-1] in units:
-            return int(float(s[:-1]) * units[s[-1]])
-        return int(s)
-    except ValueError:
-        raise CuratorError(f"cannot read {text!r} as a size; use e.g. 512M or 4G") from None
 
 
 def choose_index(n: int, d: int, max_bytes: int) -> IndexChoice:

@@ -9,14 +9,14 @@ from curator.cli import main
 from curator.errors import CuratorError, PlanMismatchError
 from curator.formats import BuildReport, IndexManifest, ShardDone, load_doc
 from curator.retrieval import PoolIndex
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 from test_pool import write_tar
 
 
 def opts(spec, **kw):
     base = dict(encoder=spec, batch_size=8, workers=0, shard_size=10, progress=False)
     base.update(kw)
-    return BuildOptions(**base)
+    return BuildConfig(**base)
 
 
 @pytest.fixture

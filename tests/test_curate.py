@@ -17,7 +17,7 @@ from curator.errors import CuratorError
 from curator.formats import CurateParams
 from curator.queries import Query, load_queries
 from curator.retrieval import PoolIndex
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 
 # real ImageNet features: an untrained model maps these images to nearly one direction
 REAL_ENCODER = "packaged:efficientnet-lite0"
@@ -33,7 +33,7 @@ def pool_index(tmp_path_factory):
         img.paste((255, 255, 255), (0, 0, 2, 2))
         img.save(root / "images" / "class0" / f"nd{i}.png", compress_level=1)
     out = root / "index"
-    build_index([str(root / "images")], out, BuildOptions(encoder=REAL_ENCODER, workers=0, batch_size=64,
+    build_index([str(root / "images")], out, BuildConfig(encoder=REAL_ENCODER, workers=0, batch_size=64,
                                                           shard_size=64, progress=False))
     return PoolIndex.open(out), root / "images"
 

@@ -16,7 +16,7 @@ from curator.queries import load_queries
 from curator.retrieval import PoolIndex
 from distill import DistillConfig, run_distill
 from distill.run import info_nce, kd_loss
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 
 STUDENT = "resnet18"
 
@@ -27,7 +27,7 @@ def task(tmp_path_factory, tiny_clip_spec):
     root = tmp_path_factory.mktemp("kt")
     make_image_folder(root / "labelled", 36, classes=3, seed=5)
     make_image_folder(root / "pool", 60, classes=3, seed=6)
-    build_index([str(root / "pool")], root / "index", BuildOptions(encoder=tiny_clip_spec, workers=0,
+    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0,
                                                                     progress=False))
     curate(PoolIndex.open(root / "index"), load_queries(root / "labelled")[:6], CurateParams(per_query=5, dedup=1.0,
            exclude_threshold=1.0), root / "sets", set_id="t")

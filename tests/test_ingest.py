@@ -9,7 +9,7 @@ import pytest
 
 from conftest import pattern_image
 from curator.retrieval import PoolIndex
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 
 pytest.importorskip("img2dataset")
 
@@ -42,7 +42,7 @@ def test_url_list_is_downloaded_then_indexed(tmp_path, tiny_clip_spec):
                 writer.writerow([f"{base}/{i}.jpg", f"picture {i}"])
             writer.writerow([f"{base}/missing.jpg", "gone"])
         out = tmp_path / "idx"
-        report = build_index([str(urls)], out, BuildOptions(encoder=tiny_clip_spec, workers=0, progress=False,
+        report = build_index([str(urls)], out, BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False,
                                                             download={"processes": 1, "threads": 4}))
     assert report.items == 6
     index = PoolIndex.open(out)

@@ -5,13 +5,13 @@ from PIL import Image
 
 from conftest import make_image_folder
 from curator.cli import main
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 
 
 def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     make_image_folder(tmp_path / "target", 36, classes=3, seed=11)
     make_image_folder(tmp_path / "pool", 80, classes=3, seed=12)
-    build_index([str(tmp_path / "pool")], tmp_path / "index", BuildOptions(encoder=tiny_clip_spec, workers=0,
+    build_index([str(tmp_path / "pool")], tmp_path / "index", BuildConfig(encoder=tiny_clip_spec, workers=0,
                                                                            progress=False))
     args = ["bench", "kt", "--target", str(tmp_path / "target"), "--pool", str(tmp_path / "pool"),
             "--index", str(tmp_path / "index"), "--out", str(tmp_path / "out"), "--teacher", tiny_clip_spec,

@@ -15,7 +15,7 @@ from curator.queries import Query
 from curator.retrieval import PoolIndex
 from distill import DistillConfig, run_distill
 from distill.data import load_labelled
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 
 pytestmark = pytest.mark.slow
 TEACHER = "packaged:efficientnet-lite0"
@@ -40,7 +40,7 @@ def kt_task(samples_root, tmp_path_factory):
     pool.mkdir()
     for i, rel in enumerate(list_folder_images(str(clipart))[::20]):  # category folders are symlinks
         (pool / f"{i:05d}.png").symlink_to((clipart / rel).resolve())
-    build_index([str(pool)], root / "index", BuildOptions(encoder=TEACHER, workers=1, batch_size=32, progress=False))
+    build_index([str(pool)], root / "index", BuildConfig(encoder=TEACHER, workers=1, batch_size=32, progress=False))
     data = load_labelled(root / "target", labels_per_class=5, val_per_class=2, seed=0)
     with open(root / "split.csv", "w", newline="") as fh:
         w = csv.writer(fh)

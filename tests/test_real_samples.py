@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from curator.retrieval import PoolIndex
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 
 pytestmark = pytest.mark.slow
 MIN_CLASS, MAX_CLASS = 12, 30
@@ -28,7 +28,7 @@ def tux_subset(samples_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tux_index(tux_subset, tmp_path_factory):
     out = tmp_path_factory.mktemp("tux-index")
-    build_index([str(tux_subset)], out, BuildOptions(encoder="packaged:efficientnet-lite0", workers=1,
+    build_index([str(tux_subset)], out, BuildConfig(encoder="packaged:efficientnet-lite0", workers=1,
                                                      batch_size=32, progress=False))
     return PoolIndex.open(out)
 

@@ -7,7 +7,7 @@ import time
 
 from conftest import REPO, make_image_folder
 from curator.formats import IndexManifest, load_doc
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 
 
 def test_killed_build_resumes_where_it_stopped(tmp_path, tiny_clip_spec):
@@ -30,7 +30,7 @@ def test_killed_build_resumes_where_it_stopped(tmp_path, tiny_clip_spec):
     assert not (out / "index.json").exists()
 
     mtimes = {n: (shards / n).stat().st_mtime_ns for n in done_at_kill}
-    opts = BuildOptions(encoder=tiny_clip_spec, workers=0, batch_size=16, shard_size=8, progress=False)
+    opts = BuildConfig(encoder=tiny_clip_spec, workers=0, batch_size=16, shard_size=8, progress=False)
     report = build_index([str(pool)], out, opts)
     assert report.shards_total == 40 and report.shards_reused >= len(done_at_kill)
     assert all((shards / n).stat().st_mtime_ns == t for n, t in mtimes.items())  # not redone

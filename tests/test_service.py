@@ -19,7 +19,7 @@ from conftest import REPO, make_image_folder, pattern_image, png_bytes
 from curator.client import CuratorClient, ServiceError
 from curator.retrieval import PoolIndex
 from test_images import png_header_only
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 
 # real ImageNet features: an untrained model maps these images to nearly one direction
 REAL_ENCODER = "packaged:efficientnet-lite0"
@@ -32,7 +32,7 @@ READ = "read-key-0123456789abcdef"
 def index_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("svc")
     make_image_folder(root / "pool", 150, classes=3, seed=2)
-    build_index([str(root / "pool")], root / "index", BuildOptions(encoder=REAL_ENCODER, workers=0, batch_size=64,
+    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=REAL_ENCODER, workers=0, batch_size=64,
                                                                    progress=False))
     return root / "index"
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO, make_image_folder
 from curator.client import CuratorClient, ServiceError
-from index_builder import BuildOptions, build_index
+from index_builder import BuildConfig, build_index
 from test_service import CURATE, Server
 
 
@@ -18,7 +18,7 @@ def setup(tmp_path_factory, tiny_clip_spec):
     root = tmp_path_factory.mktemp("work")
     make_image_folder(root / "labelled", 30, classes=3, seed=8)
     make_image_folder(root / "pool", 60, classes=3, seed=9)
-    build_index([str(root / "pool")], root / "index", BuildOptions(encoder=tiny_clip_spec, workers=0, progress=False))
+    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
     srv = Server(root / "index", root / "state").start()
     yield root, srv
     srv.stop()

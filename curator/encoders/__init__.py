@@ -11,8 +11,7 @@ import_torchvision()  # before timm/open_clip import torchvision
 from .base import Encoder, resolve_device  # noqa: E402
 from .registry import create_encoder, list_encoder_schemes, register_encoder_scheme  # noqa: E402
 
-OFFLINE_ENCODER = "packaged:efficientnet-lite2"
-DEFAULT_ENCODER = "open_clip:ViT-B-32/laion2b_s34b_b79k"
+from ..specs import DEFAULT_ENCODER, OFFLINE_ENCODER  # noqa: E402
 
 __all__ = ["Encoder", "create_encoder", "list_encoder_schemes", "register_encoder_scheme",
            "resolve_device", "OFFLINE_ENCODER", "DEFAULT_ENCODER"]

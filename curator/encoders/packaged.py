@@ -21,11 +21,25 @@ from .registry import register_encoder_scheme
 
 @dataclass(frozen=True)
 class PackagedWeights:
+    """Weights and their preprocessing as data (as open_clip's and timm's pretrained configs are):
+    everything that turns an image into the tensor these weights expect is read from here."""
     timm_name: str
     module: str
     getter: str
     image_size: int
     crop_pct: float
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)     # TF-Lite: (x - 0.5) / 0.5
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bicubic"
+
+    @property
+    def resize(self) -> int:
+        return int(self.image_size / self.crop_pct)
+
+    def preprocess_info(self) -> dict:
+        """What an index manifest records (and compares on reopening)."""
+        return {"resize": self.resize, "crop": self.image_size, "interpolation": self.interpolation,
+                "mean": list(self.mean), "std": list(self.std)}
 
 
 PACKAGED = {
@@ -87,12 +101,12 @@ def packaged_name_for_timm(timm_name: str) -> str | None:
 
 
 def packaged_preprocess(info: PackagedWeights) -> transforms.Compose:
-    """TF-Lite preprocessing: bicubic short-side resize, centre crop, (x - 0.5) / 0.5."""
+    """The weights' own preprocessing: short-side resize, centre crop, normalisation."""
     return transforms.Compose([
-        transforms.Resize(int(info.image_size / info.crop_pct), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.Resize(info.resize, interpolation=transforms.InterpolationMode(info.interpolation)),
         transforms.CenterCrop(info.image_size),
         transforms.ToTensor(),
-        transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+        transforms.Normalize(list(info.mean), list(info.std)),
     ])
 
 
@@ -103,5 +117,4 @@ def create_packaged_encoder(rest: str, *, spec: str, device: str, precision: str
     info = PACKAGED[rest]
     return PackagedEncoder(spec, model, packaged_preprocess(info), dim=int(model.num_features),
                            image_size=info.image_size, device=device, precision=precision,
-                           preprocess_info={"resize": int(info.image_size / info.crop_pct), "crop": info.image_size,
-                                            "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3})
+                           preprocess_info=info.preprocess_info())

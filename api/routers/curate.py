@@ -1,0 +1,33 @@
+"""POST /curate: start a curation job from target images or embeddings."""
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ..deps import CurateKey, PoolDep, RunnerDep, SettingsDep, StoreDep
+from ..jobs import save_inputs
+from ..schemas import CurateForm, CurateRequest, JobOut
+from ..uploads import read_curate_request
+
+router = APIRouter(tags=["curation"])
+BODIES = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": CurateForm.model_json_schema()},
+    "application/json": {"schema": CurateRequest.model_json_schema()}}}}
+
+
+@router.post("/curate", status_code=202, response_model=JobOut, openapi_extra=BODIES,
+             summary="Curate a transfer set from target images (multipart or JSON)")
+async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, store: StoreDep, pool: PoolDep,
+                      runner: RunnerDep, wait: bool = False) -> JSONResponse:
+    queries, vectors, params = await read_curate_request(request, settings.limits, pool.manifest.dim)
+    job_id = store.create_job("curate", params.model_dump(), key.name if key else None)
+    await asyncio.to_thread(save_inputs, settings.uploads_dir / job_id, queries, vectors)
+    runner.submit(job_id)
+    if wait:
+        await asyncio.to_thread(runner.wait, job_id, settings.wait_seconds)
+    job = store.get_job(job_id)
+    done = job["state"] not in ("queued", "running")
+    return JSONResponse(JobOut.from_row(job).model_dump(), status_code=200 if done else 202,
+                        headers={"Location": f"/jobs/{job_id}"})

@@ -1,0 +1,74 @@
+"""Distillation jobs: submitted with a validated config, claimed by workers under a lease."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from curator.formats import MACHINE_FIELDS, DistillConfig, describe_errors
+
+from ..deps import CurateKey, ReadKey, SettingsDep, StoreDep, reject
+from ..schemas import DistillJobIn, DistillJobOut, FinishIn, LeaseIn, OkOut
+from .transfer_sets import set_folder
+
+router = APIRouter(tags=["distillation"])
+#: Set by the worker, never by a job: where its files are, its hardware, its credentials.
+WORKER_FIELDS = MACHINE_FIELDS
+
+
+def validate_config(body: DistillJobIn) -> dict:
+    """The job's config as a worker will run it, checked now: a typo is a 422 naming the key."""
+    forbidden = WORKER_FIELDS & set(body.config)
+    if forbidden:
+        raise reject(422, f"config may not set {sorted(forbidden)}: the worker fills them in")
+    try:
+        DistillConfig(**body.config, labelled=body.labelled, transfer="job", out="job")
+    except ValidationError as exc:
+        raise reject(422, f"invalid distill config: {describe_errors(exc)}")
+    return dict(body.config, labelled=body.labelled)
+
+
+@router.post("/distill-jobs", status_code=201, response_model=DistillJobOut)
+def post_distill_job(body: DistillJobIn, key: CurateKey, store: StoreDep, settings: SettingsDep) -> dict:
+    set_folder(body.transfer_set_id, store, settings)  # 404 unless the set exists
+    job_id = store.create_distill_job(validate_config(body), body.transfer_set_id, key.name if key else None)
+    return store.get_distill_job(job_id)
+
+
+@router.get("/distill-jobs/{job_id}", response_model=DistillJobOut)
+def get_distill_job(job_id: str, key: ReadKey, store: StoreDep) -> dict:
+    job = store.get_distill_job(job_id)
+    if job is None:
+        raise reject(404, f"no distillation job {job_id!r}")
+    return job
+
+
+@router.get("/distill-jobs", response_model=list[DistillJobOut])
+def list_distill_jobs(key: ReadKey, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+    return store.list_distill_jobs(limit)
+
+
+@router.post("/distill-jobs/claim", response_model=DistillJobOut, responses={204: {"description": "queue empty"}})
+def claim_distill_job(body: LeaseIn, key: CurateKey, store: StoreDep) -> Response:
+    job = store.claim_distill_job(body.worker, body.lease_seconds)
+    if not job:
+        return Response(status_code=204)
+    return JSONResponse(DistillJobOut(**job).model_dump(), status_code=200)
+
+
+@router.post("/distill-jobs/{job_id}/heartbeat", response_model=OkOut)
+def heartbeat(job_id: str, body: LeaseIn, key: CurateKey, store: StoreDep) -> OkOut:
+    if not store.heartbeat_distill_job(job_id, body.worker, body.lease_seconds):
+        raise reject(409, f"worker {body.worker!r} no longer holds {job_id!r} (lease lost): stop working on it")
+    return OkOut()
+
+
+@router.post("/distill-jobs/{job_id}/finish", response_model=DistillJobOut)
+def finish(job_id: str, body: FinishIn, key: CurateKey, store: StoreDep) -> dict:
+    ok = store.finish_distill_job(job_id, body.worker, body.state, report=body.report,
+                                  student_url=body.student_url, error=body.error)
+    if not ok:
+        raise reject(409, f"worker {body.worker!r} does not hold {job_id!r}; its result was not recorded")
+    return store.get_distill_job(job_id)

@@ -1,0 +1,35 @@
+"""Curation jobs: their state, and cancelling them."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Query
+
+from ..deps import CurateKey, ReadKey, RunnerDep, StoreDep, reject
+from ..schemas import JobOut
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, key: ReadKey, store: StoreDep) -> JobOut:
+    job = store.get_job(job_id)
+    if job is None:
+        raise reject(404, f"no job {job_id!r}")
+    return JobOut.from_row(job)
+
+
+@router.get("/jobs", response_model=list[JobOut])
+def list_jobs(key: ReadKey, store: StoreDep, state: Annotated[Optional[str], Query()] = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobOut]:
+    return [JobOut.from_row(j) for j in store.list_jobs(state, limit)]
+
+
+@router.delete("/jobs/{job_id}", response_model=JobOut)
+def cancel_job(job_id: str, key: CurateKey, store: StoreDep, runner: RunnerDep) -> JobOut:
+    job = store.get_job(job_id)
+    if job is None:
+        raise reject(404, f"no job {job_id!r}")
+    if job["state"] in ("queued", "running"):
+        runner.cancel(job_id)
+    return JobOut.from_row(store.get_job(job_id))

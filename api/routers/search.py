@@ -1,0 +1,63 @@
+"""Search the pool: by an uploaded image, or from a pool item."""
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+
+from curator.retrieval import PoolIndex
+
+from ..deps import EncoderLockDep, MetricsDep, PoolDep, ReadKey, SettingsDep, reject
+from ..metrics import Metrics
+from ..schemas import SearchOut
+from ..uploads import check_image
+
+router = APIRouter(tags=["search"])
+#: The service's ceiling on k; a server's --max-k may lower it.
+K_MAX = 100_000
+UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
+
+
+def _k(k: int, settings) -> int:
+    if k > settings.limits.max_k:
+        raise reject(422, f"k={k} exceeds this server's limit of {settings.limits.max_k}")
+    return k
+
+
+@router.post("/search", response_model=SearchOut, openapi_extra=UPLOAD)
+async def search_upload(request: Request, key: ReadKey, settings: SettingsDep, pool: PoolDep, lock: EncoderLockDep,
+                        metrics: MetricsDep, k: Annotated[int, Query(ge=1, le=K_MAX)] = 10) -> dict:
+    _k(k, settings)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise reject(415, "POST /search takes multipart/form-data with one 'file'")
+    form = await request.form(max_files=2, max_fields=4)
+    upload = form.get("file")
+    if upload is None or not hasattr(upload, "read"):
+        raise reject(422, "send the query image as the 'file' field")
+    data = await upload.read(settings.limits.max_file_bytes + 1)
+
+    def run() -> dict:
+        check_image(upload.filename or "file", data, settings.limits)
+        with lock:  # the first call builds the encoder; the lock also bounds CPU use
+            vector = pool.embed_images([data], max_pixels=settings.limits.max_pixels)
+        return search_vector(pool, metrics, vector, k)
+    return await asyncio.to_thread(run)
+
+
+@router.get("/search", response_model=SearchOut)
+async def search_item(key: ReadKey, settings: SettingsDep, pool: PoolDep, metrics: MetricsDep,
+                      item_id: Annotated[int, Query(ge=0)], k: Annotated[int, Query(ge=1, le=K_MAX)] = 10) -> dict:
+    _k(k, settings)
+    if item_id >= pool.ntotal:
+        raise reject(404, f"no pool item {item_id}")
+    return await asyncio.to_thread(search_vector, pool, metrics, pool.vectors(np.array([item_id])), k)
+
+
+def search_vector(pool: PoolIndex, metrics: Metrics, vector: np.ndarray, k: int) -> dict:
+    scores, ids = pool.search(vector, k)
+    hits = [h.as_dict() for h in pool.hits(scores[0], ids[0])]
+    metrics.items_served.inc(len(hits))
+    return {"k": k, "hits": hits}

@@ -1,0 +1,63 @@
+"""Transfer sets: listing, manifests, samples tables and webdataset shards (never outside a set's folder)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+
+from ..deps import MetricsDep, ReadKey, SettingsDep, StoreDep, reject
+from ..schemas import SetSummary
+from ..settings import Settings
+from ..store import Store
+
+router = APIRouter(tags=["transfer sets"])
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def set_folder(set_id: str, store: Store, settings: Settings) -> Path:
+    """A known set's folder; 400 for a malformed id, 404 for an unknown one."""
+    if not NAME.match(set_id):
+        raise reject(400, "invalid transfer-set id")
+    if store.get_transfer_set(set_id) is None:
+        raise reject(404, f"no transfer set {set_id!r}")
+    return settings.sets_dir / set_id
+
+
+@router.get("/transfer-sets", response_model=list[SetSummary])
+def list_sets(key: ReadKey, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[SetSummary]:
+    return [SetSummary.from_row(s) for s in store.list_transfer_sets(limit)]
+
+
+@router.get("/transfer-sets/{set_id}", response_model=SetSummary)
+def get_set(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep) -> SetSummary:
+    set_folder(set_id, store, settings)
+    return SetSummary.from_row(store.get_transfer_set(set_id))
+
+
+@router.get("/transfer-sets/{set_id}/manifest", response_class=FileResponse,
+            responses={200: {"content": {"application/json": {}}}})
+def get_manifest(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep) -> FileResponse:
+    return FileResponse(set_folder(set_id, store, settings) / "manifest.json", media_type="application/json")
+
+
+@router.get("/transfer-sets/{set_id}/samples.parquet", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def get_samples(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep) -> FileResponse:
+    return FileResponse(set_folder(set_id, store, settings) / "samples.parquet", media_type="application/octet-stream")
+
+
+@router.get("/transfer-sets/{set_id}/shards/{name}", response_class=FileResponse,
+            responses={200: {"content": {"application/x-tar": {}}}})
+def get_shard(set_id: str, name: str, key: ReadKey, store: StoreDep, settings: SettingsDep,
+              metrics: MetricsDep) -> FileResponse:
+    folder = set_folder(set_id, store, settings).resolve()
+    if not NAME.match(name) or not name.endswith(".tar"):
+        raise reject(400, f"invalid shard name {name!r}")
+    path = (folder / name).resolve()
+    if path.parent != folder or not path.is_file():  # never outside the set's folder
+        raise reject(404, f"no shard {name!r} in transfer set {set_id!r}")
+    metrics.shards_served.inc()
+    return FileResponse(path, media_type="application/x-tar", filename=name)

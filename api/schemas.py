@@ -1,0 +1,130 @@
+"""Request and response models of the HTTP API (the documents themselves live in ``curator.formats``)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from curator.formats import CurateParams, FiniteFloat
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageIn(_Body):
+    name: str = Field(max_length=256)
+    data: str = Field(description="base64-encoded image bytes")
+    label: Optional[str] = Field(None, max_length=256)
+
+
+class CurateRequest(_Body):
+    """JSON form of POST /curate: base64 images, or precomputed embeddings (one per query)."""
+    params: CurateParams = Field(default_factory=CurateParams)
+    images: Optional[list[ImageIn]] = None
+    embeddings: Optional[list[list[FiniteFloat]]] = None
+    labels: Optional[list[Optional[str]]] = None
+
+
+class CurateForm(BaseModel):
+    """Multipart form of POST /curate (described for the OpenAPI schema; parsed by hand, bounded)."""
+    files: list[bytes] = Field(description="query images, one file each")
+    params: Optional[str] = Field(None, description="CurateParams as a JSON string")
+    labels: Optional[str] = Field(None, description="a JSON list of labels, one per file")
+
+
+class DistillJobIn(_Body):
+    """A distillation job: which transfer set, where the labelled set is (as the worker sees it), and any
+    ``curator distill`` options (DistillConfig fields, less those the worker's machine fills in)."""
+    transfer_set_id: str = Field(max_length=128)
+    labelled: str = Field(max_length=4096)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class LeaseIn(_Body):
+    """Claim a job, or renew the lease on one: who asks, and for how long."""
+    worker: str = Field(min_length=1, max_length=128)
+    lease_seconds: FiniteFloat = Field(60.0, ge=5.0, le=3600.0)
+
+
+class FinishIn(_Body):
+    worker: str = Field(min_length=1, max_length=128)
+    state: str = Field(pattern="^(succeeded|failed)$")
+    report: Optional[dict[str, Any]] = None
+    student_url: Optional[str] = Field(None, max_length=4096)
+    error: Optional[str] = Field(None, max_length=8192)
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    state: str
+    phase: Optional[str] = None
+    progress: float = 0.0
+    params: dict[str, Any]
+    counts: Optional[dict[str, Any]] = None
+    error: Optional[str] = None
+    transfer_set_id: Optional[str] = None
+    transfer_set_url: Optional[str] = None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, job: dict) -> "JobOut":
+        url = f"/transfer-sets/{job['transfer_set_id']}" if job.get("transfer_set_id") else None
+        return cls(**{k: job[k] for k in cls.model_fields if k in job}, transfer_set_url=url)
+
+
+class DistillJobOut(BaseModel):
+    id: str
+    state: str
+    owner: Optional[str] = None
+    config: dict[str, Any]
+    transfer_set_id: str
+    worker: Optional[str] = None
+    lease_expires: Optional[float] = None
+    attempts: int = 0
+    report: Optional[dict[str, Any]] = None
+    student_url: Optional[str] = None
+    error: Optional[str] = None
+    created_at: float
+    updated_at: float
+
+
+class SetSummary(BaseModel):
+    id: str
+    job_id: Optional[str] = None
+    counts: dict[str, Any]
+    created_at: float
+    manifest_sha256: str
+    manifest_url: str
+
+    @classmethod
+    def from_row(cls, row: dict) -> "SetSummary":
+        return cls(id=row["id"], job_id=row["job_id"], counts=row["counts"], created_at=row["created_at"],
+                   manifest_sha256=row["manifest_sha256"], manifest_url=f"/transfer-sets/{row['id']}/manifest")
+
+
+class HitOut(BaseModel):
+    id: int
+    score: float
+    key: str
+    source: str
+    offset: int
+    size: int
+    caption: Optional[str] = None
+
+
+class SearchOut(BaseModel):
+    k: int
+    hits: list[HitOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+    index_items: int
+    encoder: Optional[str] = None
+
+
+class OkOut(BaseModel):
+    ok: bool = True

@@ -1,0 +1,138 @@
+"""Reading a POST /curate body: multipart files or JSON (base64 images or embeddings), every part
+bounded and checked before a job exists. Both forms end in the same checks (:func:`check_request`)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import HTTPException, Request
+from pydantic import ValidationError
+
+from curator.curate import check_vectors
+from curator.errors import BadImageError, CuratorError
+from curator.formats import CurateParams, Limits
+from curator.images import decode_image
+from curator.queries import Query
+from curator.strategies import needs_labels
+
+from .deps import reject
+from .schemas import CurateRequest
+
+Parsed = tuple[list[Query], Optional[np.ndarray], CurateParams]
+#: Why an image is refused, as an HTTP status (anything else: 422).
+IMAGE_STATUS = {"not_an_image": 415, "unsupported_format": 415, "too_many_pixels": 413}
+
+
+async def read_curate_request(request: Request, limits: Limits, dim: int) -> Parsed:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        parsed = await _read_multipart(request, limits)
+    elif ctype == "application/json":
+        parsed = await _read_json(request, limits, dim)
+    else:
+        raise reject(415, "POST /curate takes multipart/form-data (files + params) or application/json")
+    check_request(*parsed, limits)
+    return parsed
+
+
+def check_request(queries: list[Query], vectors: Optional[np.ndarray], params: CurateParams, limits: Limits) -> None:
+    """The checks both body forms share: size of the set, labels the strategy needs."""
+    if params.budget and params.budget > limits.max_budget:
+        raise reject(422, f"budget {params.budget} exceeds this server's limit of {limits.max_budget}")
+    wanted = params.per_query * len(queries) if params.per_query else 0
+    if wanted > limits.max_budget:
+        raise reject(422, f"per_query {params.per_query} x {len(queries)} queries exceeds this server's limit of "
+                          f"{limits.max_budget} images")
+    if needs_labels(params.strategy) and any(q.label is None for q in queries):
+        raise reject(422, f"strategy {params.strategy!r} needs a label for every query ('labels')")
+
+
+async def _read_multipart(request: Request, limits: Limits) -> Parsed:
+    try:
+        form = await request.form(max_files=limits.max_files + 1, max_fields=16, max_part_size=1 << 20)
+    except Exception as exc:
+        raise reject(400 if "max" not in str(exc).lower() else 413, f"bad multipart body: {exc}")
+    params = parse_params(form.get("params"))
+    uploads = [f for f in form.getlist("files") if hasattr(f, "read")]
+    labels = parse_labels(form.get("labels"), len(uploads))
+    check_count(len(uploads), limits)
+    blobs = [((upload.filename or f"file{n}")[:256], await upload.read(limits.max_file_bytes + 1))
+             for n, upload in enumerate(uploads)]
+    await asyncio.to_thread(check_images, blobs, limits)  # decoding is CPU work: off the event loop
+    return [Query(name, data, labels[n]) for n, (name, data) in enumerate(blobs)], None, params
+
+
+async def _read_json(request: Request, limits: Limits, dim: int) -> Parsed:
+    try:
+        body = CurateRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False))
+    if (body.images is None) == (body.embeddings is None):
+        raise reject(422, "send exactly one of 'images' (base64) or 'embeddings'")
+    if body.images is not None:
+        check_count(len(body.images), limits)
+        blobs = []
+        for img in body.images:
+            try:
+                blobs.append((img.name, base64.b64decode(img.data, validate=True)))
+            except (binascii.Error, ValueError):
+                raise reject(422, f"image {img.name!r}: 'data' is not valid base64")
+        await asyncio.to_thread(check_images, blobs, limits)
+        return [Query(n, d, img.label) for (n, d), img in zip(blobs, body.images)], None, body.params
+    check_count(len(body.embeddings), limits)
+    try:
+        vectors = check_vectors(body.embeddings, dim)
+    except CuratorError as exc:
+        raise reject(422, str(exc))
+    labels = body.labels or [None] * len(vectors)
+    if len(labels) != len(vectors):
+        raise reject(422, f"{len(labels)} labels for {len(vectors)} embeddings")
+    return [Query(f"embedding-{i}", b"", lab) for i, lab in enumerate(labels)], vectors, body.params
+
+
+def parse_params(raw: Any) -> CurateParams:
+    if raw is None:
+        return CurateParams()
+    if not isinstance(raw, str):
+        raise reject(422, "'params' must be a JSON string field")
+    try:
+        return CurateParams.model_validate_json(raw)
+    except ValidationError as exc:
+        raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False))
+
+
+def parse_labels(raw: Any, n: int) -> list[Optional[str]]:
+    if raw is None:
+        return [None] * n
+    try:
+        labels = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        raise reject(422, "'labels' must be a JSON list of strings, one per file")
+    if not isinstance(labels, list) or len(labels) != n or not all(isinstance(x, (str, type(None))) for x in labels):
+        raise reject(422, f"'labels' must be a JSON list of {n} strings (one per file)")
+    return labels
+
+
+def check_count(n: int, limits: Limits) -> None:
+    if n == 0:
+        raise reject(422, "no query images: send at least one file")
+    if n > limits.max_files:
+        raise reject(413, f"{n} images exceed the limit of {limits.max_files} per request")
+
+
+def check_images(blobs: list[tuple[str, bytes]], limits: Limits) -> None:
+    for name, data in blobs:
+        check_image(name, data, limits)
+
+
+def check_image(name: str, data: bytes, limits: Limits) -> None:
+    if len(data) > limits.max_file_bytes:
+        raise reject(413, f"file {name!r} exceeds {limits.max_file_bytes} bytes per image")
+    try:
+        decode_image(data, max_pixels=limits.max_pixels, min_side=64)
+    except BadImageError as exc:
+        raise reject(IMAGE_STATUS.get(exc.reason, 422), f"file {name!r} rejected ({exc.reason}): {exc.detail}")

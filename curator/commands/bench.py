@@ -1,0 +1,49 @@
+"""``curator bench kt``: the paper's comparison; flags generated from ``KTConfig``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+
+from ..errors import CuratorError
+from ..formats import KTConfig, dump_doc
+from .flags import add_model_flags, build_model
+
+DESCRIPTION = ("Split the target (few labels per class, val, test), index the pool, curate a retrieved and a "
+               "random transfer set of the same size (val/test excluded), train every arm over several seeds, "
+               "and write results.json, results.md and chart.png. Every step resumes.")
+EPILOG = ("Without --target/--pool it runs the public protocol: the Tux Paint stamps (15 categories) against "
+          "openclipart + Oxygen icons (~10k images), fetched with 'curator samples fetch'.")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="reproducible experiments of the whole pipeline",
+                       description="Reproducible experiments of the whole pipeline.")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    k = bsub.add_parser("kt", help="the paper's comparison: supervised, task-agnostic, task-oriented on random vs "
+                                   "retrieved sets, teacher",
+                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    k.add_argument("--pool", nargs="+", metavar="PATH", help="unlabelled pool inputs (folders or shards)")
+    add_model_flags(k, KTConfig, [f for f in KTConfig.model_fields if f != "progress"],
+                    help={"target": "folder with one sub-folder of images per class (default: the public protocol)"})
+    k.add_argument("--json", action="store_true", help="print results.json")
+    k.set_defaults(run=run_kt)
+
+
+def run_kt(args) -> int:
+    from experiments.kt import prepare_inputs, run_kt as run
+
+    if bool(args.target) != bool(args.pool):
+        raise CuratorError("give both --target and --pool, or neither (the public protocol)")
+    probe = build_model(KTConfig, args, target=args.target or "-", index=args.index or "-")  # flags checked first
+    target, index = prepare_inputs(args.target, args.pool, args.index, probe, progress=not args.json)
+    cfg = build_model(KTConfig, args, target=target, index=index, progress=not args.json)
+    results = run(cfg, command="curator " + " ".join(map(shlex.quote, args.argv)))
+    if args.json:
+        print(json.dumps(dump_doc(results), indent=2))
+        return 0
+    with open(os.path.join(cfg.out, "results.md"), encoding="utf-8") as fh:
+        print(fh.read())
+    print(f"results: {os.path.join(cfg.out, 'results.json')}, chart: {os.path.join(cfg.out, 'chart.png')}")
+    return 0

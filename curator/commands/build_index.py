@@ -1,0 +1,45 @@
+"""``curator build-index``: embed an image pool and build a searchable FAISS index."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..formats import BuildConfig
+from .flags import add_model_flags, build_model
+
+DESCRIPTION = """Embed every image of a pool with an encoder, then build, tune and save a FAISS index.
+Inputs: image folders (recursive), webdataset .tar shards (paths, fsspec URLs or brace
+patterns such as 'pool-{00000..00099}.tar'), or .csv/.parquet URL lists with a 'url' column
+(downloaded with img2dataset first). Re-running the same command resumes: finished shards are kept."""
+FLAGS = ("encoder", "device", "precision", "batch_size", "workers", "worker_nice", "shard_size", "max_pixels",
+         "max_index_memory", "target_recall", "index_factory", "keep_duplicates", "recall_queries", "seed",
+         "overwrite")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("build-index", help="embed an image pool and build a searchable FAISS index",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", "-i", nargs="+", required=True, metavar="PATH", help="pool inputs (any mix)")
+    p.add_argument("--out", "-o", required=True, help="output folder (index, embeddings, metadata, report)")
+    add_model_flags(p, BuildConfig, FLAGS)
+    p.add_argument("--json", action="store_true", help="print the build report as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from index_builder.build import build_index
+
+    cfg = build_model(BuildConfig, args, progress=not (args.quiet or args.json))
+    report = build_index(args.input, args.out, cfg)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return 0
+    reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped_by_reason.items()) or "none"
+    print(f"indexed {report.items:,} images into {args.out} ({report.index_factory}, "
+          f"recall@10 {report.recall_at_10:.3f})\n"
+          f"skipped {report.skipped} ({reasons}); exact duplicates {report.duplicates}; "
+          f"shards reused {report.shards_reused}/{report.shards_total}\n"
+          f"embedding {report.embed_images_per_s:.1f} img/s; total {report.total_seconds:.1f} s; "
+          f"details in {os.path.join(args.out, 'build-report.json')}")
+    return 0

@@ -1,0 +1,40 @@
+"""``curator serve``: the HTTP service."""
+from __future__ import annotations
+
+import sys
+
+from ..formats import Limits
+from .flags import add_model_flags, build_model
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the HTTP service (POST /curate, transfer-set downloads)",
+                       description="Serve POST /curate, search, transfer-set downloads and distillation jobs over "
+                                   "HTTP, with API keys, bounded uploads and state that survives restarts.")
+    p.add_argument("--index", required=True, help="a folder written by build-index")
+    p.add_argument("--data", required=True, help="service state: SQLite, uploads, transfer sets")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--api-keys", help="file of name:scopes:secret lines (also: $CURATOR_API_KEYS)")
+    p.add_argument("--no-auth", action="store_true", help="accept every caller (local development only)")
+    p.add_argument("--job-workers", type=int, default=2, help="curation jobs run at once (default: %(default)s)")
+    add_model_flags(p, Limits, ("max_files", "max_file_bytes", "max_request_bytes", "max_pixels", "max_budget",
+                                "max_k"))
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import uvicorn
+
+    from api import Settings, create_app
+
+    settings = Settings(index_dir=Path(args.index), data_dir=Path(args.data),
+                        api_keys_file=Path(args.api_keys) if args.api_keys else None, no_auth=args.no_auth,
+                        limits=build_model(Limits, args), job_workers=args.job_workers)
+    if args.no_auth:
+        print("*" * 72 + "\nWARNING: --no-auth: every caller may curate and download. Local development only.\n"
+              + "*" * 72, file=sys.stderr, flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,123 @@
+"""Curation's documents: the parameters of a selection, the transfer-set manifest, and a
+service job's saved inputs."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from .base import Doc, FiniteFloat, utcnow
+
+TRANSFER_FORMAT = "curator.transfer-set/1"
+JOB_INPUTS_FORMAT = "curator.job-inputs/1"
+#: Neither a quota nor a budget may exceed this: far beyond any pool, far below an overflow.
+MAX_IMAGES = 10_000_000
+
+
+def _strategy_enum(schema: dict) -> None:
+    from ..strategies import strategy_names
+
+    schema["enum"] = strategy_names()
+
+
+class CurateParams(Doc):
+    """How a transfer set is selected; the same model for the CLI, the API and the manifest."""
+    strategy: str = Field("balanced", json_schema_extra=_strategy_enum,
+                          description="a registered selection strategy (curator.strategies)")
+    budget: Optional[int] = Field(None, ge=1, le=MAX_IMAGES,
+                                  description="total images; the per-query quota follows from it")
+    per_query: Optional[int] = Field(None, ge=1, le=MAX_IMAGES, description="images per query image (balanced)")
+    threshold: Optional[FiniteFloat] = Field(None, ge=-1.0, le=1.0, description="minimum cosine (threshold strategy)")
+    dedup: FiniteFloat = Field(0.95, gt=0.0, le=1.0,
+                               description="near-duplicates at or above this cosine collapse; 1 = off")
+    exclude_threshold: FiniteFloat = Field(0.95, gt=0.0, le=1.0,
+                                           description="pool items this close to a query or --exclude image are dropped")
+    crops: int = Field(0, ge=0, le=16, description="extra random crops per query image")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    shard_size: int = Field(1000, ge=1, le=100_000, description="samples per webdataset shard")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from ..strategies import strategy_names
+
+        if value not in strategy_names():
+            raise ValueError(f"unknown strategy {value!r}; choose one of {', '.join(strategy_names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "CurateParams":
+        if self.strategy == "threshold":
+            if self.threshold is None:
+                raise ValueError("the threshold strategy needs 'threshold'")
+            if self.per_query is not None:
+                raise ValueError("'per_query' does not apply to the threshold strategy; use 'budget'")
+        elif self.budget is not None and self.per_query is not None:
+            raise ValueError("give 'budget' or 'per_query', not both")
+        elif self.budget is None and self.per_query is None:
+            self.per_query = 100
+        return self
+
+
+class IndexRef(Doc):
+    """The pool index a set was curated from, by name and content hash (never a server path)."""
+    name: str
+    manifest_sha256: str
+    encoder: str
+    index_factory: str
+    ntotal: int
+
+
+class QueryEntry(Doc):
+    id: str
+    label: Optional[str] = None
+    quota: int
+    taken: int
+
+
+class ShardEntry(Doc):
+    """One shard in webdataset's ``wids-shard-index-v1`` form, plus its sha256."""
+    url: str
+    nsamples: int
+    filesize: int
+    md5sum: str
+    sha256: str
+
+
+class TransferCounts(Doc):
+    queries: int = 0
+    query_views: int = 0
+    exclude_vectors: int = 0
+    candidates: int = 0
+    excluded: int = 0
+    deduped: int = 0
+    search_depth: int = 0
+    emitted: int = 0
+    unreadable: int = 0
+
+
+class TransferManifest(Doc):
+    """``manifest.json`` of a transfer set; a webdataset ``wids`` shard index as it stands."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    format: Literal["curator.transfer-set/1"] = TRANSFER_FORMAT
+    kind: Literal["wids-shard-index-v1"] = Field("wids-shard-index-v1", alias="__kind__")
+    wids_version: int = 1
+    id: str
+    created_at: str = Field(default_factory=utcnow)
+    index: IndexRef
+    params: CurateParams
+    queries: list[QueryEntry]
+    dry_queries: list[str] = Field(default_factory=list)
+    counts: TransferCounts
+    timings: dict[str, float] = Field(default_factory=dict)
+    shardlist: list[ShardEntry] = Field(default_factory=list)
+    packed: Optional[dict] = Field(None, description="set by benchmarks/pack_kt.py: how the images were re-encoded")
+
+
+class JobInputs(Doc):
+    """``uploads/JOB/inputs.json``: a curation job's saved queries, so it survives a restart."""
+    format: Literal["curator.job-inputs/1"] = JOB_INPUTS_FORMAT
+    ids: list[str]
+    labels: list[Optional[str]]
+    files: list[Optional[str]]
+    vectors: bool = False

@@ -1,0 +1,184 @@
+"""The index builder's documents: the plan, shard done-markers, the index manifest, the report,
+and the Arrow item schema that every shard and ``items.arrow`` share."""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Literal, Optional
+
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from ..errors import CuratorError
+from ..images import DEFAULT_MAX_PIXELS
+from ..specs import DEFAULT_ENCODER
+from .base import Doc, FiniteFloat, utcnow
+
+PLAN_FORMAT = "curator.build-plan/1"
+SHARD_FORMAT = "curator.embedding-shard/1"
+INDEX_FORMAT = "curator.index/1"
+REPORT_FORMAT = "curator.build-report/1"
+#: The file that marks a complete index folder (written last).
+INDEX_MANIFEST_NAME = "index.json"
+
+#: Columns of every per-shard metadata parquet and of the index's ``items.arrow``.
+#: ``source`` + ``offset`` + ``size`` locate the original bytes: one ranged read.
+ITEM_SCHEMA = pa.schema([
+    ("key", pa.string()),        # webdataset sample key, or path relative to the input folder
+    ("source", pa.string()),     # tar URL/path, or absolute image file path
+    ("offset", pa.int64()),      # byte offset of the image inside ``source``
+    ("size", pa.int64()),        # byte length of the image
+    ("sha256", pa.string()),     # of the original image bytes
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("caption", pa.string()),    # the sample's .txt, if any
+    ("meta", pa.string()),       # the sample's .json, verbatim, if any
+])
+#: ``row`` is the item's row in ``shards/<shard_id>.npy``: its embedding, without a second copy.
+INDEX_ITEM_SCHEMA = pa.schema([("id", pa.int64()), ("shard_id", pa.string()), ("row", pa.int64())]
+                              + list(ITEM_SCHEMA))
+
+
+class ShardTask(Doc):
+    """One self-contained unit of embedding work: its inputs are fully named here."""
+    shard_id: str
+    kind: Literal["folder", "tar"]
+    source: str                        # folder root, or the tar's path/URL
+    files: Optional[list[str]] = None  # folder shards: paths relative to ``source``
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class BuildPlan(Doc):
+    format: Literal["curator.build-plan/1"] = PLAN_FORMAT
+    inputs: list[str]
+    encoder: str
+    max_pixels: int
+    shard_size: int
+    tasks: list[ShardTask]
+
+
+class SkippedItem(Doc):
+    key: str
+    source: str
+    reason: str
+    detail: str = ""
+
+
+class ShardDone(Doc):
+    """The done-marker, written atomically after the shard's embeddings and metadata."""
+    format: Literal["curator.embedding-shard/1"] = SHARD_FORMAT
+    shard_id: str
+    task_digest: str
+    encoder: str
+    dim: int
+    n_items: int
+    n_skipped: int
+    skipped: list[SkippedItem] = Field(default_factory=list)
+    embeddings_file: str
+    metadata_file: str
+    seconds: float
+    created_at: str = Field(default_factory=utcnow)
+
+
+class EncoderInfo(Doc):
+    spec: str
+    dim: int
+    image_size: int
+    precision: str = "fp32"
+    preprocess: dict = Field(default_factory=dict)
+
+
+class IndexManifest(Doc):
+    format: Literal["curator.index/1"] = INDEX_FORMAT
+    encoder: EncoderInfo
+    dim: int
+    metric: Literal["inner_product"] = "inner_product"
+    index_factory: str                  # passed verbatim to faiss.index_factory
+    index_file: str = "index.faiss"
+    items_file: str = "items.arrow"
+    nprobe: Optional[int] = None
+    ntotal: int
+    n_duplicates: int
+    recall_at_10: float
+    recall_queries: int
+    target_recall: float
+    train_size: int
+    index_bytes: int
+    max_index_memory: int
+    build_seconds: float
+    embedding_shards: list[str]
+    created_at: str = Field(default_factory=utcnow)
+
+
+class BuildReport(Doc):
+    format: Literal["curator.build-report/1"] = REPORT_FORMAT
+    items: int
+    skipped: int
+    skipped_by_reason: dict[str, int]
+    skipped_items: list[SkippedItem]
+    duplicates: int
+    shards_total: int
+    shards_reused: int
+    embed_seconds: float
+    embed_images_per_s: float
+    index_seconds: float
+    total_seconds: float
+    index_factory: str
+    recall_at_10: float
+    created_at: str = Field(default_factory=utcnow)
+
+
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"4G"``, ``"512M"``, ``"1.5GB"`` or a plain integer, in bytes."""
+    if isinstance(text, int):
+        return text
+    s = text.strip().upper().removesuffix("B")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if s and s[-1] in units:
+            return int(float(s[:-1]) * units[s[-1]])
+        return int(s)
+    except ValueError:
+        raise CuratorError(f"cannot read {text!r} as a size; use e.g. 512M or 4G") from None
+
+
+def default_workers() -> int:
+    """One core for the model's main thread, the rest decode (at least one worker)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class BuildConfig(Doc):
+    """``curator build-index``'s settings; the CLI's flags and defaults are generated from here."""
+    encoder: str = Field(DEFAULT_ENCODER, description="encoder spec (offline: packaged:efficientnet-lite2)")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N (cuda without a GPU is an error)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision for the encoder (bf16 helps on CPUs with AVX512-BF16/AMX)")
+    batch_size: int = Field(64, ge=1, le=65_536)
+    workers: int = Field(default_factory=default_workers, ge=0, le=1024,
+                         description="decode/resize worker processes (0 = in the main process; default: cores - 1)")
+    worker_nice: Optional[int] = Field(None, ge=0, le=19, description="CPU priority of decode workers (default: 19 "
+                                                                      "on --device cpu so the model keeps its cores, 0 on cuda)")
+    shard_size: int = Field(1000, ge=1, le=10_000_000, description="images per work unit for folder inputs")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="skip (and report) images with more decoded pixels "
+                                                                   "than this; JPEGs are decoded reduced first")
+    max_index_memory: int = Field(4 << 30, ge=1 << 20, description="memory budget for the index, e.g. 512M, 4G")
+    target_recall: FiniteFloat = Field(0.95, gt=0, le=1, description="raise nprobe until recall@10 vs exact search "
+                                                                     "reaches this")
+    index_factory: Optional[str] = Field(None, description="force a faiss index_factory string (e.g. 'IVF4096,SQ8'); "
+                                                           "default: chosen from the pool size and --max-index-memory")
+    keep_duplicates: bool = Field(False, description="index exact duplicates (same bytes) as separate items, e.g. one "
+                                                     "image with several captions")
+    recall_queries: int = Field(1000, ge=1, description="pool vectors used to measure recall@10")
+    seed: int = Field(0, ge=0, description="seed of the training sample and the recall queries")
+    overwrite: bool = Field(False, description="discard an earlier build in --out")
+    progress: bool = True
+    download: dict = Field(default_factory=dict, description="img2dataset options for URL-list inputs")
+
+    @field_validator("max_index_memory", mode="before")
+    @classmethod
+    def _bytes(cls, value):
+        return parse_bytes(value) if isinstance(value, str) else value

@@ -1,0 +1,87 @@
+"""``curator bench kt``'s documents: the bench's config and its results.
+
+KTConfig's defaults fit the public protocol (Tux Paint against openclipart + Oxygen icons)
+in about 45 minutes on 2 CPU cores; the CLI's flags are generated from it.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field
+
+from ..specs import SMALL_ENCODER, TEACHER_ENCODER
+from .base import Doc, FiniteFloat, utcnow
+
+RESULTS_FORMAT = "curator.kt-bench/1"
+
+
+class KTConfig(Doc):
+    """The bench's knobs, shared by every arm."""
+    target: str = Field(description="folder with one sub-folder of images per class")
+    index: str = Field(description="an existing build-index folder for the pool (default: OUT/index, built once)")
+    out: str = Field("bench-out/kt", description="working folder")
+    index_encoder: str = Field(SMALL_ENCODER, description="encoder of the pool index, when the bench builds it")
+    labels_per_class: int = Field(5, ge=1, description="labelled train images per class")
+    val_per_class: int = Field(2, ge=1, description="val images per class; val picks checkpoints, never test")
+    split_seed: int = Field(0, ge=0, description="seed of the train/val/test split")
+    budget: int = Field(1600, ge=1, le=10_000_000, description="transfer-set size, retrieved and random alike")
+    seeds: int = Field(3, ge=1, le=1000, description="training seeds per arm; more seeds on the same --out reuse "
+                                                      "the finished ones")
+    teacher: str = Field(TEACHER_ENCODER, description="encoder spec of the VFM")
+    teacher_mode: Literal["linear", "finetune"] = Field("linear", description="linear or finetune")
+    student: str = Field("mobilenetv3_small_100", description="timm student, the same in every arm")
+    student_init: str = Field("scratch", description="scratch, imagenet (packaged weights for tf_efficientnet_lite0/2 "
+                                                     "work offline) or a checkpoint path; every arm alike")
+    student_size: int = Field(64, ge=16, le=512, description="student resolution")
+    cache_views: int = Field(2, ge=1, le=64, description="fixed augmented views per transfer image")
+    steps_a: int = Field(300, ge=1, description="teacher adaptation steps")
+    steps_b: int = Field(500, ge=1, description="distillation steps")
+    steps_c: int = Field(200, ge=1, description="student finetuning steps; the supervised arm's only stage")
+    batch_size: int = Field(64, ge=1)
+    lr_student: FiniteFloat = Field(2e-3, gt=0)
+    lr_finetune: FiniteFloat = Field(5e-4, gt=0)
+    temperature: FiniteFloat = Field(1.0, gt=0, description="KD temperature")
+    mix_labelled: FiniteFloat = Field(0.25, ge=0, lt=1, description="share of each distillation batch from the "
+                                                                    "labelled images")
+    exclude_threshold: FiniteFloat = Field(0.95, gt=0, le=1, description="cosine at which a pool image counts as a "
+                                                                         "val/test image")
+    device: str = Field("cpu", description="where every arm trains: cpu, cuda, cuda:N")
+    workers: int = Field(0, ge=0, description="image-decoding processes per loader (0: in the training process)")
+    progress: bool = True
+
+
+class Stats(Doc):
+    mean: float
+    std: float
+    values: list[float]
+
+
+class ArmResult(Doc):
+    test_accuracy: Stats
+    test_mean_per_class_accuracy: Stats
+    val_accuracy: Stats
+    teacher_forward_passes: Optional[int] = None
+    student_steps: int
+    wall_seconds: Optional[float] = None
+
+
+class Paired(Doc):
+    """Per-seed differences in one metric between two arms that share each seed."""
+    mean_difference: float
+    sem: Optional[float] = None
+    wins: int
+    seeds: int
+
+
+class KtResults(Doc):
+    format: Literal["curator.kt-bench/1"] = RESULTS_FORMAT
+    created_at: str = Field(default_factory=utcnow)
+    config: KTConfig
+    arms: dict[str, ArmResult]
+    orderings: dict[str, bool]
+    paired: dict[str, dict[str, Paired]]
+    transfer_sets: dict[str, dict[str, Optional[int]]]
+    student: dict[str, Any]
+    teacher: dict[str, Any]
+    wall_seconds: float
+    command: Optional[str] = None

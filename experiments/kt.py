@@ -1,0 +1,222 @@
+"""``curator bench kt``: the paper's comparison, end to end, on any target/pool pair.
+
+One seeded split of the target (few labels per class + val; the rest is test) drives five
+arms that share the student, its schedule and the transfer-set size:
+
+1. ``supervised``: the student on the labelled images alone;
+2. ``task-agnostic``: features matched to the frozen teacher on the retrieved set, then finetune;
+3. ``task-oriented-random``: the method on a uniform pool draw of the same size;
+4. ``task-oriented-retrieved``: the method on the query-balanced retrieved set (the paper);
+5. ``teacher``: the adapted teacher itself, the ceiling.
+
+Retrieval uses the pool index's own encoder; val and test images are contamination-excluded
+from both transfer sets. Teacher outputs are cached per backbone (``distill.cache``), so the
+teacher runs once per transfer set, whatever the seeds and arms. Every run is resumable:
+a finished run's report is reused, a killed one resumes from its checkpoints, and a larger
+``--seeds`` extends a finished bench. Per-seed paired differences say whether a lead beats noise.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+from curator import atomic
+from curator.curate import curate
+from curator.errors import CuratorError
+from curator.formats import (ArmResult, CurateParams, DistillConfig, DistillReport, KTConfig, KtResults, Paired,
+                             Stats, TransferManifest, load_doc, save_doc)
+from curator.queries import Query, embed_queries
+from curator.retrieval import PoolIndex
+from curator.transfer import read_manifest
+from distill import run_distill
+from distill.data import load_labelled
+
+from .kt_report import bar_chart, markdown
+
+#: The public protocol's pool (~10k images, fetched with ``curator samples fetch``): openclipart's
+#: clip-art beside KDE's Oxygen icons, which are unrelated to most targets (the web's distractors).
+KT_POOL = ("openclipart", "oxygen-icons")
+KT_TARGET = "tuxpaint"
+ARMS = ("supervised", "task-agnostic", "task-oriented-random", "task-oriented-retrieved", "teacher")
+#: (method, transfer set) of each trained arm; the teacher arm is read from arm 4's reports
+RUNS = {"supervised": ("supervised", None), "task-agnostic": ("task-agnostic", "retrieved"),
+        "task-oriented-random": ("task-oriented", "random"),
+        "task-oriented-retrieved": ("task-oriented", "retrieved")}
+
+
+def write_split(cfg: KTConfig, out: Path) -> Path:
+    """The seeded split as ``split.csv`` (path,label,split): every arm reads this one file."""
+    path = out / "split.csv"
+    if path.exists():
+        return path
+    data = load_labelled(cfg.target, labels_per_class=cfg.labels_per_class, val_per_class=cfg.val_per_class,
+                         seed=cfg.split_seed)
+    rows = [(str(Path(ref).resolve()), data.classes[label], split)
+            for split in ("train", "val", "test") for ref, label in data.splits[split]]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "label", "split"])
+            w.writerows(rows)
+    atomic.write_with(path, write)
+    return path
+
+
+def curate_sets(cfg: KTConfig, split: Path, out: Path) -> dict[str, TransferManifest]:
+    """The retrieved (balanced) and random transfer sets, same size, same exclusions."""
+    sets = out / "sets"
+    manifests = {name: sets / name / "manifest.json" for name in ("retrieved", "random")}
+    if all(p.exists() for p in manifests.values()):
+        return {name: read_manifest(sets / name) for name in manifests}
+    data = load_labelled(split)
+    pool = PoolIndex.open(cfg.index)
+
+    def queries(split_name: str) -> list[Query]:
+        return [Query(Path(ref).name, Path(ref).read_bytes(), data.classes[label])
+                for ref, label in data.splits[split_name]]
+    train, held_out = queries("train"), queries("val") + queries("test")
+    q_vecs, _ = embed_queries(pool.encoder(), train)
+    x_vecs, _ = embed_queries(pool.encoder(), held_out)
+    common = dict(query_vectors=q_vecs, exclude_vectors=x_vecs)
+    result = {}
+    for name, strategy in (("retrieved", "balanced"), ("random", "random")):
+        budget = cfg.budget if name == "retrieved" else result["retrieved"].counts.emitted
+        if manifests[name].exists():
+            result[name] = read_manifest(sets / name)
+            continue
+        params = CurateParams(strategy=strategy, budget=budget, exclude_threshold=cfg.exclude_threshold,
+                              seed=cfg.split_seed)
+        result[name] = curate(pool, train, params, sets, set_id=name, **common)
+    return result
+
+
+def run_arm(cfg: KTConfig, arm: str, seed: int, split: Path, out: Path) -> DistillReport:
+    method, transfer = RUNS[arm]
+    run_dir = out / "runs" / arm / f"seed{seed}"
+    if (run_dir / "report.json").exists():
+        return load_doc(run_dir / "report.json", DistillReport)
+    # the supervised arm trains as many student steps as the others (b + c), all on the labels
+    steps_c = cfg.steps_c + (cfg.steps_b if method == "supervised" else 0)
+    dc = DistillConfig(labelled=str(split), transfer=str(out / "sets" / transfer) if transfer else None,
+                       out=str(run_dir), method=method, teacher=cfg.teacher, teacher_mode=cfg.teacher_mode,
+                       student=cfg.student, student_init=cfg.student_init, student_size=cfg.student_size,
+                       steps_a=cfg.steps_a, steps_b=cfg.steps_b,
+                       steps_c=steps_c, mix_labelled=cfg.mix_labelled, batch_size=cfg.batch_size, lr_student=cfg.lr_student,
+                       lr_finetune=cfg.lr_finetune, temperature=cfg.temperature,
+                       cache_teacher=cfg.cache_views if method != "supervised" else 0,
+                       cache_dir=str(out / "cache"), seed=seed, ckpt_every=max(50, cfg.steps_b // 8),
+                       device=cfg.device, workers=cfg.workers,
+                       progress=cfg.progress)
+    return run_distill(dc)
+
+
+def _stats(values: list[float]) -> Stats:
+    return Stats(mean=round(statistics.fmean(values), 4),
+                 std=round(statistics.stdev(values), 4) if len(values) > 1 else 0.0, values=values)
+
+
+def _paired(mine: list[float], theirs: list[float]) -> Paired:
+    """Per-seed differences (the arms share each seed), so a reader can tell a lead from seed
+    noise: the mean difference, its standard error, and the seeds it wins."""
+    diffs = [a - b for a, b in zip(mine, theirs)]
+    sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return Paired(mean_difference=round(statistics.fmean(diffs), 4), sem=round(sem, 4) if sem is not None else None,
+                  wins=sum(d > 0 for d in diffs), seeds=len(diffs))
+
+
+def _arm(cfg: KTConfig, arm: str, runs: list[DistillReport], sets: dict[str, TransferManifest]) -> ArmResult:
+    if arm == "teacher":
+        finals = [{"test": r.teacher.test, "val": r.teacher.val} for r in runs]
+        compute = {"teacher_forward_passes": None, "student_steps": 0, "wall_seconds": None}
+    else:
+        finals = [r.student.final for r in runs]
+        transfer = RUNS[arm][1]
+        # the teacher labels each transfer view once; every seed (and arm) on that set reuses it
+        compute = {"teacher_forward_passes": sets[transfer].counts.emitted * cfg.cache_views if transfer else 0,
+                   "student_steps": sum((r.stages["b"].steps if "b" in r.stages else 0) + r.stages["c"].steps
+                                        for r in runs) // len(runs),
+                   "wall_seconds": round(sum(r.wall_seconds or 0.0 for r in runs), 1)}
+    return ArmResult(test_accuracy=_stats([f["test"].accuracy for f in finals]),
+                     test_mean_per_class_accuracy=_stats([f["test"].mean_per_class_accuracy for f in finals]),
+                     val_accuracy=_stats([f["val"].accuracy for f in finals]), **compute)
+
+
+def summarise(cfg: KTConfig, reports: dict[str, list[DistillReport]], sets: dict[str, TransferManifest],
+              wall: float, command: Optional[str] = None) -> KtResults:
+    """results.json: per arm, test (and val) accuracy over seeds, and what each arm cost."""
+    arms = {arm: _arm(cfg, arm, runs, sets) for arm, runs in reports.items()}
+    mean = {a: arms[a].test_accuracy.mean for a in arms}
+    paper, others = "task-oriented-retrieved", ("supervised", "task-agnostic", "task-oriented-random")
+    metrics = ("test_accuracy", "test_mean_per_class_accuracy")
+    student, teacher = reports["supervised"][0].student, reports["task-oriented-retrieved"][0].teacher
+    return KtResults(
+        config=cfg, arms=arms, command=command, wall_seconds=round(wall, 1),
+        orderings={f"{paper} > {other}": mean[paper] > mean[other] for other in others},
+        paired={f"{paper} - {other}": {m: _paired(getattr(arms[paper], m).values, getattr(arms[other], m).values)
+                                       for m in metrics} for other in others},
+        transfer_sets={name: {"images": m.counts.emitted, "excluded": m.counts.excluded, "deduped": m.counts.deduped}
+                       for name, m in sets.items()},
+        student=student.model_dump(include={"name", "size", "params", "flops", "latency_ms_cpu_batch1"}),
+        teacher=teacher.model_dump(include={"spec", "mode", "params", "flops", "latency_ms_batch1", "latency_device"}))
+
+
+def check_saved(path: Path, cfg: KTConfig) -> None:
+    """Refuse a folder that holds another bench, naming each setting that differs. Only ``seeds``
+    may change (more seeds extend a finished bench); knobs added to KTConfig since the folder was
+    written read as their defaults, so an older finished bench stays extendable."""
+    mine = cfg.model_dump(exclude={"progress", "seeds"})
+    if not path.exists():
+        return
+    saved = {k: v for k, v in json.loads(path.read_text()).items() if k != "seeds"}
+    saved = {**{k: KTConfig.model_fields[k].default for k in mine if k not in saved}, **saved}
+    diff = [f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(saved) | set(mine))
+            if saved.get(k) != mine.get(k)]
+    if diff:
+        raise CuratorError(f"{path.parent} holds a bench with other settings ({'; '.join(diff)}); use a fresh --out "
+                           "to start over (only --seeds may change: more seeds reuse the finished ones)")
+
+
+def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
+    """The whole bench; returns results.json's content (also written with results.md, chart.png)."""
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    saved = out / "kt-config.json"
+    check_saved(saved, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(saved, cfg.model_dump(exclude={"progress", "seeds"}))
+    split = write_split(cfg, out)
+    sets = curate_sets(cfg, split, out)
+    if not sets["retrieved"].counts.emitted:
+        raise CuratorError("retrieval returned no images: is the pool index empty?")
+    reports: dict[str, list[DistillReport]] = {arm: [] for arm in ARMS}
+    for seed in range(cfg.seeds):
+        for arm in RUNS:
+            reports[arm].append(run_arm(cfg, arm, seed, split, out))
+        reports["teacher"].append(reports["task-oriented-retrieved"][-1])
+    results = summarise(cfg, reports, sets, time.perf_counter() - t0, command)
+    save_doc(out / "results.json", results)
+    atomic.write_text(out / "results.md", markdown(results, command))
+    bar_chart(results, out / "chart.png")
+    return results
+
+
+def prepare_inputs(target: Optional[str], pool: Optional[list[str]], index: Optional[str], cfg: KTConfig,
+                   progress: bool = True) -> tuple[str, str]:
+    """The target folder and the pool index: the public protocol's samples when no target is
+    given, and the pool indexed once into ``OUT/index`` when no index is."""
+    from curator.samples import fetch_samples
+
+    if not target:
+        fetched = fetch_samples((KT_TARGET,) + KT_POOL)
+        target, pool = str(fetched[KT_TARGET]), [str(fetched[name]) for name in KT_POOL]
+    if not index:
+        from index_builder import BuildConfig, build_index
+
+        index = str(Path(cfg.out) / "index")
+        build_index(pool, index, BuildConfig(encoder=cfg.index_encoder, device=cfg.device, progress=progress))
+    return target, index
