@@ -88,7 +88,7 @@ async def _read_json(request: Request, limits: Limits, dim: int) -> Parsed:
         vectors = check_vectors(body.embeddings, dim)
     except CuratorError as exc:
         raise reject(422, str(exc))
-    labels = body.labels or [None] * len(vectors)
+    labels = body.labels if body.labels is not None else [None] * len(vectors)
     if len(labels) != len(vectors):
         raise reject(422, f"{len(labels)} labels for {len(vectors)} embeddings")
     return [Query(f"embedding-{i}", b"", lab) for i, lab in enumerate(labels)], vectors, body.params

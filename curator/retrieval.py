@@ -137,9 +137,19 @@ class PoolIndex:
     def cells(self, vectors: np.ndarray, n: int) -> Optional[np.ndarray]:
         """The ``n`` nearest IVF cells of each vector (the index's own coarse quantizer)."""
         ivf = self._ivf()
-        if ivf is None or ivf.d != vectors.shape[1]:  # a pre-transform (PCA/OPQ) changed the space
+        if ivf is None:
             return None
-        return ivf.quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), n)[1]
+        return ivf.quantizer.search(self._pre_transformed(vectors), n)[1]
+
+    def _pre_transformed(self, vectors: np.ndarray) -> np.ndarray:
+        """Vectors in the IVF layer's space: through the index's pre-transforms (PCA, OPQ), if any."""
+        faiss = import_faiss()
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        index = faiss.downcast_index(self.index)
+        if isinstance(index, faiss.IndexPreTransform):
+            for i in range(index.chain.size()):
+                x = index.chain.at(i).apply(x)
+        return x
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         keep = ids >= 0

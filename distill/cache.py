@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from curator import atomic
+from curator.pipeline import Sample
 
 from .data import FixedViewDataset, collate_skip_bad
 
@@ -130,7 +131,9 @@ class CachedViews(Dataset):
         return len(self.cache)
 
     def __getitem__(self, k: int):
+        """``(tag, Sample)``, as every distill dataset yields (the views were decoded when cached)."""
         if self.give == "targets":
-            return torch.from_numpy(self.cache.targets[k].astype(np.float32)), int(self.cache.labels[k])
+            value = torch.from_numpy(self.cache.targets[k].astype(np.float32))
+            return int(self.cache.labels[k]), Sample(value, None, 0, 0)
         view = torch.from_numpy(self.cache.pixels[k]).float().div_(255)
-        return view, int(self.cache.labels[k]) if self.give == "labelled" else k
+        return (int(self.cache.labels[k]) if self.give == "labelled" else k), Sample(view, None, 0, 0)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from curator import atomic
+from curator.errors import CuratorError
 
 from . import dist
 
@@ -48,14 +49,19 @@ def to_device(batch: tuple, device: Optional[torch.device]) -> tuple:
 
 
 def forever(loader, device: Optional[torch.device] = None) -> Iterator:
-    """Endless batches (epoch after epoch), skipping empty ones, already on ``device``."""
+    """Endless batches (epoch after epoch), skipping empty ones, already on ``device``. An epoch in
+    which no sample could be loaded is an error, not an endless loop."""
     epoch = 0
     while True:
         if hasattr(loader.sampler, "set_epoch"):  # distributed: a new disjoint shard each epoch
             loader.sampler.set_epoch(epoch)
+        good = 0
         for batch in loader:
             if batch[0] is not None:
+                good += 1
                 yield to_device(batch, device)
+        if not good:
+            raise CuratorError(f"no sample of {len(loader.dataset)} could be loaded (every image failed to decode)")
         epoch += 1
 
 

@@ -32,8 +32,9 @@ def validate_config(body: DistillJobIn) -> dict:
 
 @router.post("/distill-jobs", status_code=201, response_model=DistillJobOut)
 def post_distill_job(body: DistillJobIn, key: CurateKey, store: StoreDep, settings: SettingsDep) -> dict:
+    config = validate_config(body)
     set_folder(body.transfer_set_id, store, settings)  # 404 unless the set exists
-    job_id = store.create_distill_job(validate_config(body), body.transfer_set_id, key.name if key else None)
+    job_id = store.create_distill_job(config, body.transfer_set_id, key.name if key else None)
     return store.get_distill_job(job_id)
 
 

@@ -3,22 +3,9 @@ import hashlib
 import pytest
 import webdataset as wds
 
-from conftest import pattern_image, png_bytes
+from helpers import write_tar, pattern_image, png_bytes
 from curator.errors import CuratorError
 from curator.pool import expand_tar_spec, input_kind, list_items, plan_tasks, read_range, scan_tar
-
-
-def write_tar(path, n, start=0, with_text=True):
-    blobs = {}
-    with wds.TarWriter(str(path)) as sink:
-        for i in range(start, start + n):
-            data = png_bytes(pattern_image(i), "PNG")
-            sample = {"__key__": f"{i:06d}", "png": data, "json": {"i": i}}
-            if with_text:
-                sample["txt"] = f"caption {i}"
-            sink.write(sample)
-            blobs[f"{i:06d}"] = data
-    return blobs
 
 
 def test_tar_items_are_one_ranged_read_away(tmp_path):

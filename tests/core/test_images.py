@@ -4,17 +4,9 @@ import struct
 import pytest
 from PIL import Image
 
-from conftest import pattern_image, png_bytes
+from helpers import png_header_only, pattern_image, png_bytes
 from curator.errors import BadImageError
 from curator.images import decode_image
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (a decompression bomb's first bytes)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_decodes_png_and_jpeg():

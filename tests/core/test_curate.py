@@ -10,14 +10,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import make_image_folder, pattern_image
+from helpers import make_image_folder, pattern_image
 from curator.cli import main
-from curator.curate import curate
+from curator.curate import curate as curate_set
 from curator.errors import CuratorError
-from curator.formats import CurateParams
+from curator.formats import CurateParams, dump_doc
 from curator.queries import Query, load_queries
 from curator.retrieval import PoolIndex
 from index_builder import BuildConfig, build_index
+
+
+def curate(*args, **kwargs) -> dict:
+    """The manifest in its JSON form, as manifest.json holds it."""
+    return dump_doc(curate_set(*args, **kwargs))
 
 # real ImageNet features: an untrained model maps these images to nearly one direction
 REAL_ENCODER = "packaged:efficientnet-lite0"

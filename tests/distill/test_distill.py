@@ -9,13 +9,19 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, make_image_folder
+from helpers import REPO, make_image_folder
 from curator.curate import curate
 from curator.formats import CurateParams
 from curator.queries import load_queries
 from curator.retrieval import PoolIndex
-from distill import DistillConfig, run_distill
-from distill.run import info_nce, kd_loss
+from curator.formats import DistillConfig, dump_doc
+from distill import run_distill as distill_run
+
+
+def run_distill(config, **kw) -> dict:
+    """The run's report as its JSON form, as report.json holds it."""
+    return dump_doc(distill_run(config, **kw))
+from distill.losses import info_nce, kd_loss
 from index_builder import BuildConfig, build_index
 
 STUDENT = "resnet18"
@@ -103,7 +109,7 @@ def test_config_mismatch_and_missing_transfer_are_clear(task, tiny_clip_spec, tm
     with pytest.raises(CuratorError, match="needs --transfer"):
         run_distill(cfg(task, tiny_clip_spec, tmp_path / "a", transfer=None))
     run_distill(cfg(task, tiny_clip_spec, tmp_path / "b", method="supervised"))
-    with pytest.raises(CuratorError, match="another config"):
+    with pytest.raises(CuratorError, match="other settings"):
         run_distill(cfg(task, tiny_clip_spec, tmp_path / "b", method="supervised", steps_c=7))
     if not torch.cuda.is_available():  # asking for a GPU that is not there never falls back to the CPU
         with pytest.raises(CuratorError, match="no CUDA GPU"):
@@ -135,7 +141,7 @@ def test_teacher_cache_is_reused_and_matches_the_teacher(task, tiny_clip_spec, t
     views = FixedViewDataset(transfer_items(task / "sets" / "t"), teacher.size, 2, 0)
     cached = np.load(cache_file)
     for k in (0, 7, 59):
-        view = views[k][0][None]
+        view = views[k][1].value[None]  # (tag, Sample): the core pipeline's item
         with torch.no_grad():
             online = teacher(view)[0]
             from_cache = teacher.logits_from_features(torch.from_numpy(cached["targets"][k:k + 1]).float())[0]
@@ -177,7 +183,6 @@ def test_parquet_table_and_student_checkpoint_init(task, tiny_clip_spec, tmp_pat
     path that is not there, is a clear error."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from pydantic import ValidationError
 
     from curator.errors import CuratorError
     from distill.data import load_labelled
@@ -202,5 +207,6 @@ def test_parquet_table_and_student_checkpoint_init(task, tiny_clip_spec, tmp_pat
     assert again["student"]["final"]["test"]["n"] == first["student"]["final"]["test"]["n"]
     with pytest.raises(CuratorError, match="no tensor matches"):
         Student("mobilenetv3_small_050", 3, 32, str(ckpt))
-    with pytest.raises(ValidationError, match="neither scratch"):
-        cfg(task, tiny_clip_spec, tmp_path / "x", student_init=str(tmp_path / "missing.pt"))
+    with pytest.raises(CuratorError, match="neither scratch"):
+        run_distill(cfg(task, tiny_clip_spec, tmp_path / "x", student_init=str(tmp_path / "missing.pt")))
+    assert not (tmp_path / "x").exists()  # nothing written before the inputs were checked

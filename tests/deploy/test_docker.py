@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 
 dockerfile = pytest.importorskip("dockerfile")
 

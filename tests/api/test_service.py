@@ -15,17 +15,13 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import REPO, make_image_folder, pattern_image, png_bytes
 from curator.client import CuratorClient, ServiceError
 from curator.retrieval import PoolIndex
-from test_images import png_header_only
+from helpers import (CURATE, READ, REAL_ENCODER, REPO, Server, free_port, make_image_folder, pattern_image,
+                     png_bytes, png_header_only)
 from index_builder import BuildConfig, build_index
 
-# real ImageNet features: an untrained model maps these images to nearly one direction
-REAL_ENCODER = "packaged:efficientnet-lite0"
-
-CURATE = "curate-key-0123456789abcdef"
-READ = "read-key-0123456789abcdef"
+pytestmark = pytest.mark.network_local  # starts a loopback HTTP server
 
 
 @pytest.fixture(scope="module")
@@ -35,43 +31,6 @@ def index_dir(tmp_path_factory):
     build_index([str(root / "pool")], root / "index", BuildConfig(encoder=REAL_ENCODER, workers=0, batch_size=64,
                                                                    progress=False))
     return root / "index"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, index_dir, data_dir, *extra):
-        self.index_dir, self.data_dir, self.extra = index_dir, data_dir, extra
-        self.keys = data_dir.parent / "keys.txt"
-        self.keys.write_text(f"alice:curate:{CURATE}\nbob:read:{READ}\n")
-        self.proc = None
-
-    def start(self):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "curator.cli", "serve", "--index", str(self.index_dir), "--data",
-             str(self.data_dir), "--port", str(self.port), "--api-keys", str(self.keys), *self.extra],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode()[-3000:])
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not come up")
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,11 @@ from functools import partial
 
 import pytest
 
-from conftest import pattern_image
+from helpers import pattern_image
 from curator.retrieval import PoolIndex
 from index_builder import BuildConfig, build_index
+
+pytestmark = pytest.mark.network_local  # starts a loopback HTTP server
 
 pytest.importorskip("img2dataset")
 

@@ -3,7 +3,7 @@ import json
 
 from PIL import Image
 
-from conftest import make_image_folder
+from helpers import make_image_folder
 from curator.cli import main
 from index_builder import BuildConfig, build_index
 
@@ -59,4 +59,4 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     assert paired["seeds"] == 2 and paired["sem"] is not None and 0 <= paired["wins"] <= 2
     assert "paired difference" in (tmp_path / "out" / "results.md").read_text()
     assert main(args[:-1] + ["--temperature", "2", "--json"]) != 0
-    assert "another config" in capsys.readouterr().err
+    assert "other settings" in capsys.readouterr().err

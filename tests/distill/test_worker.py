@@ -7,10 +7,12 @@ import time
 
 import pytest
 
-from conftest import REPO, make_image_folder
+from helpers import REPO, make_image_folder
 from curator.client import CuratorClient, ServiceError
 from index_builder import BuildConfig, build_index
-from test_service import CURATE, Server
+from helpers import CURATE, Server
+
+pytestmark = pytest.mark.network_local  # starts a loopback HTTP server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,13 @@ from curator.curate import curate
 from curator.formats import CurateParams
 from curator.queries import Query
 from curator.retrieval import PoolIndex
-from distill import DistillConfig, run_distill
+from curator.formats import DistillConfig, dump_doc
+from distill import run_distill as distill_run
+
+
+def run_distill(config, **kw) -> dict:
+    """The run's report as its JSON form, as report.json holds it."""
+    return dump_doc(distill_run(config, **kw))
 from distill.data import load_labelled
 from index_builder import BuildConfig, build_index
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, make_image_folder
+from helpers import REPO, make_image_folder
 from curator.formats import IndexManifest, load_doc
 from index_builder import BuildConfig, build_index
 

@@ -4,13 +4,13 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, pattern_image, png_bytes
+from helpers import make_image_folder, pattern_image, png_bytes
 from curator.cli import main
 from curator.errors import CuratorError, PlanMismatchError
 from curator.formats import BuildReport, IndexManifest, ShardDone, load_doc
 from curator.retrieval import PoolIndex
 from index_builder import BuildConfig, build_index
-from test_pool import write_tar
+from helpers import write_tar
 
 
 def opts(spec, **kw):

@@ -1,0 +1,92 @@
+"""The service in process (FastAPI's TestClient): request validation, without a socket."""
+import base64
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api import Settings, create_app
+from api.deps import get_settings
+from curator.formats import Limits
+from helpers import make_image_folder, pattern_image, png_bytes
+from index_builder import BuildConfig, build_index
+
+KEY = "inproc-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def client(tiny_clip_spec, tmp_path_factory):
+    root = tmp_path_factory.mktemp("inproc")
+    make_image_folder(root / "pool", 40, classes=2, seed=5)
+    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
+    (root / "keys.txt").write_text(f"carol:curate:{KEY}\n")
+    app = create_app(Settings(index_dir=root / "index", data_dir=root / "data", api_keys_file=root / "keys.txt"))
+    with TestClient(app, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        c.dim = app.state.pool.manifest.dim
+        yield c
+
+
+def curate_json(client, **body):
+    return client.post("/curate", json=body)
+
+
+def test_distill_job_config_is_validated_at_submit_naming_the_key(client):
+    r = client.post("/distill-jobs", json={"transfer_set_id": "ts-x", "labelled": "/data/l",
+                                           "config": {"labels_per_clas": 5}})
+    assert r.status_code == 422 and "labels_per_clas" in r.json()["detail"]
+    r = client.post("/distill-jobs", json={"transfer_set_id": "ts-x", "labelled": "/data/l",
+                                           "config": {"steps_b": -1}})
+    assert r.status_code == 422 and "steps_b" in r.json()["detail"]
+    r = client.post("/distill-jobs", json={"transfer_set_id": "ts-x", "labelled": "/d", "config": {"device": "cuda"}})
+    assert r.status_code == 422 and "worker fills them in" in r.json()["detail"]
+    # a valid config reaches the next check: the set must exist
+    r = client.post("/distill-jobs", json={"transfer_set_id": "ts-x", "labelled": "/d", "config": {"steps_b": 5}})
+    assert r.status_code == 404
+
+
+def test_json_and_multipart_share_one_params_model_and_its_limits(client):
+    limit = Limits().max_budget
+    r = curate_json(client, params={"budget": limit + 1}, embeddings=[[1.0] * client.dim])
+    assert r.status_code == 422 and "limit" in r.json()["detail"]
+    files = [("files", ("a.png", png_bytes(pattern_image(1, 96)), "image/png"))]
+    r = client.post("/curate", files=files, data={"params": f'{{"budget": {limit + 1}}}'})
+    assert r.status_code == 422
+    r = curate_json(client, params={"per_query": 10**22}, embeddings=[[1.0] * client.dim])
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("body", [
+    {"embeddings": [[0.1, 0.2], [0.1]]},                                        # ragged
+    {"params": {"strategy": "nope"}, "embeddings": None},                       # unknown strategy
+    {"params": {"strategy": "class-balanced"}, "embeddings": "DIM"},            # no labels for the strategy
+    {"params": {"seed": -1}, "embeddings": "DIM"},
+    {"embeddings": "DIM", "labels": []},                                        # labels of the wrong length
+])
+def test_bad_curate_bodies_are_422(client, body):
+    body = {k: ([[1.0] * client.dim] if v == "DIM" else v) for k, v in body.items()}
+    r = curate_json(client, **body)
+    assert r.status_code == 422, r.text
+
+
+def test_unknown_json_content_type_is_refused(client):
+    r = client.post("/curate", content=b"{}", headers={"content-type": "application/jsonfoo"})
+    assert r.status_code == 415
+
+
+def test_a_curation_round_trip_in_process(client):
+    data = base64.b64encode(png_bytes(pattern_image(3, 96))).decode()
+    r = client.post("/curate?wait=true", json={"params": {"per_query": 3}, "images": [{"name": "q.png", "data": data}]})
+    assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text
+    manifest = client.get(f"/transfer-sets/{r.json()['transfer_set_id']}/manifest").json()
+    assert manifest["counts"]["emitted"] == 3 and "path" not in manifest["index"]  # a name, never a server path
+
+
+def test_dependencies_can_be_overridden(client):
+    """Routes take typed dependencies from app.state, so a test can swap one (here: tighter limits)."""
+    app = client.app
+    tight = Settings(**{**app.state.settings.__dict__, "limits": Limits(max_k=3)})
+    app.dependency_overrides[get_settings] = lambda: tight
+    try:
+        assert client.get("/search?item_id=0&k=5").status_code == 422
+        assert client.get("/search?item_id=0&k=3").status_code == 200
+    finally:
+        app.dependency_overrides.clear()

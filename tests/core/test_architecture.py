@@ -1,0 +1,61 @@
+"""The house rules (docs/architecture.md): wings import the core, never each other; the core
+imports no wing, except the CLI's command modules, which load a wing lazily inside ``run``;
+experiments sit above the wings; no test module imports another."""
+import ast
+
+import pytest
+
+from helpers import REPO
+
+WINGS = ("index_builder", "api", "distill")
+ABOVE = "experiments"   # composes wings (never the service); nothing imports it but the CLI
+
+
+def imports_of(path, top_level_only=False):
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            yield from (alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]
+
+
+@pytest.mark.parametrize("wing", WINGS)
+def test_wings_do_not_import_each_other_or_experiments(wing):
+    for path in (REPO / wing).rglob("*.py"):
+        others = set(imports_of(path)) & (set(WINGS) - {wing} | {ABOVE})
+        assert not others, f"{path.relative_to(REPO)} imports {others}"
+
+
+def test_core_imports_no_wing_except_lazily_in_commands():
+    for path in (REPO / "curator").rglob("*.py"):
+        rel = path.relative_to(REPO)
+        if rel.parts[:2] == ("curator", "commands") or rel.name == "cli.py":
+            top = set(imports_of(path, top_level_only=True)) & (set(WINGS) | {ABOVE})
+            assert not top, f"{rel} must import wings inside run(), not at the top ({top})"
+        else:
+            wings = set(imports_of(path)) & (set(WINGS) | {ABOVE})
+            assert not wings, f"{rel} imports {wings}"
+
+
+def test_experiments_never_reach_into_the_service():
+    for path in (REPO / ABOVE).rglob("*.py"):
+        assert "api" not in set(imports_of(path)), f"{path.relative_to(REPO)} imports the service wing"
+
+
+def test_no_test_module_imports_another():
+    for path in (REPO / "tests").rglob("*.py"):
+        names = set(imports_of(path))
+        assert not {n for n in names if n.startswith("test_") or n == "conftest"}, \
+            f"{path.relative_to(REPO)} imports a test module; shared code belongs in tests/helpers.py"
+
+
+def test_documents_cross_boundaries_as_core_models():
+    """Every document's model is defined in the core's formats package, not in a wing."""
+    for wing in WINGS + (ABOVE,):
+        for path in (REPO / wing).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            formats = [n.value.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                       and isinstance(n.value, str) and n.value.startswith("curator.") and "/" in n.value]
+            assert not formats, f"{path.relative_to(REPO)} defines document formats {formats}; move them to curator.formats"

@@ -1,0 +1,123 @@
+"""Shared test helpers: generated images and shards, and a real server process on loopback.
+
+Test modules import these from here (never from each other or from conftest)."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from curator.specs import SMALL_ENCODER
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+# real ImageNet features: an untrained model maps these images to nearly one direction
+REAL_ENCODER = SMALL_ENCODER
+
+CURATE = "curate-key-0123456789abcdef"
+READ = "read-key-0123456789abcdef"
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def pattern_image(seed: int, size: int = 48) -> Image.Image:
+    """A distinct image per seed: a colour field with a seeded block pattern."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, 3)
+    arr = np.tile(base, (size, size, 1)).astype(np.uint8)
+    for _ in range(4):
+        x, y = rng.integers(0, size - 8, 2)
+        arr[y:y + 8 + seed % 8, x:x + 8] = rng.integers(0, 256, 3)
+    return Image.fromarray(arr)
+
+
+def make_image_folder(root: Path, n: int, *, classes: int = 3, seed: int = 0) -> list[Path]:
+    paths = []
+    for i in range(n):
+        path = root / f"class{i % classes}" / f"img{i:04d}.{'jpg' if i % 2 else 'png'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pattern_image(seed * 100_000 + i).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_tar(path, n, start=0, with_text=True):
+    blobs = {}
+    with wds.TarWriter(str(path)) as sink:
+        for i in range(start, start + n):
+            data = png_bytes(pattern_image(i), "PNG")
+            sample = {"__key__": f"{i:06d}", "png": data, "json": {"i": i}}
+            if with_text:
+                sample["txt"] = f"caption {i}"
+            sink.write(sample)
+            blobs[f"{i:06d}"] = data
+    return blobs
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb's first bytes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, index_dir, data_dir, *extra):
+        self.index_dir, self.data_dir, self.extra = index_dir, data_dir, extra
+        self.keys = data_dir.parent / "keys.txt"
+        self.keys.write_text(f"alice:curate:{CURATE}\nbob:read:{READ}\n")
+        self.proc = None
+
+    def start(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "curator.cli", "serve", "--index", str(self.index_dir), "--data",
+             str(self.data_dir), "--port", str(self.port), "--api-keys", str(self.keys), *self.extra],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read().decode()[-3000:])
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not come up")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+
+
