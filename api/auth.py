@@ -32,14 +32,15 @@ def _digest(secret: str) -> str:
 
 
 class KeyRing:
-    def __init__(self, entries: list[str]):
+    def __init__(self, entries: list[tuple[str, str]]):
+        """``entries``: (where, entry) pairs; ``where`` names the entry in errors (file and line)."""
         self._keys: dict[str, ApiKey] = {}
-        for n, entry in enumerate(e.strip() for e in entries):
+        for where, entry in ((w, e.strip()) for w, e in entries):
             if not entry or entry.startswith("#"):
                 continue
             parts = entry.split(":", 2)
             if len(parts) != 3 or not parts[2]:
-                raise CuratorError(f"API key entry {n + 1} must be name:scopes:secret")
+                raise CuratorError(f"API key {where} must be name:scopes:secret")
             name, scopes, secret = parts
             unknown = set(scopes.split(",")) - set(SCOPES)
             if unknown:
@@ -50,12 +51,14 @@ class KeyRing:
 
     @classmethod
     def load(cls, path: Optional[Path]) -> "KeyRing":
-        entries = os.environ.get("CURATOR_API_KEYS", "").split(";")
+        entries = [(f"entry {n} of $CURATOR_API_KEYS", e)
+                   for n, e in enumerate(os.environ.get("CURATOR_API_KEYS", "").split(";"), 1)]
         if path is not None:
             try:
-                entries += Path(path).read_text().splitlines()
+                lines = Path(path).read_text().splitlines()
             except OSError as exc:
                 raise CuratorError(f"cannot read API keys from {path}: {exc.strerror}") from None
+            entries += [(f"on line {n} of {path}", line) for n, line in enumerate(lines, 1)]
         return cls(entries)
 
     def __len__(self) -> int:

@@ -64,7 +64,14 @@ class JobRunner:
         self._cancel[job_id] = threading.Event()
         future = self.executor.submit(self._run, job_id)
         self._futures[job_id] = future
+        future.add_done_callback(lambda _: self._forget(job_id))
         return future
+
+    def _forget(self, job_id: str) -> None:
+        """A finished job's event and future go (its outcome is in the store): the maps stay the size
+        of the work in flight, not of every job ever run."""
+        self._cancel.pop(job_id, None)
+        self._futures.pop(job_id, None)
 
     def cancel(self, job_id: str) -> bool:
         event = self._cancel.get(job_id)
@@ -90,7 +97,7 @@ class JobRunner:
         if job is None or job["state"] != "queued":
             return
         self.store.update_job(job_id, state="running", phase="embed", progress=0.0)
-        cancelled = self._cancel[job_id].is_set
+        cancelled = self._cancel[job_id].is_set if job_id in self._cancel else (lambda: False)
         last = [0.0]
 
         def progress(phase: str, fraction: float) -> None:

@@ -5,7 +5,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from curator.formats import CurateParams, FiniteFloat
+from curator.formats import CurateParams, FiniteFloat, iso
+from curator.retrieval import Hit
 
 
 class _Body(BaseModel):
@@ -66,13 +67,13 @@ class JobOut(BaseModel):
     error: Optional[str] = None
     transfer_set_id: Optional[str] = None
     transfer_set_url: Optional[str] = None
-    created_at: float
-    updated_at: float
+    created_at: str = Field(description="ISO 8601, UTC")
+    updated_at: str
 
     @classmethod
     def from_row(cls, job: dict) -> "JobOut":
         url = f"/transfer-sets/{job['transfer_set_id']}" if job.get("transfer_set_id") else None
-        return cls(**{k: job[k] for k in cls.model_fields if k in job}, transfer_set_url=url)
+        return cls(**{k: job[k] for k in cls.model_fields if k in job} | _times(job), transfer_set_url=url)
 
 
 class DistillJobOut(BaseModel):
@@ -82,42 +83,40 @@ class DistillJobOut(BaseModel):
     config: dict[str, Any]
     transfer_set_id: str
     worker: Optional[str] = None
-    lease_expires: Optional[float] = None
+    lease_expires: Optional[str] = None
     attempts: int = 0
     report: Optional[dict[str, Any]] = None
     student_url: Optional[str] = None
     error: Optional[str] = None
-    created_at: float
-    updated_at: float
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_row(cls, job: dict) -> "DistillJobOut":
+        return cls(**{k: job[k] for k in cls.model_fields if k in job} | _times(job))
+
+
+def _times(row: dict) -> dict:
+    return {k: iso(row[k]) for k in ("created_at", "updated_at", "lease_expires") if k in row}
 
 
 class SetSummary(BaseModel):
     id: str
     job_id: Optional[str] = None
     counts: dict[str, Any]
-    created_at: float
+    created_at: str
     manifest_sha256: str
     manifest_url: str
 
     @classmethod
     def from_row(cls, row: dict) -> "SetSummary":
-        return cls(id=row["id"], job_id=row["job_id"], counts=row["counts"], created_at=row["created_at"],
+        return cls(id=row["id"], job_id=row["job_id"], counts=row["counts"], created_at=iso(row["created_at"]),
                    manifest_sha256=row["manifest_sha256"], manifest_url=f"/transfer-sets/{row['id']}/manifest")
-
-
-class HitOut(BaseModel):
-    id: int
-    score: float
-    key: str
-    source: str
-    offset: int
-    size: int
-    caption: Optional[str] = None
 
 
 class SearchOut(BaseModel):
     k: int
-    hits: list[HitOut]
+    hits: list[Hit]
 
 
 class HealthOut(BaseModel):

@@ -141,6 +141,13 @@ class Store:
                                    (*fields.values(), job_id, worker))
         return cur.rowcount == 1
 
+    def cancel_distill_job(self, job_id: str) -> bool:
+        """A queued or running job becomes cancelled (a running worker loses its lease at its next beat)."""
+        now = time.time()
+        cur = self._conn().execute("UPDATE distill_jobs SET state = 'cancelled', error = 'cancelled by the caller', "
+                                   "updated_at = ? WHERE id = ? AND state IN ('queued', 'running')", (now, job_id))
+        return cur.rowcount == 1
+
     def get_distill_job(self, job_id: str) -> Optional[dict]:
         row = self._conn().execute("SELECT * FROM distill_jobs WHERE id = ?", (job_id,)).fetchone()
         return _distill(row) if row else None

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curator.encoders import create_encoder  # noqa: E402
 from curator.curate import curate  # noqa: E402
-from curator.formats import ITEM_SCHEMA, CurateParams, EncoderInfo, ShardDone, ShardTask  # noqa: E402
+from curator.formats import ITEM_SCHEMA, CurateParams, dump_doc, EncoderInfo, ShardDone, ShardTask  # noqa: E402
 from curator.pool import list_folder_images  # noqa: E402
 from curator.queries import Query, embed_queries  # noqa: E402
 from curator.retrieval import PoolIndex  # noqa: E402
@@ -83,7 +83,7 @@ def run_curation(index_dir: Path, qv: np.ndarray, per_query: int, out: Path, set
     shutil.rmtree(out / set_id, ignore_errors=True)
     t0 = time.perf_counter()
     manifest = curate(pool, queries, CurateParams(per_query=per_query), out, query_vectors=qv, set_id=set_id)
-    return manifest, time.perf_counter() - t0
+    return dump_doc(manifest), time.perf_counter() - t0
 
 
 def server_latency(index_dir: Path, work: Path, image: Path, n: int = 60) -> dict:

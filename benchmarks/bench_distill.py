@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill import DistillConfig, run_distill  # noqa: E402
+from curator.formats import DistillConfig, dump_doc  # noqa: E402
+from distill import run_distill  # noqa: E402  # noqa: E402
 from distill.data import load_labelled  # noqa: E402
 from curator.curate import curate  # noqa: E402
 from curator.formats import CurateParams  # noqa: E402
@@ -46,8 +47,8 @@ def main() -> None:
         (labelled / cat.name).symlink_to(cat.resolve(), target_is_directory=True)
     data = load_labelled(labelled, labels_per_class=5, val_per_class=2, seed=args.seed)
     q = lambda split: [Query(p, open(p, "rb").read(), data.classes[y]) for p, y in data.splits[split]]
-    m = curate(PoolIndex.open(demo / "index"), q("train"), CurateParams(per_query=10), args.work / "sets",
-               exclude=q("val") + q("test"), set_id="t")
+    m = dump_doc(curate(PoolIndex.open(demo / "index"), q("train"), CurateParams(per_query=10), args.work / "sets",
+                        exclude=q("val") + q("test"), set_id="t"))
     base = dict(labelled=str(labelled), labels_per_class=5, val_per_class=2, transfer=str(args.work / "sets" / "t"),
                 teacher="packaged:efficientnet-lite0", student="mobilenetv3_small_100", student_size=64,
                 steps_a=60, steps_b=args.steps_b, steps_c=60, seed=args.seed, progress=False)
@@ -55,8 +56,8 @@ def main() -> None:
     for name, extra in [("supervised", {"method": "supervised"}), ("task-oriented, online teacher", {}),
                         (f"task-oriented, cached teacher ({args.views} views)", {"cache_teacher": args.views})]:
         t0 = time.perf_counter()
-        r = run_distill(DistillConfig(out=str(args.work / f"{name.split(',')[0].replace(' ', '-')}-{len(rows)}"),
-                                      **base, **extra))
+        r = dump_doc(run_distill(DistillConfig(out=str(args.work / f"{name.split(',')[0].replace(' ', '-')}-{len(rows)}"),
+                                      **base, **extra)))
         b = r["stages"].get("b", {})
         rows.append((name, r["student"]["final"]["test"], b.get("seconds"), b.get("teacher_forward_passes"),
                      time.perf_counter() - t0, (r.get("teacher") or {}).get("test")))

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curator.encoders import create_encoder  # noqa: E402  (applies the torchvision shim)
+from curator.formats import dump_doc  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -86,7 +87,8 @@ def bench_embed(data: Path, batch: int, workers: int, repeat: int) -> list[dict]
 
 def bench_distill(data: Path, work: Path, steps_b: int, batch: int, workers: int, views: int,
                   only: tuple = (0, 1, 2)) -> list[dict]:
-    from distill import DistillConfig, run_distill
+    from curator.formats import DistillConfig
+    from distill import run_distill
 
     base = dict(labelled=str(data / "split.csv"), transfer=str(data / "sets" / "retrieved"),
                 teacher="packaged:efficientnet-lite2", student="mobilenetv3_small_100", student_size=64,
@@ -97,8 +99,8 @@ def bench_distill(data: Path, work: Path, steps_b: int, batch: int, workers: int
              (f"cached teacher ({views} views), bf16", {"cache_teacher": views}))
     for name, extra in (modes[k] for k in only):
         t0 = time.perf_counter()
-        r = run_distill(DistillConfig(out=str(work / f"run{len(rows)}"), cache_dir=str(work / "cache"),
-                                      **base, **extra))
+        r = dump_doc(run_distill(DistillConfig(out=str(work / f"run{len(rows)}"), cache_dir=str(work / "cache"),
+                                      **base, **extra)))
         b = r["stages"]["b"]
         rows.append({"mode": name, "stage_b_seconds": b["seconds"], "stage_b_img_s": round(b["images"] / b["seconds"]),
                      "teacher_forward_passes": b["teacher_forward_passes"], "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -110,7 +112,8 @@ def bench_distill(data: Path, work: Path, steps_b: int, batch: int, workers: int
 
 def _kt_arm(cfg_json: str, arm: str, seed: int) -> None:
     """One trained arm of one seed, in a process of its own (runs side by side on one GPU)."""
-    from distill.kt import KTConfig, run_arm
+    from curator.formats import KTConfig
+    from experiments.kt import run_arm
 
     cfg = KTConfig.model_validate_json(cfg_json)
     run_arm(cfg, arm, seed, Path(cfg.out) / "split.csv", Path(cfg.out))
@@ -126,7 +129,8 @@ def bench_kt(data: Path, work: Path, args) -> dict:
     import multiprocessing as mp
     import shutil
 
-    from distill.kt import RUNS, KTConfig, run_kt
+    from curator.formats import KTConfig
+    from experiments.kt import RUNS, run_kt
 
     if not (work / "sets").exists():
         work.mkdir(parents=True, exist_ok=True)
@@ -156,7 +160,8 @@ def report_kt(doc: dict, commit: str) -> None:
     """BENCHMARKS.md's gpu-kt section from a ``--parts kt`` JSON."""
     from report import update_section
 
-    from distill.kt import markdown
+    from curator.formats import KtResults
+    from experiments.kt_report import markdown
 
     c = doc["kt"]["config"]
     body = (f"## Knowledge transfer at GPU scale on {doc['device'].split(' (')[0]} (`bench_gpu.py --parts kt`)\n\n"
@@ -164,7 +169,7 @@ def report_kt(doc: dict, commit: str) -> None:
             + "Versus the CPU bench: {v} cached views per transfer image (CPU: 2), steps a/b/c {a}/{b}/{c} "
             "(CPU: 300/500/200), batch {bs} (CPU: 64); same packed split and transfer sets, same student.\n\n".format(
                 v=c["cache_views"], a=c["steps_a"], b=c["steps_b"], c=c["steps_c"], bs=c["batch_size"])
-            + markdown(doc["kt"]))
+            + markdown(KtResults.model_validate(doc["kt"])))
     update_section("gpu-kt", body)
     print(body)
 
@@ -243,7 +248,7 @@ def main() -> None:
             doc["distill"] = bench_distill(args.data, Path(work), args.steps_b, args.batch, args.workers, args.views,
                                            tuple(args.modes))
         if "kt" in args.parts:
-            doc["kt"] = bench_kt(args.data, args.kt_work, args)
+            doc["kt"] = dump_doc(bench_kt(args.data, args.kt_work, args))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2))
 

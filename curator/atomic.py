@@ -12,6 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+#: The process umask, read once at import (reading it means setting it; doing so later could race
+#: with threads creating files). Temp files are created 0600; the final file gets the mode a
+#: plain ``open()`` would have given it, so a service running as another user can read it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
@@ -26,6 +33,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():

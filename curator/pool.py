@@ -33,7 +33,9 @@ class PoolItem(NamedTuple):
 
 def input_kind(spec: str) -> str:
     """Classify one ``--input``: ``folder``, ``tar`` (a path, URL or brace pattern) or ``urls``."""
-    lowered = spec.lower().split("?")[0]
+    lowered = spec.lower()
+    if "://" in lowered:  # a URL's query string is not part of its name; in a path, "?" is a glob
+        lowered = lowered.split("?")[0]
     if lowered.endswith(URL_LIST_SUFFIXES):
         return "urls"
     if lowered.endswith(".tar"):
@@ -110,9 +112,22 @@ def list_items(task: ShardTask) -> list[PoolItem]:
                 size = os.path.getsize(path)
             except OSError:
                 size = -1  # vanished since planning; the reader reports it as missing
-            items.append(PoolItem(rel, path, 0, size))
+            items.append(PoolItem(rel, path, 0, size, caption=_caption_beside(path)))
         return items
     return scan_tar(task.source)
+
+
+def _caption_beside(path: str, limit: int = 4096) -> Optional[str]:
+    """The caption of a folder image: ``NAME.txt`` (or ``.caption``) beside it, as img2dataset and
+    Tux Paint write them; None when there is none."""
+    stem = os.path.splitext(path)[0]
+    for ext in CAPTION_EXTENSIONS:
+        try:
+            with open(f"{stem}.{ext}", "rb") as fh:
+                return fh.read(limit).decode("utf-8", errors="replace").strip() or None
+        except OSError:
+            continue
+    return None
 
 
 def scan_tar(url: str) -> list[PoolItem]:

@@ -31,6 +31,8 @@ class Query:
 def load_queries(path: str | Path) -> list[Query]:
     """Queries from a folder (sub-folders are labels) or a CSV/parquet of ``path,label``."""
     path = Path(path)
+    if not path.exists():
+        raise CuratorError(f"{path} does not exist")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
         if not files:
@@ -59,7 +61,7 @@ def _read_table(path: Path) -> list[dict]:
     if path.suffix.lower() in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
-    raise CuratorError(f"{path}: queries must be a folder, .csv, .tsv or .parquet")
+    raise CuratorError(f"{path}: queries must be a folder, .csv, .tsv, .parquet or (embeddings) .npy")
 
 
 def query_views(img: Image.Image, crops: int, seed: int) -> list[Image.Image]:

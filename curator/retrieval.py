@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel
 
 from .errors import CuratorError
 from .faiss_support import import_faiss
@@ -24,18 +24,18 @@ from .images import DEFAULT_MAX_PIXELS, decode_image
 from .pool import read_range
 
 
-@dataclass
-class Hit:
+class Hit(BaseModel):
+    """One search result: the pool item, its score, and where its original bytes are."""
     id: int
     score: float
     key: str
     source: str
     offset: int
     size: int
-    caption: Optional[str]
+    caption: Optional[str] = None
 
     def as_dict(self) -> dict:
-        return self.__dict__.copy()
+        return self.model_dump()
 
 
 class PoolIndex:
@@ -154,8 +154,8 @@ class PoolIndex:
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         keep = ids >= 0
         rows = self.items.take(pa.array(ids[keep])).to_pydict()
-        return [Hit(int(i), float(s), rows["key"][n], rows["source"][n], rows["offset"][n], rows["size"][n],
-                    rows["caption"][n]) for n, (i, s) in enumerate(zip(ids[keep], scores[keep]))]
+        return [Hit(id=int(i), score=float(s), key=rows["key"][n], source=rows["source"][n], offset=rows["offset"][n],
+                    size=rows["size"][n], caption=rows["caption"][n]) for n, (i, s) in enumerate(zip(ids[keep], scores[keep]))]
 
     def fetch(self, item_id: int) -> bytes:
         """The original bytes of pool item ``item_id``: one ranged read."""

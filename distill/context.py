@@ -34,6 +34,7 @@ class RunContext:
     stages: dict[str, StageReport] = field(default_factory=dict)
     teacher_report: Optional[TeacherReport] = None
     after_b: Optional[dict] = None
+    label: str = ""                           # prefixes progress bars (bench kt: which arm and seed)
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -46,7 +47,8 @@ class RunContext:
         self.evals_s = {s: self.loader(self.data.splits[s], cfg.student_size, False)
                         for s in ("val", "test") if self.data.splits.get(s)}
         self.common = dict(ckpt_dir=self.out / "checkpoints", logger=self.logger, ckpt_every=cfg.ckpt_every,
-                           progress=cfg.progress and dist.is_main(), autocast=self.autocast)
+                           progress=cfg.progress and dist.is_main(), autocast=self.autocast,
+                           progress_label=self.label)
         # one decode worker at least: decoding overlaps the teacher's forward passes
         self.cache_opts = dict(student_size=cfg.student_size, view_seed=cfg.view_seed, batch_size=cfg.batch_size,
                                workers=max(1, cfg.workers), progress=cfg.progress and dist.is_main(),

@@ -57,8 +57,9 @@ def clear_run(out: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def run_distill(cfg: DistillConfig, overwrite: bool = False) -> DistillReport:
-    """One run; under ``torchrun --nproc_per_node N`` it trains data-parallel on N processes."""
+def run_distill(cfg: DistillConfig, overwrite: bool = False, label: str = "") -> DistillReport:
+    """One run; under ``torchrun --nproc_per_node N`` it trains data-parallel on N processes.
+    ``label`` prefixes its progress bars (e.g. which arm and seed of a bench)."""
     method = get_method(cfg.method)
     rank, world = dist.init_from_env(cfg.device)
     device = resolve_device(dist.local_device(cfg.device))
@@ -93,7 +94,8 @@ def run_distill(cfg: DistillConfig, overwrite: bool = False) -> DistillReport:
         atomic.write_json(out / "config.json", cfg.settings())
     if device.type == "cuda" and cfg.amp:  # convnets run faster NHWC on tensor cores
         student = student.to(memory_format=torch.channels_last)
-    ctx = RunContext(cfg, device, out, data, student, teacher, transfer, folder, Logger(out / "log.jsonl"))
+    ctx = RunContext(cfg, device, out, data, student, teacher, transfer, folder, Logger(out / "log.jsonl"),
+                     label=label)
     method.run(ctx)
     finetune(ctx, getattr(cfg, method.lr_c))
     return finish(ctx, world, time.perf_counter() - t_start)

@@ -82,7 +82,7 @@ class Logger:
 def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: Callable[[tuple], torch.Tensor],
               batches: Iterator, steps: int, lr: float, ckpt_dir: Path, logger: Logger, *,
               weight_decay: float = 0.05, ckpt_every: int = 50, progress: bool = False,
-              select: Optional[Callable[[], float]] = None, frozen: Sequence[nn.Module] = (),
+              select: Optional[Callable[[], float]] = None, frozen: Sequence[nn.Module] = (), progress_label: str = "",
               autocast: Callable[[], ContextManager] = nullcontext) -> StageResult:
     """Train ``params`` for ``steps`` steps (resuming from ``ckpt_dir/name.pt`` if present).
 
@@ -123,7 +123,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=steps, initial=start, desc=name, unit="step")
+        bar = tqdm(total=steps, initial=start, desc=f"{progress_label}{name}" if progress_label else name, unit="step")
     for step in range(start, steps):
         batch = next(batches)
         with autocast():
@@ -136,7 +136,10 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
         schedule.step()
         images += len(batch[0]) * dist.world_size()
         if step % 10 == 0 or step == steps - 1:
-            logger.log(stage=name, step=step, loss=round(float(loss.detach()), 5), lr=schedule.get_last_lr()[0])
+            value = round(float(loss.detach()), 5)
+            logger.log(stage=name, step=step, loss=value, lr=schedule.get_last_lr()[0])
+            if bar:
+                bar.set_postfix(loss=f"{value:.4f}")
         if bar:
             bar.update(1)
         if (step + 1) % ckpt_every == 0 and step + 1 < steps:

@@ -46,8 +46,9 @@ def run_one(client: CuratorClient, api: str, token: Optional[str], worker: str, 
     beat.start()
     out = work_dir / job["id"]
     try:
+        # progress bars go to this worker's stderr: an operator sees each stage's steps and loss
         cfg = DistillConfig(**job["config"], transfer=f"{api.rstrip('/')}/transfer-sets/{job['transfer_set_id']}",
-                            out=str(out), token=token, device=device, progress=False)
+                            out=str(out), token=token, device=device, progress=True)
         report = run_distill(cfg)
         state, fields = "succeeded", {"report": dump_doc(report), "student_url": str((out / "student.pt").resolve())}
     except (CuratorError, ValueError) as exc:
@@ -65,17 +66,21 @@ def run_one(client: CuratorClient, api: str, token: Optional[str], worker: str, 
 
 
 def run_worker(api: str, token: Optional[str], work_dir: str, *, name: Optional[str] = None, lease: float = 60.0,
-               poll: float = 5.0, once: bool = False, device: str = "cpu") -> int:
-    """Loop: claim, train, report. ``once`` stops after one job (or an empty queue)."""
+               poll: float = 5.0, once: bool = False, device: str = "cpu") -> list[dict]:
+    """Loop: claim, train, report. ``once`` stops after one job (or an empty queue); returns the
+    jobs this worker finished (succeeded or failed), so the caller can tell how they went."""
     worker = name or f"{socket.gethostname()}-{time.time_ns() % 1_000_000}"
-    done = 0
+    finished: list[dict] = []
     with CuratorClient(api, token) as client:
         while True:
             result = run_one(client, api, token, worker, Path(work_dir), lease, device)
             if result is not None:
-                done += 1
-                log.info("%s: %s %s", worker, result["id"], result["state"])
+                finished.append(result)
+                if result["state"] == "failed":
+                    log.error("%s: %s failed: %s", worker, result["id"], result.get("error"))
+                else:
+                    log.info("%s: %s %s", worker, result["id"], result["state"])
             if once:
-                return done
+                return finished
             if result is None:
                 time.sleep(poll)

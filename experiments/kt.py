@@ -112,7 +112,7 @@ def run_arm(cfg: KTConfig, arm: str, seed: int, split: Path, out: Path) -> Disti
                        cache_dir=str(out / "cache"), seed=seed, ckpt_every=max(50, cfg.steps_b // 8),
                        device=cfg.device, workers=cfg.workers,
                        progress=cfg.progress)
-    return run_distill(dc)
+    return run_distill(dc, label=f"{arm} seed {seed}: ")
 
 
 def _stats(values: list[float]) -> Stats:

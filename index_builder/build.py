@@ -40,6 +40,8 @@ CHUNK_ROWS = 200_000
 def build_index(inputs: list[str], out: str | Path, opts: BuildConfig) -> BuildReport:
     t_start = time.perf_counter()
     out = Path(out)
+    # the model first: a typo'd or unloadable encoder must leave nothing behind in --out
+    encoder = create_encoder(opts.encoder, device=opts.device, precision=opts.precision)
     if opts.overwrite and out.exists():
         for name in ("shards", "plan.json", INDEX_MANIFEST_NAME, "index.faiss", "items.arrow", "build-report.json"):
             target = out / name
@@ -47,10 +49,10 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildConfig) -> BuildR
     out.mkdir(parents=True, exist_ok=True)
     resolved = resolve_inputs(inputs, out, opts)
     tasks = plan_tasks(resolved, opts.shard_size)
-    plan = BuildPlan(inputs=resolved, encoder=opts.encoder, max_pixels=opts.max_pixels,
-                     shard_size=opts.shard_size, tasks=tasks)
+    plan = BuildPlan(inputs=resolved, encoder=opts.encoder, precision=opts.precision, max_pixels=opts.max_pixels,
+                     shard_size=opts.shard_size, keep_duplicates=opts.keep_duplicates, seed=opts.seed,
+                     recall_queries=opts.recall_queries, tasks=tasks)
     check_plan(out, plan)
-    encoder = create_encoder(opts.encoder, device=opts.device, precision=opts.precision)
 
     for stale in (out / "shards").glob(".*.tmp*"):  # left by a build killed mid-write
         stale.unlink()
@@ -70,8 +72,13 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildConfig) -> BuildR
     embed_seconds = time.perf_counter() - t_embed
 
     t_index = time.perf_counter()
+    index_json, old_report = out / INDEX_MANIFEST_NAME, out / "build-report.json"
+    before = index_json.read_bytes() if index_json.exists() else None
     manifest = write_index(out, tasks, dones, EncoderInfo(**encoder.describe()), opts)
     index_seconds = time.perf_counter() - t_index
+    if not pending and before == index_json.read_bytes() and old_report.exists():
+        # a finished build, run again: its real figures stand (the file is left as the build wrote it)
+        return load_doc(old_report, BuildReport).model_copy(update={"shards_reused": reused})
 
     skipped = [s for t in tasks for s in dones[t.shard_id].skipped]
     report = BuildReport(
@@ -102,9 +109,10 @@ def check_plan(out: Path, plan: BuildPlan) -> None:
     if path.exists():
         old = load_doc(path, BuildPlan)
         if old.model_dump() != plan.model_dump():
-            changed = [k for k in ("inputs", "encoder", "max_pixels", "shard_size", "tasks")
+            changed = [f"{k}: {getattr(old, k)!r} -> {getattr(plan, k)!r}" if k != "tasks" else
+                       "tasks (the pool's files changed)" for k in BuildPlan.model_fields
                        if getattr(old, k) != getattr(plan, k)]
-            raise PlanMismatchError(f"{out} holds a build with different {', '.join(changed)}; "
+            raise PlanMismatchError(f"{out} holds a build with other settings ({'; '.join(changed)}); "
                                     f"re-run with the same arguments to resume, or add --overwrite")
         return
     atomic.write_json(path, plan.model_dump())

@@ -19,7 +19,6 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from curator import atomic

@@ -31,24 +31,34 @@ def validate_config(body: DistillJobIn) -> dict:
 
 
 @router.post("/distill-jobs", status_code=201, response_model=DistillJobOut)
-def post_distill_job(body: DistillJobIn, key: CurateKey, store: StoreDep, settings: SettingsDep) -> dict:
+def post_distill_job(body: DistillJobIn, key: CurateKey, store: StoreDep, settings: SettingsDep) -> DistillJobOut:
     config = validate_config(body)
     set_folder(body.transfer_set_id, store, settings)  # 404 unless the set exists
     job_id = store.create_distill_job(config, body.transfer_set_id, key.name if key else None)
-    return store.get_distill_job(job_id)
+    return DistillJobOut.from_row(store.get_distill_job(job_id))
 
 
 @router.get("/distill-jobs/{job_id}", response_model=DistillJobOut)
-def get_distill_job(job_id: str, key: ReadKey, store: StoreDep) -> dict:
+def get_distill_job(job_id: str, key: ReadKey, store: StoreDep) -> DistillJobOut:
     job = store.get_distill_job(job_id)
     if job is None:
         raise reject(404, f"no distillation job {job_id!r}")
-    return job
+    return DistillJobOut.from_row(job)
+
+
+@router.delete("/distill-jobs/{job_id}", response_model=DistillJobOut)
+def cancel_distill_job(job_id: str, key: CurateKey, store: StoreDep) -> DistillJobOut:
+    """Cancel a queued or running job: its worker's next heartbeat is refused, and it stops."""
+    job = store.get_distill_job(job_id)
+    if job is None:
+        raise reject(404, f"no distillation job {job_id!r}")
+    store.cancel_distill_job(job_id)
+    return DistillJobOut.from_row(store.get_distill_job(job_id))
 
 
 @router.get("/distill-jobs", response_model=list[DistillJobOut])
-def list_distill_jobs(key: ReadKey, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
-    return store.list_distill_jobs(limit)
+def list_distill_jobs(key: ReadKey, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DistillJobOut]:
+    return [DistillJobOut.from_row(j) for j in store.list_distill_jobs(limit)]
 
 
 @router.post("/distill-jobs/claim", response_model=DistillJobOut, responses={204: {"description": "queue empty"}})
@@ -56,7 +66,7 @@ def claim_distill_job(body: LeaseIn, key: CurateKey, store: StoreDep) -> Respons
     job = store.claim_distill_job(body.worker, body.lease_seconds)
     if not job:
         return Response(status_code=204)
-    return JSONResponse(DistillJobOut(**job).model_dump(), status_code=200)
+    return JSONResponse(DistillJobOut.from_row(job).model_dump(), status_code=200)
 
 
 @router.post("/distill-jobs/{job_id}/heartbeat", response_model=OkOut)
@@ -67,9 +77,9 @@ def heartbeat(job_id: str, body: LeaseIn, key: CurateKey, store: StoreDep) -> Ok
 
 
 @router.post("/distill-jobs/{job_id}/finish", response_model=DistillJobOut)
-def finish(job_id: str, body: FinishIn, key: CurateKey, store: StoreDep) -> dict:
+def finish(job_id: str, body: FinishIn, key: CurateKey, store: StoreDep) -> DistillJobOut:
     ok = store.finish_distill_job(job_id, body.worker, body.state, report=body.report,
                                   student_url=body.student_url, error=body.error)
     if not ok:
         raise reject(409, f"worker {body.worker!r} does not hold {job_id!r}; its result was not recorded")
-    return store.get_distill_job(job_id)
+    return DistillJobOut.from_row(store.get_distill_job(job_id))

@@ -53,11 +53,15 @@ async def search_item(key: ReadKey, settings: SettingsDep, pool: PoolDep, metric
     _k(k, settings)
     if item_id >= pool.ntotal:
         raise reject(404, f"no pool item {item_id}")
-    return await asyncio.to_thread(search_vector, pool, metrics, pool.vectors(np.array([item_id])), k)
+    return await asyncio.to_thread(search_vector, pool, metrics, pool.vectors(np.array([item_id])), k, item_id)
 
 
-def search_vector(pool: PoolIndex, metrics: Metrics, vector: np.ndarray, k: int) -> dict:
-    scores, ids = pool.search(vector, k)
-    hits = [h.as_dict() for h in pool.hits(scores[0], ids[0])]
+def search_vector(pool: PoolIndex, metrics: Metrics, vector: np.ndarray, k: int, exclude: int = -1) -> dict:
+    """The k nearest items (``exclude``: the query's own pool item, which is not its own neighbour);
+    scores are cosines, clipped to [-1, 1] (float16 storage rounds a self-match above 1)."""
+    scores, ids = pool.search(vector, k + (exclude >= 0))
+    hits = [h for h in pool.hits(scores[0], ids[0]) if h.id != exclude][:k]
+    for h in hits:
+        h.score = float(np.clip(h.score, -1.0, 1.0))
     metrics.items_served.inc(len(hits))
-    return {"k": k, "hits": hits}
+    return {"k": k, "hits": [h.as_dict() for h in hits]}

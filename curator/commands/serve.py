@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import CuratorError
 from ..formats import Limits
 from .flags import add_model_flags, build_model
 
@@ -23,6 +24,18 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail before start-up when the address is taken (uvicorn would report it after "startup complete")."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise CuratorError(f"cannot listen on {host}:{port} (--host/--port): {exc.strerror}") from None
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -30,6 +43,7 @@ def run(args) -> int:
 
     from api import Settings, create_app
 
+    check_port(args.host, args.port)
     settings = Settings(index_dir=Path(args.index), data_dir=Path(args.data),
                         api_keys_file=Path(args.api_keys) if args.api_keys else None, no_auth=args.no_auth,
                         limits=build_model(Limits, args), job_workers=args.job_workers)

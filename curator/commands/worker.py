@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 
 def add_parser(sub) -> None:
@@ -27,6 +28,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from distill.worker import run_worker
 
-    run_worker(args.api, args.token, args.work_dir, name=args.name, lease=args.lease, poll=args.poll, once=args.once,
-               device=args.device)
-    return 0
+    finished = run_worker(args.api, args.token, args.work_dir, name=args.name, lease=args.lease, poll=args.poll,
+                          once=args.once, device=args.device)
+    failed = [job for job in finished if job["state"] == "failed"]
+    for job in failed:
+        print(f"error: distillation job {job['id']} failed: {job.get('error')}", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,7 +1,7 @@
 """Versioned documents, validated with pydantic at every boundary; ``docs/formats.md`` describes
 them in prose. One module per wing's documents, all defined in the core so that any wing (and
 the service) can read and validate any of them."""
-from .base import Doc, FiniteFloat, describe_errors, dump_doc, load_doc, parse_doc, save_doc, utcnow
+from .base import Doc, FiniteFloat, describe_errors, dump_doc, iso, load_doc, parse_doc, save_doc, utcnow
 from .curate import (JOB_INPUTS_FORMAT, MAX_IMAGES, TRANSFER_FORMAT, CurateParams, IndexRef, JobInputs,
                      QueryEntry, ShardEntry, TransferCounts, TransferManifest)
 from .distill import (MACHINE_FIELDS, REPORT_FORMAT as DISTILL_REPORT_FORMAT, DataSummary, DistillConfig,
@@ -13,7 +13,7 @@ from .service import Limits
 from .kt import RESULTS_FORMAT, ArmResult, KTConfig, KtResults, Paired, Stats
 
 __all__ = [
-    "Doc", "FiniteFloat", "describe_errors", "dump_doc", "load_doc", "parse_doc", "save_doc", "utcnow",
+    "Doc", "FiniteFloat", "describe_errors", "dump_doc", "iso", "load_doc", "parse_doc", "save_doc", "utcnow",
     "JOB_INPUTS_FORMAT", "MAX_IMAGES", "TRANSFER_FORMAT", "CurateParams", "IndexRef", "JobInputs", "QueryEntry",
     "ShardEntry", "TransferCounts", "TransferManifest",
     "MACHINE_FIELDS", "DISTILL_REPORT_FORMAT", "DataSummary", "DistillConfig", "DistillReport", "Method", "Scores",

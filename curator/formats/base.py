@@ -23,6 +23,13 @@ def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def iso(timestamp: float | None) -> str | None:
+    """An epoch time as ISO 8601 UTC (the store keeps epoch floats; every API and document shows this)."""
+    if timestamp is None:
+        return None
+    return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def _finite(value: float) -> float:
     if not math.isfinite(value):
         raise ValueError("must be a finite number (not NaN or Infinity)")

@@ -22,19 +22,23 @@ Method = Literal["task-oriented", "task-agnostic", "supervised"]
 MACHINE_FIELDS = frozenset({"labelled", "transfer", "out", "token", "progress", "cache_dir", "device", "workers", "amp"})
 
 
-class DistillConfig(Doc):
-    """One ``curator distill`` run. The CLI's flags and their defaults are generated from here."""
-    labelled: str = Field(description="folder with train/ (val/, test/) class folders; a folder of class folders "
-                                      "(with --labels-per-class); or a CSV/parquet path,label[,split]")
-    transfer: Optional[str] = Field(None, description="transfer-set folder, or http://HOST:PORT/transfer-sets/ID")
-    out: str = Field(description="run folder: checkpoints, log, student, report (re-running resumes)")
-    method: Method = Field("task-oriented", description="task-oriented (the paper), task-agnostic or supervised")
+class ModelChoice(Doc):
+    """The teacher and the student: chosen alike by ``curator distill`` and every arm of ``bench kt``."""
     teacher: str = Field(TEACHER_ENCODER, description="encoder spec of the VFM")
     teacher_mode: Literal["linear", "finetune"] = Field("linear", description="adapt the head only, or everything")
     student: str = Field("mobilenetv3_small_100", description="any timm model name")
     student_init: str = Field("scratch", description="scratch, imagenet (packaged weights work offline for "
                                                      "tf_efficientnet_lite0/2), or a checkpoint path (same architecture)")
     student_size: int = Field(64, ge=16, le=512, description="student input resolution")
+
+
+class DistillConfig(ModelChoice):
+    """One ``curator distill`` run. The CLI's flags and their defaults are generated from here."""
+    labelled: str = Field(description="folder with train/ (val/, test/) class folders; a folder of class folders "
+                                      "(with --labels-per-class); or a CSV/parquet path,label[,split]")
+    transfer: Optional[str] = Field(None, description="transfer-set folder, or http://HOST:PORT/transfer-sets/ID")
+    out: str = Field(description="run folder: checkpoints, log, student, report (re-running resumes)")
+    method: Method = Field("task-oriented", description="task-oriented (the paper), task-agnostic or supervised")
     labels_per_class: Optional[int] = Field(None, ge=1, description="seeded split of a flat class-folder set")
     val_per_class: int = Field(1, ge=0, description="val images per class in a seeded split")
     steps_a: int = Field(150, ge=1, le=10_000_000, description="stage (a): teacher adaptation steps")

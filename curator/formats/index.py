@@ -54,8 +54,12 @@ class BuildPlan(Doc):
     format: Literal["curator.build-plan/1"] = PLAN_FORMAT
     inputs: list[str]
     encoder: str
+    precision: str = "fp32"
     max_pixels: int
     shard_size: int
+    keep_duplicates: bool = False
+    seed: int = 0
+    recall_queries: int = 1000
     tasks: list[ShardTask]
 
 
@@ -165,7 +169,7 @@ class BuildConfig(Doc):
     shard_size: int = Field(1000, ge=1, le=10_000_000, description="images per work unit for folder inputs")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="skip (and report) images with more decoded pixels "
                                                                    "than this; JPEGs are decoded reduced first")
-    max_index_memory: int = Field(4 << 30, ge=1 << 20, description="memory budget for the index, e.g. 512M, 4G")
+    max_index_memory: int = Field(4 << 30, ge=1, description="memory budget for the index, e.g. 512M, 4G")
     target_recall: FiniteFloat = Field(0.95, gt=0, le=1, description="raise nprobe until recall@10 vs exact search "
                                                                      "reaches this")
     index_factory: Optional[str] = Field(None, description="force a faiss index_factory string (e.g. 'IVF4096,SQ8'); "

@@ -9,14 +9,15 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from ..specs import SMALL_ENCODER, TEACHER_ENCODER
+from ..specs import SMALL_ENCODER
 from .base import Doc, FiniteFloat, utcnow
+from .distill import ModelChoice
 
 RESULTS_FORMAT = "curator.kt-bench/1"
 
 
-class KTConfig(Doc):
-    """The bench's knobs, shared by every arm."""
+class KTConfig(ModelChoice):
+    """The bench's knobs, shared by every arm (the teacher and student too)."""
     target: str = Field(description="folder with one sub-folder of images per class")
     index: str = Field(description="an existing build-index folder for the pool (default: OUT/index, built once)")
     out: str = Field("bench-out/kt", description="working folder")
@@ -27,12 +28,6 @@ class KTConfig(Doc):
     budget: int = Field(1600, ge=1, le=10_000_000, description="transfer-set size, retrieved and random alike")
     seeds: int = Field(3, ge=1, le=1000, description="training seeds per arm; more seeds on the same --out reuse "
                                                       "the finished ones")
-    teacher: str = Field(TEACHER_ENCODER, description="encoder spec of the VFM")
-    teacher_mode: Literal["linear", "finetune"] = Field("linear", description="linear or finetune")
-    student: str = Field("mobilenetv3_small_100", description="timm student, the same in every arm")
-    student_init: str = Field("scratch", description="scratch, imagenet (packaged weights for tf_efficientnet_lite0/2 "
-                                                     "work offline) or a checkpoint path; every arm alike")
-    student_size: int = Field(64, ge=16, le=512, description="student resolution")
     cache_views: int = Field(2, ge=1, le=64, description="fixed augmented views per transfer image")
     steps_a: int = Field(300, ge=1, description="teacher adaptation steps")
     steps_b: int = Field(500, ge=1, description="distillation steps")

@@ -90,3 +90,36 @@ def test_dependencies_can_be_overridden(client):
         assert client.get("/search?item_id=0&k=3").status_code == 200
     finally:
         app.dependency_overrides.clear()
+
+
+def test_api_key_file_errors_name_the_right_line(tmp_path):
+    from api.auth import KeyRing
+    from curator.errors import CuratorError
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("broken-entry\n")
+    with pytest.raises(CuratorError, match=f"on line 1 of {keys}"):
+        KeyRing.load(keys)
+
+
+def test_search_from_an_item_leaves_the_item_out_and_scores_are_cosines(client):
+    hits = client.get("/search?item_id=4&k=5").json()["hits"]
+    assert len(hits) == 5 and 4 not in [h["id"] for h in hits]
+    assert all(-1.0 <= h["score"] <= 1.0 for h in hits)
+
+
+def test_times_are_iso_8601_and_distill_jobs_can_be_cancelled(client):
+    data = base64.b64encode(png_bytes(pattern_image(4, 96))).decode()
+    job = client.post("/curate?wait=true", json={"params": {"per_query": 2},
+                                                 "images": [{"name": "q.png", "data": data}]}).json()
+    assert job["created_at"].endswith("+00:00") and "T" in job["created_at"]
+    sets = client.get("/transfer-sets").json()
+    assert sets and sets[0]["created_at"].endswith("+00:00")
+    dj = client.post("/distill-jobs", json={"transfer_set_id": job["transfer_set_id"], "labelled": "/d",
+                                            "config": {"steps_b": 5}}).json()
+    claimed = client.post("/distill-jobs/claim", json={"worker": "w", "lease_seconds": 60}).json()
+    assert claimed["id"] == dj["id"] and claimed["lease_expires"].endswith("+00:00")
+    r = client.delete(f"/distill-jobs/{dj['id']}")
+    assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    beat = client.post(f"/distill-jobs/{dj['id']}/heartbeat", json={"worker": "w", "lease_seconds": 60})
+    assert beat.status_code == 409  # the worker learns at its next beat, and stops

@@ -1,5 +1,3 @@
-import zlib
-import struct
 
 import pytest
 from PIL import Image

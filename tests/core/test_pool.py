@@ -1,7 +1,6 @@
 import hashlib
 
 import pytest
-import webdataset as wds
 
 from helpers import write_tar, pattern_image, png_bytes
 from curator.errors import CuratorError
@@ -52,3 +51,11 @@ def test_input_kinds_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CuratorError, match="no .jpg"):
         plan_tasks([str(tmp_path / "empty")], 10)
+
+
+def test_question_mark_globs_name_tars_and_url_queries_are_not_part_of_the_name(tmp_path):
+    for s in range(3):
+        write_tar(tmp_path / f"pool-0000{s}.tar", 1, start=s)
+    spec = str(tmp_path / "pool-0000?.tar")
+    assert input_kind(spec) == "tar" and len(plan_tasks([spec], shard_size=10)) == 3
+    assert input_kind("https://host/pool-00001.tar?token=abc") == "tar"

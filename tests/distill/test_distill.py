@@ -11,18 +11,18 @@ import torch
 
 from helpers import REPO, make_image_folder
 from curator.curate import curate
-from curator.formats import CurateParams
 from curator.queries import load_queries
 from curator.retrieval import PoolIndex
-from curator.formats import DistillConfig, dump_doc
+from curator.formats import CurateParams, DistillConfig, dump_doc
 from distill import run_distill as distill_run
+
+from distill.losses import info_nce, kd_loss
+from index_builder import BuildConfig, build_index
 
 
 def run_distill(config, **kw) -> dict:
     """The run's report as its JSON form, as report.json holds it."""
     return dump_doc(distill_run(config, **kw))
-from distill.losses import info_nce, kd_loss
-from index_builder import BuildConfig, build_index
 
 STUDENT = "resnet18"
 
@@ -210,3 +210,38 @@ def test_parquet_table_and_student_checkpoint_init(task, tiny_clip_spec, tmp_pat
     with pytest.raises(CuratorError, match="neither scratch"):
         run_distill(cfg(task, tiny_clip_spec, tmp_path / "x", student_init=str(tmp_path / "missing.pt")))
     assert not (tmp_path / "x").exists()  # nothing written before the inputs were checked
+
+
+def test_a_linear_teachers_backbone_stays_frozen_without_a_cache(task, tmp_path):
+    """Stage (a) in linear mode trains the head only: the backbone's BatchNorm statistics are
+    bit-identical before and after, as they are on the cached path (run_stage keeps it in eval)."""
+    from distill.models import Teacher
+
+    spec = "timm:resnet18/none"  # BatchNorm throughout; deterministic init
+    run_distill(cfg(task, spec, tmp_path / "run", steps_a=4, steps_b=2, steps_c=2, cache_teacher=0))
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "a-teacher.done.pt", weights_only=False)["modules"]["teacher"]
+    fresh = Teacher(spec, 3).state_dict()
+    buffers = [k for k in fresh if k.startswith("backbone.") and ("running_" in k or "num_batches" in k)]
+    assert buffers
+    for k in buffers:
+        assert torch.equal(trained[k], fresh[k]), k
+    assert not torch.equal(trained["head.weight"], fresh["head.weight"])  # the head did train
+
+
+def test_bad_inputs_write_nothing_and_hardware_is_not_a_setting(task, tiny_clip_spec, tmp_path):
+    """A bad --transfer leaves --out empty, so the corrected run starts; the same run resumed with other
+    workers is the same run; other settings are refused, naming each, and --overwrite starts over."""
+    from curator.errors import CuratorError
+
+    out = tmp_path / "run"
+    with pytest.raises(CuratorError, match="not a transfer set"):
+        run_distill(cfg(task, tiny_clip_spec, out, transfer=str(tmp_path / "typo")))
+    assert not out.exists()
+    first = run_distill(cfg(task, tiny_clip_spec, out, method="task-agnostic"))
+    assert first["teacher"]["latency_device"] == "cpu" and first["teacher"]["latency_ms_batch1"] > 0
+    again = run_distill(cfg(task, tiny_clip_spec, out, method="task-agnostic", workers=1))
+    assert again["stages"]["c"] == first["stages"]["c"]
+    with pytest.raises(CuratorError, match="steps_c: 6 -> 7.*--overwrite"):
+        run_distill(cfg(task, tiny_clip_spec, out, method="task-agnostic", steps_c=7))
+    fresh = run_distill(cfg(task, tiny_clip_spec, out, method="task-agnostic", steps_c=7), overwrite=True)
+    assert fresh["stages"]["c"]["steps"] == 7

@@ -10,18 +10,18 @@ import shutil
 import pytest
 
 from curator.curate import curate
-from curator.formats import CurateParams
 from curator.queries import Query
 from curator.retrieval import PoolIndex
-from curator.formats import DistillConfig, dump_doc
+from curator.formats import CurateParams, DistillConfig, dump_doc
 from distill import run_distill as distill_run
+from distill.data import load_labelled
+from index_builder import BuildConfig, build_index
 
 
 def run_distill(config, **kw) -> dict:
     """The run's report as its JSON form, as report.json holds it."""
     return dump_doc(distill_run(config, **kw))
-from distill.data import load_labelled
-from index_builder import BuildConfig, build_index
+
 
 pytestmark = pytest.mark.slow
 TEACHER = "packaged:efficientnet-lite0"

@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from helpers import REPO, make_image_folder
 from curator.client import CuratorClient, ServiceError
+from helpers import CURATE, REPO, Server, make_image_folder
 from index_builder import BuildConfig, build_index
-from helpers import CURATE, Server
 
 pytestmark = pytest.mark.network_local  # starts a loopback HTTP server
 
@@ -60,6 +59,7 @@ def test_dead_worker_loses_its_lease_and_the_job_is_retaken(setup, tiny_clip_spe
         with pytest.raises(ServiceError) as exc:
             client.finish_distill_job(job["id"], "w1", "succeeded")  # a late result from the dead worker
         assert exc.value.status == 409
+        client.finish_distill_job(job["id"], "w2", "failed", error="the test is over")  # leaves no job behind
 
 
 def test_worker_runs_a_job_to_completion(setup, tiny_clip_spec):
@@ -80,3 +80,15 @@ def test_worker_runs_a_job_to_completion(setup, tiny_clip_spec):
             with pytest.raises(ServiceError) as exc:
                 client.submit_distill_job(ts["transfer_set_id"], "x", hostile)
             assert exc.value.status == 422
+
+
+def test_a_failed_job_makes_a_once_worker_exit_non_zero_with_the_reason(setup, tiny_clip_spec):
+    root, srv = setup
+    with CuratorClient(srv.url, CURATE) as client:
+        images = sorted((root / "labelled" / "class2").glob("*"))[:2]
+        ts = client.wait(client.curate(images, {"per_query": 4, "dedup": 1.0, "exclude_threshold": 1.0})["id"])
+        job = client.submit_distill_job(ts["transfer_set_id"], str(root / "no-such-folder"), job_config(tiny_clip_spec))
+        done = subprocess.run(worker_cmd(srv, root / "w4", "--once", "--name", "w4"), cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1 and job["id"] in done.stderr and "no-such-folder" in done.stderr
+        assert client.distill_job(job["id"])["state"] == "failed"

@@ -159,3 +159,39 @@ def test_shards_sharing_one_loader_match_a_loader_per_shard(messy_pool, tmp_path
         assert va.shape == vb.shape and np.allclose(va.astype(np.float32), vb.astype(np.float32), atol=2e-3)
         assert (tmp_path / "shared" / "shards" / f"{a.shard_id}.done.json").exists()
     assert any(d.n_skipped == 2 and d.n_items == 0 for d in runs["shared"])  # the bad-only shard
+
+
+def test_a_failed_command_leaves_nothing_that_blocks_the_corrected_one(messy_pool, tmp_path, tiny_clip_spec, capsys):
+    """A typo'd encoder writes nothing to --out; the corrected command then runs. A real change of
+    settings is refused with each difference named (old -> new) and --overwrite offered."""
+    out = tmp_path / "idx"
+    assert main(["build-index", "-i", str(messy_pool), "-o", str(out), "--encoder", "packaged:efficientnet-lite9",
+                 "-q"]) == 2
+    assert "unknown packaged encoder" in capsys.readouterr().err and not out.exists()
+    args = ["build-index", "-i", str(messy_pool), "-o", str(out), "--encoder", tiny_clip_spec, "--workers", "0", "-q"]
+    assert main(args + ["--shard-size", "10"]) == 0
+    first = load_doc(out / "build-report.json", BuildReport)
+    assert first.embed_images_per_s > 0
+    assert main(args + ["--shard-size", "10"]) == 0  # a finished build run again keeps its real figures
+    assert load_doc(out / "build-report.json", BuildReport) == first
+    capsys.readouterr()
+    assert main(args + ["--shard-size", "12", "--keep-duplicates"]) == 2
+    err = capsys.readouterr().err
+    assert "shard_size: 10 -> 12" in err and "keep_duplicates: False -> True" in err and "--overwrite" in err
+
+
+def test_files_follow_the_umask_and_folder_captions_are_read(tmp_path, tiny_clip_spec):
+    import os
+    import stat
+
+    make_image_folder(tmp_path / "pool", 4, classes=1)
+    (tmp_path / "pool" / "class0" / "img0000.txt").write_text("a red square\n")
+    old = os.umask(0o022)
+    try:
+        build_index([str(tmp_path / "pool")], tmp_path / "idx", opts(tiny_clip_spec))
+    finally:
+        os.umask(old)
+    for name in ("index.json", "items.arrow", "build-report.json", "index.faiss"):
+        assert stat.S_IMODE((tmp_path / "idx" / name).stat().st_mode) == 0o644, name  # readable by a service user
+    captions = dict(zip(*(PoolIndex.open(tmp_path / "idx").items.column(c).to_pylist() for c in ("key", "caption"))))
+    assert captions["class0/img0000.png"] == "a red square" and captions["class0/img0001.jpg"] is None

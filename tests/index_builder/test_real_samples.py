@@ -63,6 +63,6 @@ def test_balanced_transfer_set_is_mostly_the_query_categories(tux_index, tux_sub
     own = sum(r["pool_key"].split("/")[0] == r["query_label"] for r in rows) / len(rows)
     chance = sum(sizes[q.label] for q in queries) / len(queries) / len(keys)
     print(f"balanced set of {len(rows)} from {len(queries)} queries of {targets}: {own:.0%} share the "
-          f"query's category (a random draw: {chance:.0%}); excluded {m['counts']['excluded']}")
-    assert m["counts"]["emitted"] == 4 * len(queries) and m["counts"]["excluded"] >= len(queries)
+          f"query's category (a random draw: {chance:.0%}); excluded {m.counts.excluded}")
+    assert m.counts.emitted == 4 * len(queries) and m.counts.excluded >= len(queries)
     assert own >= 0.5 and own > 2.5 * chance

@@ -1,0 +1,32 @@
+"""The CLI as a new user meets it: help with defaults, clear errors that name the flag or file, no tracebacks."""
+import pytest
+
+from curator.cli import main
+
+
+def test_help_shows_every_default_and_the_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("curator ")
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # help text is wrapped to the terminal
+    assert "(default: 600)" in out and "--overwrite" in out and "(default: packaged:efficientnet-lite2)" in out
+    with pytest.raises(SystemExit):
+        main(["build-index", "--help"])
+    assert "(default: 1000)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_bad_values_name_the_flag_and_never_print_a_traceback(tmp_path, capsys):
+    assert main(["curate", "--index", str(tmp_path), "--queries", str(tmp_path), "--out", str(tmp_path),
+                 "--strategy", "threshold"]) == 2
+    err = capsys.readouterr().err
+    assert "--threshold" in err and "Traceback" not in err and "Value error" not in err
+    assert main(["search", "--index", str(tmp_path), "--image", "x.png", "-k", "0"]) == 2
+    assert "-k must be between 1" in capsys.readouterr().err
+    assert main(["curate", "--index", str(tmp_path), "--queries", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # -v after the subcommand is accepted too
+    assert main(["search", "-v", "--index", str(tmp_path), "--image", "x.png", "-k", "0"]) == 2
+
