@@ -6,6 +6,7 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from curator import __version__
@@ -45,6 +46,14 @@ async def curator_error(request: Request, exc: CuratorError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 whatever the input was: the offending value is left out (NaN, Infinity or raw bytes
+    cannot be written as JSON, and echoing a caller's input back is never needed)."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+              for e in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
 def create_app(settings: Settings) -> FastAPI:
     for folder in (settings.data_dir, settings.sets_dir, settings.uploads_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,4 +68,5 @@ def create_app(settings: Settings) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.add_exception_handler(CuratorError, curator_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     return app

@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     p.add_argument("--api-keys", help="file of name:scopes:secret lines (also: $CURATOR_API_KEYS)")
     p.add_argument("--no-auth", action="store_true", help="accept every caller (local development only)")
-    p.add_argument("--job-workers", type=int, default=2, help="curation jobs run at once (default: %(default)s)")
+    p.add_argument("--job-workers", type=int, default=None, help="curation jobs run at once (default: 2)")
     add_model_flags(p, Limits, ("max_files", "max_file_bytes", "max_request_bytes", "max_pixels", "max_budget",
                                 "max_k"))
     p.set_defaults(run=run)
@@ -46,7 +46,8 @@ def run(args) -> int:
     check_port(args.host, args.port)
     settings = Settings(index_dir=Path(args.index), data_dir=Path(args.data),
                         api_keys_file=Path(args.api_keys) if args.api_keys else None, no_auth=args.no_auth,
-                        limits=build_model(Limits, args), job_workers=args.job_workers)
+                        limits=build_model(Limits, args),
+                        **({"job_workers": args.job_workers} if args.job_workers is not None else {}))
     if args.no_auth:
         print("*" * 72 + "\nWARNING: --no-auth: every caller may curate and download. Local development only.\n"
               + "*" * 72, file=sys.stderr, flush=True)

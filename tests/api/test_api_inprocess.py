@@ -123,3 +123,24 @@ def test_times_are_iso_8601_and_distill_jobs_can_be_cancelled(client):
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     beat = client.post(f"/distill-jobs/{dj['id']}/heartbeat", json={"worker": "w", "lease_seconds": 60})
     assert beat.status_code == 409  # the worker learns at its next beat, and stops
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/distill-jobs/claim", b'{"worker": "w", "lease_seconds": NaN}'),
+    ("/distill-jobs/claim", b'{"worker": "w", "lease_seconds": Infinity}'),
+    ("/distill-jobs/claim", b'{"worker": '),                     # malformed
+    ("/distill-jobs/claim", b''),                                 # empty
+    ("/curate", b'{"params": {"seed": NaN}, "embeddings": [[1.0]]}'),
+    ("/curate", b'{"params": {"dedup": NaN}, "embeddings": [[1.0]]}'),
+    ("/curate", b''),
+])
+def test_non_finite_and_malformed_json_is_422_never_500(client, path, body):
+    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+
+
+def test_non_finite_multipart_params_are_422(client):
+    files = [("files", ("a.png", png_bytes(pattern_image(1, 96)), "image/png"))]
+    for params in ('{"dedup": NaN}', '{"threshold": Infinity, "strategy": "threshold"}', '{"per_query": 1e400}'):
+        r = client.post("/curate", files=files, data={"params": params})
+        assert r.status_code == 422, (params, r.text)
