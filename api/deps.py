@@ -76,3 +76,10 @@ CurateKey = Annotated[Optional[ApiKey], Depends(require("curate"))]
 
 def reject(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
+
+
+def found(row: Optional[dict], what: str) -> dict:
+    """``row``, or a 404 that names what was asked for."""
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"no {what}")
+    return row

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from curator.formats import MACHINE_FIELDS, DistillConfig, describe_errors
 
-from ..deps import CurateKey, ReadKey, SettingsDep, StoreDep, reject
+from ..deps import CurateKey, ReadKey, SettingsDep, StoreDep, found, reject
 from ..schemas import DistillJobIn, DistillJobOut, FinishIn, LeaseIn, OkOut
 from .transfer_sets import set_folder
 
@@ -40,18 +40,13 @@ def post_distill_job(body: DistillJobIn, key: CurateKey, store: StoreDep, settin
 
 @router.get("/distill-jobs/{job_id}", response_model=DistillJobOut)
 def get_distill_job(job_id: str, key: ReadKey, store: StoreDep) -> DistillJobOut:
-    job = store.get_distill_job(job_id)
-    if job is None:
-        raise reject(404, f"no distillation job {job_id!r}")
-    return DistillJobOut.from_row(job)
+    return DistillJobOut.from_row(found(store.get_distill_job(job_id), f"distillation job {job_id!r}"))
 
 
 @router.delete("/distill-jobs/{job_id}", response_model=DistillJobOut)
 def cancel_distill_job(job_id: str, key: CurateKey, store: StoreDep) -> DistillJobOut:
     """Cancel a queued or running job: its worker's next heartbeat is refused, and it stops."""
-    job = store.get_distill_job(job_id)
-    if job is None:
-        raise reject(404, f"no distillation job {job_id!r}")
+    found(store.get_distill_job(job_id), f"distillation job {job_id!r}")
     store.cancel_distill_job(job_id)
     return DistillJobOut.from_row(store.get_distill_job(job_id))
 

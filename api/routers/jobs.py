@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 from fastapi import APIRouter, Query
 
-from ..deps import CurateKey, ReadKey, RunnerDep, StoreDep, reject
+from ..deps import CurateKey, ReadKey, RunnerDep, StoreDep, found
 from ..schemas import JobOut
 
 router = APIRouter(tags=["jobs"])
@@ -13,10 +13,7 @@ router = APIRouter(tags=["jobs"])
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, key: ReadKey, store: StoreDep) -> JobOut:
-    job = store.get_job(job_id)
-    if job is None:
-        raise reject(404, f"no job {job_id!r}")
-    return JobOut.from_row(job)
+    return JobOut.from_row(found(store.get_job(job_id), f"job {job_id!r}"))
 
 
 @router.get("/jobs", response_model=list[JobOut])
@@ -27,9 +24,7 @@ def list_jobs(key: ReadKey, store: StoreDep, state: Annotated[Optional[str], Que
 
 @router.delete("/jobs/{job_id}", response_model=JobOut)
 def cancel_job(job_id: str, key: CurateKey, store: StoreDep, runner: RunnerDep) -> JobOut:
-    job = store.get_job(job_id)
-    if job is None:
-        raise reject(404, f"no job {job_id!r}")
+    job = found(store.get_job(job_id), f"job {job_id!r}")
     if job["state"] in ("queued", "running"):
         runner.cancel(job_id)
     return JobOut.from_row(store.get_job(job_id))
