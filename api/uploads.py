@@ -52,10 +52,7 @@ def check_request(queries: list[Query], vectors: Optional[np.ndarray], params: C
 
 
 async def _read_multipart(request: Request, limits: Limits) -> Parsed:
-    try:
-        form = await request.form(max_files=limits.max_files + 1, max_fields=16, max_part_size=1 << 20)
-    except Exception as exc:
-        raise reject(400 if "max" not in str(exc).lower() else 413, f"bad multipart body: {exc}")
+    form = await read_form(request, max_files=limits.max_files + 1, max_fields=16, max_part_size=1 << 20)
     params = parse_params(form.get("params"))
     uploads = [f for f in form.getlist("files") if hasattr(f, "read")]
     labels = parse_labels(form.get("labels"), len(uploads))
@@ -92,6 +89,23 @@ async def _read_json(request: Request, limits: Limits, dim: int) -> Parsed:
     if len(labels) != len(vectors):
         raise reject(422, f"{len(labels)} labels for {len(vectors)} embeddings")
     return [Query(f"embedding-{i}", b"", lab) for i, lab in enumerate(labels)], vectors, body.params
+
+
+#: Starlette reports every multipart problem as one exception type; these are the ones that mean
+#: "too big" (413). Anything else is a malformed body (400).
+TOO_BIG = ("Too many files", "Too many fields", "Part exceeded maximum size", "Field exceeded maximum size")
+
+
+async def read_form(request: Request, **bounds):
+    from starlette.formparsers import MultiPartException
+
+    try:
+        return await request.form(**bounds)
+    except MultiPartException as exc:
+        status = 413 if str(exc.message).startswith(TOO_BIG) else 400
+        raise reject(status, f"bad multipart body: {exc.message}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise reject(400, f"bad multipart body: {exc}")
 
 
 def parse_params(raw: Any) -> CurateParams:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import CuratorError
 from .formats import INDEX_MANIFEST_NAME, CurateParams, IndexRef, QueryEntry, TransferCounts, TransferManifest
-from .queries import Query, embed_queries
+from .queries import Query, decodable, embed_queries
 from .retrieval import PoolIndex
 from .select import Selection
 from .strategies import Request, select
@@ -27,10 +27,22 @@ Progress = Callable[[str, float], None]
 def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_root: str | Path, *,
            query_vectors: Optional[np.ndarray] = None, exclude: Sequence[Query] = (),
            exclude_vectors: Optional[np.ndarray] = None, set_id: Optional[str] = None,
-           progress: Progress = lambda phase, f: None,
-           cancelled: Callable[[], bool] = lambda: False) -> TransferManifest:
-    """Curate a transfer set into ``out_root/<set_id>``; returns its manifest."""
+           progress: Progress = lambda phase, f: None, cancelled: Callable[[], bool] = lambda: False,
+           skip_bad: bool = False) -> TransferManifest:
+    """Curate a transfer set into ``out_root/<set_id>``; returns its manifest.
+
+    ``skip_bad``: query (and exclude) images that do not decode are left out and named in the
+    manifest (a folder of queries); without it, the first one is an error (queries given one by one)."""
     timings: dict[str, float] = {}
+    skipped: list = []
+    if skip_bad and query_vectors is None:
+        min_side = 2 * pool.manifest.encoder.image_size
+        queries, skipped = decodable(queries, min_side=min_side)
+        exclude, bad_exclude = decodable(exclude, min_side=min_side)
+        skipped += bad_exclude
+        if not queries:
+            raise CuratorError(f"none of the query images could be decoded ({len(skipped)} skipped: "
+                               f"{', '.join(s.key + ' (' + s.reason + ')' for s in skipped[:5])})")
     t = time.perf_counter()
     progress("embed", 0.0)
     if query_vectors is None:
@@ -63,7 +75,7 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
 
     progress("write", 0.0)
     base = _manifest(pool, queries, params, selection, set_id or new_set_id(), len(vecs),
-                     len(forbidden_vecs) - len(queries), timings)
+                     len(forbidden_vecs) - len(queries), timings).model_copy(update={"skipped_queries": skipped})
     manifest = write_transfer_set(pool.items, selection, [q.id for q in queries], [q.label for q in queries],
                                   Path(out_root), base, progress=lambda f: progress("write", f), cancelled=cancelled)
     progress("done", 1.0)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import BadImageError, CuratorError
+from .formats import SkippedItem
 from .images import DEFAULT_MAX_PIXELS, decode_image, is_image_name
 
 
@@ -107,3 +108,17 @@ def load_query_input(path: str | Path) -> tuple[list[Query], Optional[np.ndarray
             raise CuratorError(f"--queries {path}: not a readable .npy array ({exc})") from None
         return [Query(f"embedding-{i}", b"") for i in range(len(vectors))], vectors
     return load_queries(path), None
+
+
+def decodable(queries: Sequence[Query], *, min_side: int = 0,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Query], list[SkippedItem]]:
+    """The queries whose images decode, and the others as skipped items (named, with the reason):
+    a curation over a folder goes on without the one bad image instead of aborting."""
+    good, skipped = [], []
+    for q in queries:
+        try:
+            decode_image(q.data, max_pixels=max_pixels, min_side=min_side)
+            good.append(q)
+        except BadImageError as exc:
+            skipped.append(SkippedItem(key=q.id, source="query", reason=exc.reason, detail=exc.detail))
+    return good, skipped

@@ -11,7 +11,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -36,7 +36,7 @@ class LabelledSet:
 
 
 def load_labelled(path: str | Path, *, labels_per_class: Optional[int] = None, val_per_class: int = 1,
-                  seed: int = 0) -> LabelledSet:
+                  seed: int = 0, usable: Optional[Callable[[str], bool]] = None) -> LabelledSet:
     """A folder with train/ (val/, test/) sub-folders of classes; a folder of class folders, split
     seeded into ``labels_per_class`` train + ``val_per_class`` val + the rest test; or a CSV or
     parquet table with ``path,label[,split]`` (relative paths are relative to the table)."""
@@ -58,6 +58,8 @@ def load_labelled(path: str | Path, *, labels_per_class: Optional[int] = None, v
     splits: dict[str, list] = {"train": [], "val": [], "test": []}
     for label, cls in enumerate(classes):
         files = sorted(str(p) for p in (path / cls).rglob("*") if p.is_file() and is_image_name(p.name))
+        if usable is not None:  # e.g. only images that decode: one bad file must not unbalance the split
+            files = [f for f in files if usable(f)]
         rng.shuffle(files)
         if len(files) < 2:
             raise CuratorError(f"class {cls!r} has {len(files)} image(s); need 2 (one to train, one to test)")

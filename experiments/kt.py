@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ from curator import atomic
 from curator.curate import curate
 from curator.errors import CuratorError
 from curator.formats import (ArmResult, CurateParams, DistillConfig, DistillReport, KTConfig, KtResults, Paired,
-                             Stats, TransferManifest, load_doc, save_doc)
+                             SkippedItem, Stats, TransferManifest, load_doc, save_doc)
+from curator.pipeline import ImagePipeline, Skip
 from curator.queries import Query, embed_queries
 from curator.retrieval import PoolIndex
 from curator.transfer import read_manifest
@@ -41,6 +43,8 @@ from .kt_report import bar_chart, markdown
 #: clip-art beside KDE's Oxygen icons, which are unrelated to most targets (the web's distractors).
 KT_POOL = ("openclipart", "oxygen-icons")
 KT_TARGET = "tuxpaint"
+#: Target images left out of the split, with the reason (read into results.json).
+SKIPPED_FILE = "skipped.json"
 ARMS = ("supervised", "task-agnostic", "task-oriented-random", "task-oriented-retrieved", "teacher")
 #: (method, transfer set) of each trained arm; the teacher arm is read from arm 4's reports
 RUNS = {"supervised": ("supervised", None), "task-agnostic": ("task-agnostic", "retrieved"),
@@ -49,12 +53,21 @@ RUNS = {"supervised": ("supervised", None), "task-agnostic": ("task-agnostic", "
 
 
 def write_split(cfg: KTConfig, out: Path) -> Path:
-    """The seeded split as ``split.csv`` (path,label,split): every arm reads this one file."""
+    """The seeded split as ``split.csv`` (path,label,split): every arm reads this one file. Target
+    images that do not decode are left out before splitting, and named in ``skipped.json``."""
     path = out / "split.csv"
     if path.exists():
         return path
+    skipped: list[SkippedItem] = []
+
+    def usable(file: str) -> bool:
+        result = ImagePipeline(min_side=256).decode(file)
+        if isinstance(result, Skip):
+            skipped.append(SkippedItem(key=file, source="target", reason=result.reason, detail=result.detail))
+        return not isinstance(result, Skip)
     data = load_labelled(cfg.target, labels_per_class=cfg.labels_per_class, val_per_class=cfg.val_per_class,
-                         seed=cfg.split_seed)
+                         seed=cfg.split_seed, usable=usable)
+    atomic.write_json(out / SKIPPED_FILE, [item.model_dump() for item in skipped])
     rows = [(str(Path(ref).resolve()), data.classes[label], split)
             for split in ("train", "val", "test") for ref, label in data.splits[split]]
 
@@ -165,15 +178,41 @@ def summarise(cfg: KTConfig, reports: dict[str, list[DistillReport]], sets: dict
         teacher=teacher.model_dump(include={"spec", "mode", "params", "flops", "latency_ms_batch1", "latency_device"}))
 
 
+def target_digest(target: str) -> str:
+    """The target's content (each image's path below the folder, and its size): a bench moved or
+    re-mounted elsewhere is the same bench, while a target whose images changed is not."""
+    import hashlib
+
+    from curator.pool import list_folder_images
+
+    digest = hashlib.sha256()
+    for rel in list_folder_images(target):
+        digest.update(f"{rel}\0{os.path.getsize(os.path.join(target, rel))}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def settings(cfg: KTConfig) -> dict:
+    """What makes two benches the same bench: the config less seeds (more seeds extend it), where
+    things are (target path, out) and how progress shows, plus the target's content."""
+    mine = cfg.model_dump(exclude={"progress", "seeds", "target", "out"})
+    return {**mine, "target_digest": target_digest(cfg.target)}
+
+
 def check_saved(path: Path, cfg: KTConfig) -> None:
-    """Refuse a folder that holds another bench, naming each setting that differs. Only ``seeds``
-    may change (more seeds extend a finished bench); knobs added to KTConfig since the folder was
-    written read as their defaults, so an older finished bench stays extendable."""
-    mine = cfg.model_dump(exclude={"progress", "seeds"})
+    """Refuse a folder that holds another bench, naming each setting that differs. Knobs added to
+    KTConfig since the folder was written read as their defaults, so an older finished bench stays
+    extendable; a folder written before the target was fingerprinted keeps its saved target path."""
     if not path.exists():
         return
-    saved = {k: v for k, v in json.loads(path.read_text()).items() if k != "seeds"}
-    saved = {**{k: KTConfig.model_fields[k].default for k in mine if k not in saved}, **saved}
+    mine = settings(cfg)
+    saved = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("seeds", "out")}
+    if "target_digest" not in saved:
+        if saved.pop("target", cfg.target) != cfg.target:
+            saved["target_digest"] = "(another target)"
+        else:
+            saved["target_digest"] = mine["target_digest"]
+    saved = {**{k: KTConfig.model_fields[k].default for k in mine if k not in saved and k in KTConfig.model_fields},
+             **saved}
     diff = [f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(saved) | set(mine))
             if saved.get(k) != mine.get(k)]
     if diff:
@@ -188,7 +227,7 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
     saved = out / "kt-config.json"
     check_saved(saved, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(saved, cfg.model_dump(exclude={"progress", "seeds"}))
+    atomic.write_json(saved, settings(cfg))
     split = write_split(cfg, out)
     sets = curate_sets(cfg, split, out)
     if not sets["retrieved"].counts.emitted:
@@ -199,6 +238,9 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
             reports[arm].append(run_arm(cfg, arm, seed, split, out))
         reports["teacher"].append(reports["task-oriented-retrieved"][-1])
     results = summarise(cfg, reports, sets, time.perf_counter() - t0, command)
+    if (out / SKIPPED_FILE).exists():
+        skipped = json.loads((out / SKIPPED_FILE).read_text())
+        results = results.model_copy(update={"skipped_images": [SkippedItem.model_validate(s) for s in skipped]})
     save_doc(out / "results.json", results)
     atomic.write_text(out / "results.md", markdown(results, command))
     bar_chart(results, out / "chart.png")

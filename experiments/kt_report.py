@@ -26,7 +26,9 @@ def markdown(doc: KtResults, command: Optional[str] = None) -> str:
             f"transfer sets: " + ", ".join(f"{k} {v['images']}" for k, v in results["transfer_sets"].items())
             + f"; total wall {results['wall_seconds']} s.")
     cmd = f"\n\n```\n{command}\n```" if command else ""
-    return f"{head}{cmd}\n\n" + "\n".join(rows) + "\n\n" + checks + "\n"
+    skipped = "".join(f"\n- skipped target image `{s['key']}`: {s['reason']} ({s['detail']})"
+                      for s in results.get("skipped_images", []))
+    return f"{head}{cmd}\n\n" + "\n".join(rows) + "\n\n" + checks + "\n" + (skipped[1:] + "\n" if skipped else "")
 
 
 def _paired_text(pair: dict) -> str:

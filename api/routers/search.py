@@ -12,7 +12,7 @@ from curator.retrieval import PoolIndex
 from ..deps import EncoderLockDep, MetricsDep, PoolDep, ReadKey, SettingsDep, reject
 from ..metrics import Metrics
 from ..schemas import SearchOut
-from ..uploads import check_image
+from ..uploads import check_image, read_form
 
 router = APIRouter(tags=["search"])
 #: The service's ceiling on k; a server's --max-k may lower it.
@@ -33,7 +33,7 @@ async def search_upload(request: Request, key: ReadKey, settings: SettingsDep, p
     _k(k, settings)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise reject(415, "POST /search takes multipart/form-data with one 'file'")
-    form = await request.form(max_files=2, max_fields=4)
+    form = await read_form(request, max_files=2, max_fields=4, max_part_size=1 << 20)
     upload = form.get("file")
     if upload is None or not hasattr(upload, "read"):
         raise reject(422, "send the query image as the 'file' field")

@@ -46,7 +46,9 @@ def run(args) -> int:
     queries, vectors = load_query_input(args.queries)
     exclude = load_queries(args.exclude) if args.exclude else []
     index = PoolIndex.open(args.index)
-    manifest = curate(index, queries, params, args.out, query_vectors=vectors, exclude=exclude, set_id=args.set_id)
+    # a folder (or table) of queries goes on without an undecodable image; each is named in the manifest
+    manifest = curate(index, queries, params, args.out, query_vectors=vectors, exclude=exclude, set_id=args.set_id,
+                      skip_bad=True)
     if args.json:
         print(json.dumps(dump_doc(manifest), indent=2))
         return 0
@@ -54,6 +56,8 @@ def run(args) -> int:
     print(f"transfer set {manifest.id} in {os.path.join(args.out, manifest.id)}\n"
           f"  {c.emitted} images from {c.queries} queries in {len(manifest.shardlist)} shard(s); "
           f"candidates {c.candidates}, near-duplicates dropped {c.deduped}, excluded {c.excluded}")
+    for item in manifest.skipped_queries:
+        print(f"  skipped {item.key}: {item.reason} ({item.detail})")
     if manifest.dry_queries:
         print(f"  {len(manifest.dry_queries)} queries ran out of neighbours: the pool is too small for the quota")
     return 0

@@ -31,7 +31,17 @@ def run(args) -> int:
                 blobs.append(fh.read())
         except OSError as exc:
             raise CuratorError(f"cannot read query image {path}: {exc.strerror}") from None
-    scores, ids = index.search(index.embed_images(blobs), args.k)
+    from ..errors import BadImageError
+
+    vectors = []
+    for path, blob in zip(args.image, blobs):
+        try:
+            vectors.append(index.embed_images([blob]))
+        except BadImageError as exc:
+            raise CuratorError(f"query image {path}: {exc}") from None
+    import numpy as np
+
+    scores, ids = index.search(np.concatenate(vectors), args.k)
     results = [{"query": path, "hits": [h.as_dict() for h in index.hits(s, i)]}
                for path, s, i in zip(args.image, scores, ids)]
     if args.json:

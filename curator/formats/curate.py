@@ -7,6 +7,7 @@ from typing import Literal, Optional
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .base import Doc, FiniteFloat, utcnow
+from .index import SkippedItem
 
 TRANSFER_FORMAT = "curator.transfer-set/1"
 JOB_INPUTS_FORMAT = "curator.job-inputs/1"
@@ -108,6 +109,8 @@ class TransferManifest(Doc):
     params: CurateParams
     queries: list[QueryEntry]
     dry_queries: list[str] = Field(default_factory=list)
+    skipped_queries: list[SkippedItem] = Field(default_factory=list,
+                                               description="query images left out (undecodable), with the reason")
     counts: TransferCounts
     timings: dict[str, float] = Field(default_factory=dict)
     shardlist: list[ShardEntry] = Field(default_factory=list)

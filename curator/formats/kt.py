@@ -12,6 +12,7 @@ from pydantic import Field
 from ..specs import SMALL_ENCODER
 from .base import Doc, FiniteFloat, utcnow
 from .distill import ModelChoice
+from .index import SkippedItem
 
 RESULTS_FORMAT = "curator.kt-bench/1"
 
@@ -80,3 +81,5 @@ class KtResults(Doc):
     teacher: dict[str, Any]
     wall_seconds: float
     command: Optional[str] = None
+    skipped_images: list[SkippedItem] = Field(default_factory=list,
+                                              description="target images left out of the split (undecodable), why")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers import make_image_folder, pattern_image
+from helpers import make_image_folder, pattern_image, png_header_only
 from curator.cli import main
 from curator.curate import curate as curate_set
 from curator.errors import CuratorError
@@ -196,11 +196,14 @@ def test_cli_curate(pool_index, tmp_path, capsys):
     index, images = pool_index
     queries = tmp_path / "q"
     shutil.copytree(images / "class2", queries / "c2")
+    (queries / "c2" / "zz-bomb.png").write_bytes(png_header_only(50_000, 50_000))  # one bad image in the folder
     rc = main(["curate", "--index", str(index.root), "--queries", str(queries), "--out", str(tmp_path / "sets"),
                "--budget", "100", "--set-id", "cli", "--json"])
     manifest = json.loads(capsys.readouterr().out)
     assert rc == 0 and manifest["id"] == "cli" and manifest["params"]["budget"] == 100
     assert manifest["counts"]["queries"] == 50 and manifest["queries"][0]["label"] == "c2"
+    assert [(s["key"], s["reason"]) for s in manifest["skipped_queries"]] == [("c2/zz-bomb.png", "too_many_pixels")]
+    (queries / "c2" / "zz-bomb.png").unlink()
     np.save(tmp_path / "q.npy", index.vectors(np.array([3, 40])))
     rc = main(["curate", "--index", str(index.root), "--queries", str(tmp_path / "q.npy"), "--out",
                str(tmp_path / "sets"), "--per-query", "5", "--set-id", "npy", "--json"])

@@ -3,13 +3,14 @@ import json
 
 from PIL import Image
 
-from helpers import make_image_folder
+from helpers import make_image_folder, png_header_only
 from curator.cli import main
 from index_builder import BuildConfig, build_index
 
 
 def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     make_image_folder(tmp_path / "target", 36, classes=3, seed=11)
+    (tmp_path / "target" / "class0" / "bomb.png").write_bytes(png_header_only(50_000, 50_000))  # must not stop it
     make_image_folder(tmp_path / "pool", 80, classes=3, seed=12)
     build_index([str(tmp_path / "pool")], tmp_path / "index", BuildConfig(encoder=tiny_clip_spec, workers=0,
                                                                            progress=False))
@@ -42,10 +43,19 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     with Image.open(tmp_path / "out" / "chart.png") as chart:
         assert chart.format == "PNG" and chart.size[0] > 400
     assert results["paired"]["task-oriented-retrieved - supervised"]["test_accuracy"]["seeds"] == 1
+    assert [(s["key"].endswith("bomb.png"), s["reason"]) for s in results["skipped_images"]] == \
+        [(True, "too_many_pixels")] and "bomb.png" in md
     # a second call reuses every finished run and set
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["arms"] == results["arms"]
+    # the same target under another path is the same bench
+    import shutil
+
+    shutil.copytree(tmp_path / "target", tmp_path / "moved")
+    moved = [str(tmp_path / "moved") if a == str(tmp_path / "target") else a for a in args]
+    assert main(moved) == 0
+    assert json.loads(capsys.readouterr().out)["arms"] == results["arms"]
     # a kt-config written before a knob existed reads it as its default
     saved = tmp_path / "out" / "kt-config.json"
     saved.write_text(json.dumps({k: v for k, v in json.loads(saved.read_text()).items() if k != "student_init"}))
