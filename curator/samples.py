@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -114,12 +115,13 @@ def _download_deb(package: str, debs: Path) -> Path:
         return found[-1]
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         raise CuratorError("sample sets come from Debian packages; this machine has no apt-get/dpkg")
+    print(f"downloading the Debian package {package} into {debs} ...", file=sys.stderr, flush=True)
     try:
-        _run(["apt-get", "download", package], f"apt-get download {package}", cwd=debs)
+        _run(["apt-get", "download", package], f"apt-get download {package}", cwd=debs, show=True)
     except CuratorError:
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # stale or empty package lists
             _run(["apt-get", "update", "-qq"], "apt-get update")
-            _run(["apt-get", "download", package], f"apt-get download {package}", cwd=debs)
+            _run(["apt-get", "download", package], f"apt-get download {package}", cwd=debs, show=True)
         else:
             raise
     found = sorted(debs.glob(f"{package}_*.deb"))
@@ -128,11 +130,22 @@ def _download_deb(package: str, debs: Path) -> Path:
     return found[-1]
 
 
-def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+def _run(cmd: list[str], what: str, cwd: Path | None = None, show: bool = False) -> None:
+    """Run a tool; ``show`` passes its progress output (apt's download meter) through to stderr."""
+    proc = subprocess.run(cmd, cwd=cwd, stdout=_terminal() if show else subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
     if proc.returncode != 0:
         hint = "\nIf the package lists are missing, run 'sudo apt-get update' first." if cmd[0] == "apt-get" else ""
         raise CuratorError(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}{hint}")
+
+
+def _terminal():
+    """Our stderr as a file a child can write to, or a pipe where it is not one (captured output)."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):
+        return subprocess.PIPE
 
 
 def _link(src: Path, dst: Path) -> None:

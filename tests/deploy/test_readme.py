@@ -1,0 +1,30 @@
+"""The README's runnable example, run verbatim in a scratch folder (offline: the sample images come
+from the Debian package cache the other tests fill)."""
+import os
+import re
+import subprocess
+
+import pytest
+
+from helpers import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.network_local]
+
+
+def runnable_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return re.findall(r"<!-- readme-test: run -->\n```bash\n(.*?)```", text, flags=re.S)
+
+
+def test_the_readme_marks_a_runnable_block():
+    assert len(runnable_blocks()) == 1
+
+
+def test_the_readme_example_runs_verbatim(tmp_path, samples_root):
+    (tmp_path / ".venv").symlink_to(REPO / ".venv")
+    env = dict(os.environ, CURATOR_CACHE=str(samples_root.parent.parent))
+    script = "set -euo pipefail\n" + runnable_blocks()[0]
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "birds__penguin.png" in done.stdout and '"state":"succeeded"' in done.stdout.replace(" ", "")
+    assert (tmp_path / "sets" / "food" / "manifest.json").exists()
