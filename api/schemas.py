@@ -1,7 +1,7 @@
 """Request and response models of the HTTP API (the documents themselves live in ``curator.formats``)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -127,3 +127,18 @@ class HealthOut(BaseModel):
 
 class OkOut(BaseModel):
     ok: bool = True
+
+
+class ErrorItem(BaseModel):
+    loc: list[Union[str, int]] = Field(default_factory=list)
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """Every error body: a sentence, or (a validation error) one item per offending field."""
+    detail: Union[str, list[ErrorItem]]
+
+
+#: Documented on every route, so a client (and schemathesis) knows every error's shape.
+ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 415, 422)}

@@ -8,10 +8,10 @@ from fastapi.responses import JSONResponse
 
 from ..deps import CurateKey, PoolDep, RunnerDep, SettingsDep, StoreDep
 from ..jobs import save_inputs
-from ..schemas import CurateForm, CurateRequest, JobOut
+from ..schemas import ERRORS, CurateForm, CurateRequest, JobOut
 from ..uploads import read_curate_request
 
-router = APIRouter(tags=["curation"])
+router = APIRouter(tags=["curation"], responses=ERRORS)
 BODIES = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": CurateForm.model_json_schema()},
     "application/json": {"schema": CurateRequest.model_json_schema()}}}}

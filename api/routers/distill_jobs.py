@@ -10,10 +10,10 @@ from pydantic import ValidationError
 from curator.formats import MACHINE_FIELDS, DistillConfig, describe_errors
 
 from ..deps import CurateKey, ReadKey, SettingsDep, StoreDep, found, reject
-from ..schemas import DistillJobIn, DistillJobOut, FinishIn, LeaseIn, OkOut
+from ..schemas import ERRORS, DistillJobIn, DistillJobOut, FinishIn, LeaseIn, OkOut
 from .transfer_sets import set_folder
 
-router = APIRouter(tags=["distillation"])
+router = APIRouter(tags=["distillation"], responses=ERRORS)
 #: Set by the worker, never by a job: where its files are, its hardware, its credentials.
 WORKER_FIELDS = MACHINE_FIELDS
 

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 from fastapi import APIRouter, Query
 
 from ..deps import CurateKey, ReadKey, RunnerDep, StoreDep, found
-from ..schemas import JobOut
+from ..schemas import ERRORS, JobOut
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=ERRORS)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)

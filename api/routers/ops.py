@@ -5,9 +5,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from ..deps import MetricsDep, StoreDep
-from ..schemas import HealthOut
+from ..schemas import ERRORS, HealthOut
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], responses=ERRORS)
 
 
 @router.get("/healthz", response_model=HealthOut)

@@ -11,10 +11,10 @@ from curator.retrieval import PoolIndex
 
 from ..deps import EncoderLockDep, MetricsDep, PoolDep, ReadKey, SettingsDep, reject
 from ..metrics import Metrics
-from ..schemas import SearchOut
+from ..schemas import ERRORS, SearchOut
 from ..uploads import check_image, read_form
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], responses=ERRORS)
 #: The service's ceiling on k; a server's --max-k may lower it.
 K_MAX = 100_000
 UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from ..deps import MetricsDep, ReadKey, SettingsDep, StoreDep, reject
-from ..schemas import SetSummary
+from ..schemas import ERRORS, SetSummary
 from ..settings import Settings
 from ..store import Store
 
-router = APIRouter(tags=["transfer sets"])
+router = APIRouter(tags=["transfer sets"], responses=ERRORS)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
