@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 async def lifespan(app: FastAPI):
     """Open the pool and the store, requeue what a restart interrupted; stop the jobs on the way out."""
     settings: Settings = app.state.settings
+    for partial in settings.sets_dir.glob(".*.tmp-*"):  # a set whose writer was killed: never complete
+        shutil.rmtree(partial, ignore_errors=True)
     pool, store = PoolIndex.open(settings.index_dir), Store(settings.db_path)
     runner = JobRunner(settings, store, pool)
     failed, queued = store.recover()
