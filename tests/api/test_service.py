@@ -113,6 +113,14 @@ BOMB = png_header_only(50_000, 50_000)
     ([("files", ("a.png", png_bytes(pattern_image(1)), "image/png"))], {"params": '{"per_query": -3}'}, 422, []),
     ([("files", ("a.png", png_bytes(pattern_image(1)), "image/png"))], {"labels": '["x", "y"]'}, 422, ["labels"]),
     ([("params", (None, "{}"))], {}, 422, ["no query images"]),
+    # every other image format, and nothing at all
+    ([("files", ("a.ico", png_bytes(pattern_image(2, 96), "ICO"), "image/x-icon"))], {}, 415, ["unsupported"]),
+    ([("files", ("empty.png", b"", "image/png"))], {}, 422, ["empty.png", "empty"]),
+    # huge, negative and non-finite parameters
+    *[([("files", ("a.png", png_bytes(pattern_image(1, 96)), "image/png"))], {"params": p}, 422, [])
+      for p in ('{"per_query": 10000000000000000000000}', '{"budget": -1}', '{"crops": 99}', '{"shard_size": 0}',
+                '{"dedup": 2}', '{"dedup": NaN}', '{"threshold": Infinity, "strategy": "threshold"}',
+                '{"seed": -5}', '{"strategy": "../../etc"}')],
 ])
 def test_bad_input_matrix(server, files, data, status, words):
     r = httpx.post(server.url + "/curate", files=files, data=data, headers={"Authorization": f"Bearer {CURATE}"})
@@ -120,6 +128,39 @@ def test_bad_input_matrix(server, files, data, status, words):
     for w in words:
         assert w in json.dumps(r.json()["detail"])
     healthy(server)
+
+
+@pytest.mark.parametrize("body", [{"embeddings": [[float("nan")] * 1280]}, {"embeddings": [[1e400] * 1280]},
+                                  {"embeddings": [[0.0] * 1280]}, {"embeddings": [[0.1, 0.2], [0.1]]},
+                                  {"embeddings": [[0.1] * 7]}, {"images": [{"name": "a", "data": "%%%"}]}])
+def test_bad_embeddings_and_base64_are_422(server, body):
+    r = httpx.post(server.url + "/curate", content=json.dumps(body).replace("Infinity", "1e400"),
+                   headers={"Authorization": f"Bearer {CURATE}", "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    healthy(server)
+
+
+@pytest.mark.parametrize("path", ["/jobs/..%2F..%2Fcurator.sqlite3", "/distill-jobs/..%2Fx", "/transfer-sets/..",
+                                  "/transfer-sets/%2E%2E%2Fuploads/samples.parquet", "/jobs/%00",
+                                  "/transfer-sets/ts-x/shards/..%2F..%2F..%2Fetc%2Fpasswd"])
+def test_traversal_in_every_path_parameter_is_refused(server, path):
+    r = httpx.get(server.url + path, headers={"Authorization": f"Bearer {READ}"})
+    assert r.status_code in (400, 404), (path, r.status_code)
+    assert "curator.sqlite3" not in r.text or r.status_code == 404
+    healthy(server)
+
+
+def test_a_token_in_the_query_string_is_not_a_credential(server):
+    for url in (f"/jobs?token={READ}", f"/jobs?access_token={READ}", f"/jobs?api_key={READ}"):
+        assert httpx.get(server.url + url).status_code == 401
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_supported_image_format_is_accepted(server, fmt):
+    files = [("files", (f"a.{fmt.lower()}", png_bytes(pattern_image(5, 96), fmt), "application/octet-stream"))]
+    r = httpx.post(server.url + "/curate?wait=true", files=files, data={"params": '{"per_query": 2}'},
+                   headers={"Authorization": f"Bearer {CURATE}"}, timeout=60)
+    assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text
 
 
 def test_malformed_multipart_is_a_400(server):
