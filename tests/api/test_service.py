@@ -234,3 +234,30 @@ def test_server_refuses_to_start_without_keys(index_dir, tmp_path):
                           env={k: v for k, v in os.environ.items() if k != "CURATOR_API_KEYS"} | {"PYTHONPATH": str(REPO)},
                           timeout=60)
     assert proc.returncode == 2 and "--no-auth" in proc.stderr
+
+
+def test_downloads_report_a_missing_shard_and_a_changed_manifest(server, tmp_path):
+    """A shard gone on the server is a ServiceError (the streamed error is read, then reported); a
+    manifest that no longer matches its recorded sha256 is refused, never rewritten."""
+    from curator.errors import CuratorError
+
+    with CuratorClient(server.url, CURATE) as client:
+        job = client.wait(client.curate(query_files(tmp_path, [51]), {"per_query": 3})["id"], timeout=60)
+        folder = server.data_dir / "transfer-sets" / job["transfer_set_id"]
+        shard = next(folder.glob("*.tar"))
+        shard.rename(shard.with_suffix(".gone"))
+        try:
+            with pytest.raises(ServiceError) as exc:
+                client.download_transfer_set(job["transfer_set_id"], tmp_path / "dl")
+            assert exc.value.status == 404 and shard.name in str(exc.value.detail)
+        finally:
+            shard.with_suffix(".gone").rename(shard)
+        manifest = folder / "manifest.json"
+        original = manifest.read_bytes()
+        manifest.write_bytes(original.replace(b'"emitted": 3', b'"emitted": 4'))
+        try:
+            with pytest.raises(CuratorError, match="does not match the sha256"):
+                client.download_transfer_set(job["transfer_set_id"], tmp_path / "dl2")
+        finally:
+            manifest.write_bytes(original)
+        assert client.download_transfer_set(job["transfer_set_id"], tmp_path / "dl3").is_dir()

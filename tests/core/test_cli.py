@@ -30,3 +30,23 @@ def test_bad_values_name_the_flag_and_never_print_a_traceback(tmp_path, capsys):
     # -v after the subcommand is accepted too
     assert main(["search", "-v", "--index", str(tmp_path), "--image", "x.png", "-k", "0"]) == 2
 
+
+
+def test_a_port_in_use_is_refused_before_start_up(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["serve", "--index", str(tmp_path), "--data", str(tmp_path / "d"), "--no-auth",
+                     "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "--port" in err and not (tmp_path / "d").exists()
+
+
+def test_samples_without_an_action_names_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["samples"])
+    err = capsys.readouterr().err
+    assert "ACTION" in err and "action" not in err.replace("ACTION", "")

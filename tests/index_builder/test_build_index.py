@@ -123,6 +123,10 @@ def test_cli_errors_exit_2_with_a_message(messy_pool, tmp_path, tiny_clip_spec, 
     assert rc == 2 and "packaged:efficientnet-lite2" in capsys.readouterr().err
     rc = main(["search", "--index", str(tmp_path / "missing"), "--image", "x.png"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+    build_index([str(messy_pool)], tmp_path / "idx", opts(tiny_clip_spec))
+    rc = main(["search", "--index", str(tmp_path / "idx"), "--image", str(messy_pool / "class2" / "text.jpg")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "text.jpg" in err and "not_an_image" in err and "Traceback" not in err
 
 
 def test_shard_done_marker_is_valid(messy_pool, tmp_path, tiny_clip_spec):
