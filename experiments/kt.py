@@ -220,12 +220,23 @@ def check_saved(path: Path, cfg: KTConfig) -> None:
                            "to start over (only --seeds may change: more seeds reuse the finished ones)")
 
 
+def check_models(cfg: KTConfig) -> None:
+    """The teacher and the student load, before anything is written: a typo'd --teacher must not
+    leave a bench folder that refuses the corrected command."""
+    from curator.encoders import create_encoder
+    from distill.models import Student
+
+    create_encoder(cfg.teacher)
+    Student(cfg.student, 2, cfg.student_size, cfg.student_init)
+
+
 def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
     """The whole bench; returns results.json's content (also written with results.md, chart.png)."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
     saved = out / "kt-config.json"
     check_saved(saved, cfg)
+    check_models(cfg)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(saved, settings(cfg))
     split = write_split(cfg, out)

@@ -19,6 +19,9 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
             "--student", "resnet18", "--student-size", "32", "--budget", "24", "--seeds", "1",
             "--labels-per-class", "3", "--val-per-class", "1", "--steps-a", "4", "--steps-b", "6",
             "--steps-c", "4", "--batch-size", "8", "--json"]
+    bad = [a if a != tiny_clip_spec else "packaged:efficientnet-lite9" for a in args]
+    assert main(bad) == 2 and "unknown packaged encoder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # the corrected command is not blocked by a half-made folder
     assert main(args) == 0
     results = json.loads(capsys.readouterr().out)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
