@@ -1,31 +1,81 @@
-"""Request bounds and request metrics, as one HTTP middleware."""
+"""Request bounds and request metrics.
+
+:class:`BoundedRequests` is plain ASGI, so it sees the body as it is read: it counts the bytes that
+actually arrive (whatever Content-Length or Transfer-Encoding claim), reads them against a deadline
+(a client that promises more than it sends is cut off), and caps the headers' count and size.
+"""
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from .metrics import Metrics
 from .settings import Settings
 
 
+class BoundedRequests:
+    def __init__(self, app, *, max_body: int, max_headers: int, max_header_bytes: int, body_timeout: float):
+        self.app, self.max_body, self.body_timeout = app, max_body, body_timeout
+        self.max_headers, self.max_header_bytes = max_headers, max_header_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = self.refuse(scope)
+        if refusal:
+            return await _reply(send, *refusal)
+        received, complete = 0, False
+
+        async def bounded():
+            nonlocal received, complete
+            if complete:  # the body is in: later reads wait for a disconnect, unbounded
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body did not arrive within {self.body_timeout:.0f} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.max_body:
+                    raise HTTPException(413, f"request body exceeds {self.max_body} bytes (--max-request-bytes)")
+            return message
+        await self.app(scope, bounded, send)
+
+    def refuse(self, scope) -> tuple[int, str] | None:
+        headers = scope["headers"]
+        if len(headers) > self.max_headers or sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
+            return 431, f"request headers exceed {self.max_headers} headers or {self.max_header_bytes} bytes"
+        named = {k.lower(): v for k, v in headers}
+        length = named.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return 413, f"request body exceeds {self.max_body} bytes (--max-request-bytes)"
+        if length is None and b"transfer-encoding" in named and scope["method"] in ("POST", "PUT", "PATCH"):
+            return 411, "send Content-Length: bodies without one (chunked or otherwise encoded) are not accepted"
+        return None
+
+
+async def _reply(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def install(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    limit = settings.limits.max_request_bytes
+    app.add_middleware(BoundedRequests, max_body=settings.limits.max_request_bytes,
+                       max_headers=settings.max_headers, max_header_bytes=settings.max_header_bytes,
+                       body_timeout=settings.body_timeout)
 
     @app.middleware("http")
-    async def bound_and_measure(request: Request, call_next):
+    async def measure(request: Request, call_next):
         t0 = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            response = JSONResponse({"detail": f"request body exceeds {limit} bytes (--max-request-bytes)"},
-                                    status_code=413)
-        elif length is None and request.method in ("POST", "PUT", "PATCH") and \
-                request.headers.get("transfer-encoding", "").lower() == "chunked":
-            response = JSONResponse({"detail": "chunked uploads are not accepted; send Content-Length"},
-                                    status_code=411)
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         route = request.scope.get("route")
         metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code,
                         time.perf_counter() - t0)

@@ -48,8 +48,14 @@ class LeaseIn(_Body):
     lease_seconds: FiniteFloat = Field(60.0, ge=5.0, le=3600.0)
 
 
+class HeartbeatIn(LeaseIn):
+    """Renew a lease: the token that the claim returned proves the caller holds it."""
+    lease_token: str = Field(min_length=8, max_length=128)
+
+
 class FinishIn(_Body):
     worker: str = Field(min_length=1, max_length=128)
+    lease_token: str = Field(min_length=8, max_length=128)
     state: str = Field(pattern="^(succeeded|failed)$")
     report: Optional[dict[str, Any]] = None
     student_url: Optional[str] = Field(None, max_length=4096)
@@ -98,6 +104,10 @@ class DistillJobOut(BaseModel):
 
 def _times(row: dict) -> dict:
     return {k: iso(row[k]) for k in ("created_at", "updated_at", "lease_expires") if k in row}
+
+
+class ClaimOut(DistillJobOut):
+    lease_token: str = Field(description="the lease's secret: heartbeat and finish must present it")
 
 
 class SetSummary(BaseModel):

@@ -17,6 +17,11 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     job_workers: int = 2
     wait_seconds: float = 120.0       # ?wait=true blocks at most this long, then answers 202
+    body_timeout: float = 30.0        # a request body must arrive within this (a client cannot hold a worker)
+    keep_alive_timeout: float = 5.0   # an idle connection is closed after this
+    header_timeout: float = 10.0      # a request's headers must arrive within this (api.protocol)
+    max_headers: int = 100
+    max_header_bytes: int = 16 << 10
 
     @property
     def sets_dir(self) -> Path:

@@ -5,7 +5,9 @@ event loop read while a job thread writes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -23,7 +25,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS distill_jobs (
   id TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT, config TEXT NOT NULL, transfer_set_id TEXT NOT NULL,
   worker TEXT, lease_expires REAL, attempts INTEGER DEFAULT 0, report TEXT, student_url TEXT, error TEXT,
-  created_at REAL NOT NULL, updated_at REAL NOT NULL
+  created_at REAL NOT NULL, updated_at REAL NOT NULL, lease_token TEXT, lease_key TEXT
 );
 CREATE INDEX IF NOT EXISTS distill_state ON distill_jobs(state, created_at);
 CREATE TABLE IF NOT EXISTS transfer_sets (
@@ -42,6 +44,10 @@ class Store:
         with self._conn() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            have = {row["name"] for row in db.execute("PRAGMA table_info(distill_jobs)")}
+            for column in ("lease_token", "lease_key"):  # a database made before leases carried tokens
+                if column not in have:
+                    db.execute(f"ALTER TABLE distill_jobs ADD COLUMN {column} TEXT")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -114,31 +120,36 @@ class Store:
                              (job_id, owner, json.dumps(config), transfer_set_id, now, now))
         return job_id
 
-    def claim_distill_job(self, worker: str, lease_seconds: float) -> Optional[dict]:
-        """Atomically hand the oldest queued job, or one whose lease ran out, to ``worker``."""
-        now = time.time()
+    def claim_distill_job(self, worker: str, lease_seconds: float, key: Optional[str]) -> Optional[dict]:
+        """Atomically hand the oldest queued job, or one whose lease ran out, to ``worker``. The
+        lease is a fresh secret token (returned here only, stored hashed) bound to the claiming key:
+        a worker's name is no credential, and another key cannot renew or finish the job."""
+        now, token = time.time(), secrets.token_urlsafe(24)
         row = self._conn().execute(
             "UPDATE distill_jobs SET state = 'running', worker = ?, lease_expires = ?, attempts = attempts + 1, "
-            "updated_at = ? WHERE id = (SELECT id FROM distill_jobs WHERE state = 'queued' OR "
-            "(state = 'running' AND lease_expires < ?) ORDER BY created_at LIMIT 1) RETURNING *",
-            (worker, now + lease_seconds, now, now)).fetchone()
-        return _distill(row) if row else None
+            "lease_token = ?, lease_key = ?, updated_at = ? WHERE id = (SELECT id FROM distill_jobs WHERE "
+            "state = 'queued' OR (state = 'running' AND lease_expires < ?) ORDER BY created_at LIMIT 1) RETURNING *",
+            (worker, now + lease_seconds, _hash(token), key, now, now)).fetchone()
+        return dict(_distill(row), lease_token=token) if row else None
 
-    def heartbeat_distill_job(self, job_id: str, worker: str, lease_seconds: float) -> bool:
-        """Extend the lease; False when the worker no longer holds the job (it must stop)."""
+    def heartbeat_distill_job(self, job_id: str, token: str, key: Optional[str], lease_seconds: float) -> bool:
+        """Extend the lease; False when the caller no longer holds it (it must stop)."""
         now = time.time()
         cur = self._conn().execute("UPDATE distill_jobs SET lease_expires = ?, updated_at = ? WHERE id = ? AND "
-                                   "worker = ? AND state = 'running' AND lease_expires >= ?",
-                                   (now + lease_seconds, now, job_id, worker, now))
+                                   "lease_token = ? AND lease_key IS ? AND state = 'running' AND lease_expires >= ?",
+                                   (now + lease_seconds, now, job_id, _hash(token), key, now))
         return cur.rowcount == 1
 
-    def finish_distill_job(self, job_id: str, worker: str, state: str, **fields: Any) -> bool:
+    def finish_distill_job(self, job_id: str, token: str, key: Optional[str], state: str, **fields: Any) -> bool:
+        """Record the result of a lease still held: an expired lease is refused, as a heartbeat is."""
         if "report" in fields and fields["report"] is not None:
             fields["report"] = json.dumps(fields["report"])
-        fields.update(state=state, updated_at=time.time())
+        now = time.time()
+        fields.update(state=state, updated_at=now)
         cols = ", ".join(f"{k} = ?" for k in fields)
-        cur = self._conn().execute(f"UPDATE distill_jobs SET {cols} WHERE id = ? AND worker = ? AND state = 'running'",
-                                   (*fields.values(), job_id, worker))
+        cur = self._conn().execute(f"UPDATE distill_jobs SET {cols} WHERE id = ? AND lease_token = ? AND "
+                                   "lease_key IS ? AND state = 'running' AND lease_expires >= ?",
+                                   (*fields.values(), job_id, _hash(token), key, now))
         return cur.rowcount == 1
 
     def cancel_distill_job(self, job_id: str) -> bool:
@@ -170,6 +181,10 @@ class Store:
         return [_set(r) for r in rows]
 
 
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def _job(row: sqlite3.Row) -> dict:
     d = dict(row)
     d["params"] = json.loads(d["params"])
@@ -178,7 +193,7 @@ def _job(row: sqlite3.Row) -> dict:
 
 
 def _distill(row: sqlite3.Row) -> dict:
-    d = dict(row)
+    d = {k: row[k] for k in row.keys() if k not in ("lease_token", "lease_key")}  # secrets never leave the store
     d["config"] = json.loads(d["config"])
     d["report"] = json.loads(d["report"]) if d["report"] else None
     return d

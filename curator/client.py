@@ -121,19 +121,21 @@ class CuratorClient:
         return self._check(self.http.get(f"/distill-jobs/{job_id}")).json()
 
     def claim_distill_job(self, worker: str, lease_seconds: float) -> Optional[dict]:
-        """The next job for ``worker`` (under a lease), or None when the queue is empty."""
+        """The next job for ``worker`` (under a lease), or None when the queue is empty. The job's
+        ``lease_token`` is the lease's secret: heartbeats and the result must present it."""
         r = self._check(self.http.post("/distill-jobs/claim", json={"worker": worker, "lease_seconds": lease_seconds}))
         return r.json() if r.status_code == 200 else None
 
-    def heartbeat(self, job_id: str, worker: str, lease_seconds: float) -> bool:
-        r = self.http.post(f"/distill-jobs/{job_id}/heartbeat", json={"worker": worker, "lease_seconds": lease_seconds})
+    def heartbeat(self, job_id: str, worker: str, lease_seconds: float, lease_token: str) -> bool:
+        r = self.http.post(f"/distill-jobs/{job_id}/heartbeat",
+                           json={"worker": worker, "lease_seconds": lease_seconds, "lease_token": lease_token})
         if r.status_code == 409:
             return False
         self._check(r)
         return True
 
-    def finish_distill_job(self, job_id: str, worker: str, state: str, **fields) -> dict:
-        body = {"worker": worker, "state": state, **fields}
+    def finish_distill_job(self, job_id: str, worker: str, state: str, lease_token: str, **fields) -> dict:
+        body = {"worker": worker, "state": state, "lease_token": lease_token, **fields}
         return self._check(self.http.post(f"/distill-jobs/{job_id}/finish", json=body)).json()
 
     def download_transfer_set(self, set_id: str, dest: str | os.PathLike) -> Path:

@@ -23,11 +23,11 @@ from .run import run_distill
 log = logging.getLogger(__name__)
 
 
-def _heartbeat(client: CuratorClient, job_id: str, worker: str, lease: float, stop: threading.Event,
+def _heartbeat(client: CuratorClient, job_id: str, worker: str, lease: float, token: str, stop: threading.Event,
                lost: threading.Event) -> None:
     while not stop.wait(lease / 3):
         try:
-            if not client.heartbeat(job_id, worker, lease):
+            if not client.heartbeat(job_id, worker, lease, token):
                 lost.set()
                 return
         except Exception as exc:  # a network blip: try again at the next beat, the lease has slack
@@ -42,7 +42,7 @@ def run_one(client: CuratorClient, api: str, token: Optional[str], worker: str, 
         return None
     log.info("%s claimed %s (attempt %d)", worker, job["id"], job["attempts"])
     stop, lost = threading.Event(), threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(client, job["id"], worker, lease, stop, lost), daemon=True)
+    beat = threading.Thread(target=_heartbeat, args=(client, job["id"], worker, lease, job["lease_token"], stop, lost), daemon=True)
     beat.start()
     out = work_dir / job["id"]
     try:
@@ -62,7 +62,7 @@ def run_one(client: CuratorClient, api: str, token: Optional[str], worker: str, 
     if lost.is_set():
         log.warning("lost the lease on %s; not reporting", job["id"])
         return None
-    return client.finish_distill_job(job["id"], worker, state, **fields)
+    return client.finish_distill_job(job["id"], worker, state, job["lease_token"], **fields)
 
 
 def run_worker(api: str, token: Optional[str], work_dir: str, *, name: Optional[str] = None, lease: float = 60.0,

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from curator.formats import MACHINE_FIELDS, DistillConfig, describe_errors
 
 from ..deps import CurateKey, ReadKey, SettingsDep, StoreDep, found, reject
-from ..schemas import ERRORS, DistillJobIn, DistillJobOut, FinishIn, LeaseIn, OkOut
+from ..schemas import ERRORS, ClaimOut, DistillJobIn, DistillJobOut, FinishIn, HeartbeatIn, LeaseIn, OkOut
 from .transfer_sets import set_folder
 
 router = APIRouter(tags=["distillation"], responses=ERRORS)
@@ -56,25 +56,26 @@ def list_distill_jobs(key: ReadKey, store: StoreDep, limit: Annotated[int, Query
     return [DistillJobOut.from_row(j) for j in store.list_distill_jobs(limit)]
 
 
-@router.post("/distill-jobs/claim", response_model=DistillJobOut, responses={204: {"description": "queue empty"}})
+@router.post("/distill-jobs/claim", response_model=ClaimOut, responses={204: {"description": "queue empty"}})
 def claim_distill_job(body: LeaseIn, key: CurateKey, store: StoreDep) -> Response:
-    job = store.claim_distill_job(body.worker, body.lease_seconds)
+    job = store.claim_distill_job(body.worker, body.lease_seconds, key.name if key else None)
     if not job:
         return Response(status_code=204)
-    return JSONResponse(DistillJobOut.from_row(job).model_dump(), status_code=200)
+    return JSONResponse(ClaimOut.from_row(job).model_dump(), status_code=200)
 
 
 @router.post("/distill-jobs/{job_id}/heartbeat", response_model=OkOut)
-def heartbeat(job_id: str, body: LeaseIn, key: CurateKey, store: StoreDep) -> OkOut:
-    if not store.heartbeat_distill_job(job_id, body.worker, body.lease_seconds):
-        raise reject(409, f"worker {body.worker!r} no longer holds {job_id!r} (lease lost): stop working on it")
+def heartbeat(job_id: str, body: HeartbeatIn, key: CurateKey, store: StoreDep) -> OkOut:
+    if not store.heartbeat_distill_job(job_id, body.lease_token, key.name if key else None, body.lease_seconds):
+        raise reject(409, f"this caller no longer holds {job_id!r} (lease lost, expired or never held): stop "
+                          f"working on it")
     return OkOut()
 
 
 @router.post("/distill-jobs/{job_id}/finish", response_model=DistillJobOut)
 def finish(job_id: str, body: FinishIn, key: CurateKey, store: StoreDep) -> DistillJobOut:
-    ok = store.finish_distill_job(job_id, body.worker, body.state, report=body.report,
-                                  student_url=body.student_url, error=body.error)
+    ok = store.finish_distill_job(job_id, body.lease_token, key.name if key else None, body.state,
+                                  report=body.report, student_url=body.student_url, error=body.error)
     if not ok:
-        raise reject(409, f"worker {body.worker!r} does not hold {job_id!r}; its result was not recorded")
+        raise reject(409, f"this caller does not hold a live lease on {job_id!r}; its result was not recorded")
     return DistillJobOut.from_row(store.get_distill_job(job_id))

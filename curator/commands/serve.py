@@ -19,6 +19,11 @@ def add_parser(sub) -> None:
     p.add_argument("--api-keys", help="file of name:scopes:secret lines (also: $CURATOR_API_KEYS)")
     p.add_argument("--no-auth", action="store_true", help="accept every caller (local development only)")
     p.add_argument("--job-workers", type=int, default=None, help="curation jobs run at once (default: 2)")
+    p.add_argument("--body-timeout", type=float, default=None,
+                   help="seconds a request body may take to arrive; a client that sends less than it promised is "
+                        "cut off (default: 30)")
+    p.add_argument("--header-timeout", type=float, default=None,
+                   help="seconds a request's headers may take to arrive (default: 10)")
     add_model_flags(p, Limits, ("max_files", "max_file_bytes", "max_request_bytes", "max_pixels", "max_budget",
                                 "max_k"))
     p.set_defaults(run=run)
@@ -42,14 +47,19 @@ def run(args) -> int:
     import uvicorn
 
     from api import Settings, create_app
+    from api.protocol import HeaderTimeoutProtocol
 
     check_port(args.host, args.port)
     settings = Settings(index_dir=Path(args.index), data_dir=Path(args.data),
                         api_keys_file=Path(args.api_keys) if args.api_keys else None, no_auth=args.no_auth,
                         limits=build_model(Limits, args),
-                        **({"job_workers": args.job_workers} if args.job_workers is not None else {}))
+                        **{k: v for k, v in (("job_workers", args.job_workers), ("body_timeout", args.body_timeout),
+                                                  ("header_timeout", args.header_timeout))
+                           if v is not None})
     if args.no_auth:
         print("*" * 72 + "\nWARNING: --no-auth: every caller may curate and download. Local development only.\n"
               + "*" * 72, file=sys.stderr, flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
+                timeout_keep_alive=settings.keep_alive_timeout,
+                http=type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": settings.header_timeout}))
     return 0

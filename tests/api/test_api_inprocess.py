@@ -11,6 +11,7 @@ from helpers import make_image_folder, pattern_image, png_bytes
 from index_builder import BuildConfig, build_index
 
 KEY = "inproc-key-0123456789abcdef"
+OTHER = "other-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def client(tiny_clip_spec, tmp_path_factory):
     root = tmp_path_factory.mktemp("inproc")
     make_image_folder(root / "pool", 40, classes=2, seed=5)
     build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
-    (root / "keys.txt").write_text(f"carol:curate:{KEY}\n")
+    (root / "keys.txt").write_text(f"carol:curate:{KEY}\nmallory:curate:{OTHER}\n")
     app = create_app(Settings(index_dir=root / "index", data_dir=root / "data", api_keys_file=root / "keys.txt"))
     with TestClient(app, headers={"Authorization": f"Bearer {KEY}"}) as c:
         c.dim = app.state.pool.manifest.dim
@@ -121,7 +122,8 @@ def test_times_are_iso_8601_and_distill_jobs_can_be_cancelled(client):
     assert claimed["id"] == dj["id"] and claimed["lease_expires"].endswith("+00:00")
     r = client.delete(f"/distill-jobs/{dj['id']}")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
-    beat = client.post(f"/distill-jobs/{dj['id']}/heartbeat", json={"worker": "w", "lease_seconds": 60})
+    beat = client.post(f"/distill-jobs/{dj['id']}/heartbeat", json={"worker": "w", "lease_seconds": 60,
+                                                                     "lease_token": claimed["lease_token"]})
     assert beat.status_code == 409  # the worker learns at its next beat, and stops
 
 
@@ -144,3 +146,66 @@ def test_non_finite_multipart_params_are_422(client):
     for params in ('{"dedup": NaN}', '{"threshold": Infinity, "strategy": "threshold"}', '{"per_query": 1e400}'):
         r = client.post("/curate", files=files, data={"params": params})
         assert r.status_code == 422, (params, r.text)
+
+
+def test_a_lease_is_a_secret_bound_to_the_claiming_key_and_expired_means_refused(client):
+    data = base64.b64encode(png_bytes(pattern_image(6, 96))).decode()
+    job = client.post("/curate?wait=true", json={"params": {"per_query": 2},
+                                                 "images": [{"name": "q.png", "data": data}]}).json()
+    client.post("/distill-jobs", json={"transfer_set_id": job["transfer_set_id"], "labelled": "/d", "config": {}})
+    claimed = client.post("/distill-jobs/claim", json={"worker": "w", "lease_seconds": 60}).json()
+    token, job_id = claimed["lease_token"], claimed["id"]
+    assert "lease_token" not in client.get(f"/distill-jobs/{job_id}").json()  # shown to the claimant only
+    finish = {"worker": "w", "state": "succeeded", "report": {"forged": True}}
+    other = {"Authorization": f"Bearer {OTHER}"}
+    assert client.post(f"/distill-jobs/{job_id}/finish", json=finish | {"lease_token": "x" * 32}).status_code == 409
+    assert client.post(f"/distill-jobs/{job_id}/finish", json=finish | {"lease_token": token},
+                       headers=other).status_code == 409  # another key, even with the token
+    client.app.state.store._conn().execute("UPDATE distill_jobs SET lease_expires = 0 WHERE id = ?", (job_id,))
+    late = client.post(f"/distill-jobs/{job_id}/finish", json=finish | {"lease_token": token})
+    assert late.status_code == 409  # expired is refused, as the heartbeat is
+    assert client.get(f"/distill-jobs/{job_id}").json()["state"] == "running"
+
+
+def test_headers_are_capped_and_encoded_bodies_need_a_length(client):
+    assert client.get("/healthz", headers={f"x-h{i}": "1" for i in range(200)}).status_code == 431
+    assert client.get("/healthz", headers={"x-big": "a" * 100_000}).status_code == 431
+    chunks = iter([b'{"params": {}, ', b'"embeddings": [[1.0]]}'])
+    r = client.post("/curate", content=chunks, headers={"content-type": "application/json",
+                                                        "transfer-encoding": "gzip, chunked"})
+    assert r.status_code == 411
+
+
+def test_the_body_is_counted_as_it_arrives_whatever_the_headers_say():
+    """The middleware alone: a body that keeps coming past the limit is refused at the limit."""
+    import asyncio
+
+    from api.middleware import BoundedRequests
+
+    async def app(scope, receive, send):
+        from fastapi import HTTPException
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except HTTPException as exc:
+            await send({"type": "http.response.start", "status": exc.status_code, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run(chunks: int) -> int:
+        messages = [{"type": "http.request", "body": b"x" * 1000, "more_body": True}] * chunks + \
+                   [{"type": "http.request", "body": b"", "more_body": False}]
+        feed, sent = iter(messages), []
+
+        async def receive():
+            return next(feed)
+
+        async def send(message):
+            sent.append(message)
+        scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"10")]}
+        await BoundedRequests(app, max_body=5000, max_headers=10, max_header_bytes=1000, body_timeout=5)(
+            scope, receive, send)
+        return sent[0]["status"]
+    assert asyncio.run(run(3)) == 200 and asyncio.run(run(9)) == 413
