@@ -64,7 +64,8 @@ def create_app(settings: Settings) -> FastAPI:
     if not settings.no_auth and len(keys) == 0:
         raise CuratorError("no API keys configured: pass --api-keys FILE or set CURATOR_API_KEYS "
                            "(name:scopes:secret), or --no-auth for local development")
-    app = FastAPI(title="curator", version=__version__, lifespan=lifespan,
+    docs = {} if settings.public_docs else {"docs_url": None, "redoc_url": None}
+    app = FastAPI(title="curator", version=__version__, lifespan=lifespan, **docs,
                   description="Retrieval-augmented transfer sets for task-oriented knowledge transfer.")
     app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
     middleware.install(app, settings, app.state.metrics)

@@ -23,6 +23,10 @@ class ApiKey:
     name: str
     scopes: frozenset[str]
 
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes or (scope == "read" and "curate" in self.scopes)
 

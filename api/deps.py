@@ -72,6 +72,18 @@ def require(scope: str) -> Callable[..., Optional[ApiKey]]:
 
 ReadKey = Annotated[Optional[ApiKey], Depends(require("read"))]
 CurateKey = Annotated[Optional[ApiKey], Depends(require("curate"))]
+AdminKey = Annotated[Optional[ApiKey], Depends(require("admin"))]
+
+
+def owner_filter(key: Optional[ApiKey]) -> Optional[str]:
+    """Whose rows a listing shows: the caller's own, or everyone's for an admin (or under --no-auth)."""
+    return None if key is None or key.is_admin else key.name
+
+
+def check_owner(key: Optional[ApiKey], row: dict, what: str) -> None:
+    """Only the key that made a job (or set), or an admin, may cancel or delete it."""
+    if key is not None and not key.is_admin and row.get("owner") != key.name:
+        raise HTTPException(403, f"API key {key.name!r} did not create {what}; only its owner or an admin may")
 
 
 def reject(status: int, message: str) -> HTTPException:

@@ -20,6 +20,8 @@ class Settings:
     body_timeout: float = 30.0        # a request body must arrive within this (a client cannot hold a worker)
     keep_alive_timeout: float = 5.0   # an idle connection is closed after this
     header_timeout: float = 10.0      # a request's headers must arrive within this (api.protocol)
+    public_metrics: bool = False      # /metrics without an admin key
+    public_docs: bool = False         # /docs and /redoc (the schema, /openapi.json, is always served)
     max_headers: int = 100
     max_header_bytes: int = 16 << 10
 

@@ -88,12 +88,10 @@ class Store:
         row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def list_jobs(self, state: Optional[str] = None, limit: int = 100) -> list[dict]:
-        if state:
-            rows = self._conn().execute("SELECT * FROM jobs WHERE state = ? ORDER BY created_at DESC LIMIT ?",
-                                        (state, limit))
-        else:
-            rows = self._conn().execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+    def list_jobs(self, state: Optional[str] = None, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
+        """Newest first; ``owner`` (a key's name) shows that key's jobs only (None: everyone's)."""
+        where, args = _where(("state", state), ("owner", owner))
+        rows = self._conn().execute(f"SELECT * FROM jobs{where} ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [_job(r) for r in rows]
 
     def count_jobs(self) -> dict[str, int]:
@@ -163,8 +161,10 @@ class Store:
         row = self._conn().execute("SELECT * FROM distill_jobs WHERE id = ?", (job_id,)).fetchone()
         return _distill(row) if row else None
 
-    def list_distill_jobs(self, limit: int = 100) -> list[dict]:
-        rows = self._conn().execute("SELECT * FROM distill_jobs ORDER BY created_at DESC LIMIT ?", (limit,))
+    def list_distill_jobs(self, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
+        where, args = _where(("owner", owner))
+        rows = self._conn().execute(f"SELECT * FROM distill_jobs{where} ORDER BY created_at DESC LIMIT ?",
+                                    (*args, limit))
         return [_distill(r) for r in rows]
 
     # -- transfer sets ---------------------------------------------------------------------
@@ -173,12 +173,25 @@ class Store:
                              "VALUES (?, ?, ?, ?, ?, ?)", (set_id, job_id, path, json.dumps(counts), sha, time.time()))
 
     def get_transfer_set(self, set_id: str) -> Optional[dict]:
-        row = self._conn().execute("SELECT * FROM transfer_sets WHERE id = ?", (set_id,)).fetchone()
+        row = self._conn().execute("SELECT transfer_sets.*, jobs.owner AS owner FROM transfer_sets LEFT JOIN jobs "
+                                   "ON jobs.id = transfer_sets.job_id WHERE transfer_sets.id = ?", (set_id,)).fetchone()
         return _set(row) if row else None
 
-    def list_transfer_sets(self, limit: int = 100) -> list[dict]:
-        rows = self._conn().execute("SELECT * FROM transfer_sets ORDER BY created_at DESC LIMIT ?", (limit,))
+    def list_transfer_sets(self, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
+        """A set belongs to the key whose job made it."""
+        where, args = _where(("jobs.owner", owner))
+        rows = self._conn().execute(f"SELECT transfer_sets.*, jobs.owner AS owner FROM transfer_sets LEFT JOIN jobs "
+                                    f"ON jobs.id = transfer_sets.job_id{where} ORDER BY transfer_sets.created_at DESC "
+                                    f"LIMIT ?", (*args, limit))
         return [_set(r) for r in rows]
+
+
+def _where(*conditions: tuple[str, Optional[str]]) -> tuple[str, tuple]:
+    """A WHERE clause of the given (column, value) equalities, skipping None values."""
+    used = [(col, val) for col, val in conditions if val is not None]
+    if not used:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{col} = ?" for col, _ in used), tuple(val for _, val in used)
 
 
 def _hash(token: str) -> str:

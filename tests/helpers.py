@@ -34,6 +34,7 @@ REAL_ENCODER = SMALL_ENCODER
 
 CURATE = "curate-key-0123456789abcdef"
 READ = "read-key-0123456789abcdef"
+ADMIN = "admin-key-0123456789abcdef"
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -94,7 +95,7 @@ class Server:
     def __init__(self, index_dir, data_dir, *extra):
         self.index_dir, self.data_dir, self.extra = index_dir, data_dir, extra
         self.keys = data_dir.parent / "keys.txt"
-        self.keys.write_text(f"alice:curate:{CURATE}\nbob:read:{READ}\n")
+        self.keys.write_text(f"alice:curate:{CURATE}\nbob:read:{READ}\nroot:admin:{ADMIN}\n")
         self.proc = None
 
     def start(self):

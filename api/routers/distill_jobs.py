@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from curator.formats import MACHINE_FIELDS, DistillConfig, describe_errors
 
-from ..deps import CurateKey, ReadKey, SettingsDep, StoreDep, found, reject
+from ..deps import CurateKey, ReadKey, SettingsDep, StoreDep, check_owner, found, owner_filter, reject
 from ..schemas import ERRORS, ClaimOut, DistillJobIn, DistillJobOut, FinishIn, HeartbeatIn, LeaseIn, OkOut
 from .transfer_sets import set_folder
 
@@ -46,14 +46,15 @@ def get_distill_job(job_id: str, key: ReadKey, store: StoreDep) -> DistillJobOut
 @router.delete("/distill-jobs/{job_id}", response_model=DistillJobOut)
 def cancel_distill_job(job_id: str, key: CurateKey, store: StoreDep) -> DistillJobOut:
     """Cancel a queued or running job: its worker's next heartbeat is refused, and it stops."""
-    found(store.get_distill_job(job_id), f"distillation job {job_id!r}")
+    check_owner(key, found(store.get_distill_job(job_id), f"distillation job {job_id!r}"),
+                f"distillation job {job_id!r}")
     store.cancel_distill_job(job_id)
     return DistillJobOut.from_row(store.get_distill_job(job_id))
 
 
 @router.get("/distill-jobs", response_model=list[DistillJobOut])
 def list_distill_jobs(key: ReadKey, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DistillJobOut]:
-    return [DistillJobOut.from_row(j) for j in store.list_distill_jobs(limit)]
+    return [DistillJobOut.from_row(j) for j in store.list_distill_jobs(limit, owner_filter(key))]
 
 
 @router.post("/distill-jobs/claim", response_model=ClaimOut, responses={204: {"description": "queue empty"}})

@@ -1,10 +1,10 @@
 """Health and metrics."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
-from ..deps import MetricsDep, StoreDep
+from ..deps import MetricsDep, SettingsDep, StoreDep, require
 from ..schemas import ERRORS, HealthOut
 
 router = APIRouter(tags=["operations"], responses=ERRORS)
@@ -17,7 +17,14 @@ def healthz(request: Request) -> HealthOut:
                      encoder=pool.manifest.encoder.spec if pool else None)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+def metrics_caller(request: Request, settings: SettingsDep) -> None:
+    """/metrics is an admin's, unless the server was started with --public-metrics (a scraper on a
+    private network)."""
+    if not settings.public_metrics:
+        require("admin")(request, settings)
+
+
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(metrics_caller)])
 def get_metrics(store: StoreDep, metrics: MetricsDep) -> PlainTextResponse:
     metrics.set_jobs(store.count_jobs())
     body, ctype = metrics.render()

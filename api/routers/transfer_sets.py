@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
-from ..deps import MetricsDep, ReadKey, SettingsDep, StoreDep, reject
+from ..deps import MetricsDep, ReadKey, SettingsDep, StoreDep, owner_filter, reject
 from ..schemas import ERRORS, SetSummary
 from ..settings import Settings
 from ..store import Store
@@ -28,7 +28,7 @@ def set_folder(set_id: str, store: Store, settings: Settings) -> Path:
 
 @router.get("/transfer-sets", response_model=list[SetSummary])
 def list_sets(key: ReadKey, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[SetSummary]:
-    return [SetSummary.from_row(s) for s in store.list_transfer_sets(limit)]
+    return [SetSummary.from_row(s) for s in store.list_transfer_sets(limit, owner_filter(key))]
 
 
 @router.get("/transfer-sets/{set_id}", response_model=SetSummary)

@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     p.add_argument("--api-keys", help="file of name:scopes:secret lines (also: $CURATOR_API_KEYS)")
     p.add_argument("--no-auth", action="store_true", help="accept every caller (local development only)")
+    p.add_argument("--public-metrics", action="store_true", help="serve /metrics without an admin key")
+    p.add_argument("--public-docs", action="store_true", help="serve the /docs and /redoc pages")
     p.add_argument("--job-workers", type=int, default=None, help="curation jobs run at once (default: 2)")
     p.add_argument("--body-timeout", type=float, default=None,
                    help="seconds a request body may take to arrive; a client that sends less than it promised is "
@@ -52,6 +54,7 @@ def run(args) -> int:
     check_port(args.host, args.port)
     settings = Settings(index_dir=Path(args.index), data_dir=Path(args.data),
                         api_keys_file=Path(args.api_keys) if args.api_keys else None, no_auth=args.no_auth,
+                        public_metrics=args.public_metrics, public_docs=args.public_docs,
                         limits=build_model(Limits, args),
                         **{k: v for k, v in (("job_workers", args.job_workers), ("body_timeout", args.body_timeout),
                                                   ("header_timeout", args.header_timeout))

@@ -12,6 +12,7 @@ from index_builder import BuildConfig, build_index
 
 KEY = "inproc-key-0123456789abcdef"
 OTHER = "other-key-0123456789abcdef"
+ROOT = "root-key-0123456789abcdefgh"
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def client(tiny_clip_spec, tmp_path_factory):
     root = tmp_path_factory.mktemp("inproc")
     make_image_folder(root / "pool", 40, classes=2, seed=5)
     build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
-    (root / "keys.txt").write_text(f"carol:curate:{KEY}\nmallory:curate:{OTHER}\n")
+    (root / "keys.txt").write_text(f"carol:curate:{KEY}\nmallory:curate:{OTHER}\nroot:admin:{ROOT}\n")
     app = create_app(Settings(index_dir=root / "index", data_dir=root / "data", api_keys_file=root / "keys.txt"))
     with TestClient(app, headers={"Authorization": f"Bearer {KEY}"}) as c:
         c.dim = app.state.pool.manifest.dim
@@ -209,3 +210,23 @@ def test_the_body_is_counted_as_it_arrives_whatever_the_headers_say():
             scope, receive, send)
         return sent[0]["status"]
     assert asyncio.run(run(3)) == 200 and asyncio.run(run(9)) == 413
+
+
+def test_jobs_and_sets_have_owners(client):
+    """Only a job's owner or an admin may cancel it; listings show a caller their own; admins see all;
+    /metrics is an admin's; /docs is off unless --public-docs."""
+    other, root = {"Authorization": f"Bearer {OTHER}"}, {"Authorization": f"Bearer {ROOT}"}
+    mine = client.post("/curate", json={"params": {"per_query": 2}, "embeddings": [[1.0] * client.dim]}).json()
+    theirs = client.post("/curate?wait=true", json={"params": {"per_query": 2}, "embeddings": [[1.0] * client.dim]},
+                         headers=other).json()
+    assert client.delete(f"/jobs/{theirs['id']}").status_code == 403
+    assert client.delete(f"/jobs/{mine['id']}").status_code == 200
+    assert client.delete(f"/jobs/{theirs['id']}", headers=root).status_code == 200
+    listed = {j["id"] for j in client.get("/jobs?limit=1000").json()}
+    assert mine["id"] in listed and theirs["id"] not in listed
+    assert {mine["id"], theirs["id"]} <= {j["id"] for j in client.get("/jobs?limit=1000", headers=root).json()}
+    sets = {s["id"] for s in client.get("/transfer-sets?limit=1000", headers=other).json()}
+    assert theirs["transfer_set_id"] in sets
+    assert theirs["transfer_set_id"] not in {s["id"] for s in client.get("/transfer-sets?limit=1000").json()}
+    assert client.get("/metrics").status_code == 403 and client.get("/metrics", headers=root).status_code == 200
+    assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 200

@@ -15,7 +15,7 @@ import pytest
 
 from curator.client import CuratorClient, ServiceError
 from curator.retrieval import PoolIndex
-from helpers import (CURATE, READ, REAL_ENCODER, REPO, Server, free_port, make_image_folder, pattern_image,
+from helpers import (ADMIN, CURATE, READ, REAL_ENCODER, REPO, Server, free_port, make_image_folder, pattern_image,
                      png_bytes, png_header_only)
 from index_builder import BuildConfig, build_index
 
@@ -200,7 +200,9 @@ def test_concurrent_jobs_and_search_and_metrics(server, tmp_path):
     r = httpx.get(server.url + "/search?item_id=7&k=3", headers={"Authorization": f"Bearer {READ}"})
     hits = r.json()["hits"]
     assert len(hits) == 3 and 7 not in [h["id"] for h in hits]  # the item is not its own neighbour
-    text = httpx.get(server.url + "/metrics").text
+    assert httpx.get(server.url + "/metrics").status_code == 401  # an admin's, unless --public-metrics
+    assert httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {CURATE}"}).status_code == 403
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
     assert "curator_http_request_duration_seconds_bucket" in text and 'curator_jobs{state="succeeded"}' in text
     assert httpx.get(server.url + "/openapi.json").json()["paths"]["/curate"]
 
