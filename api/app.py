@@ -16,7 +16,7 @@ from curator.retrieval import PoolIndex
 
 from . import middleware
 from .auth import KeyRing
-from .jobs import JobRunner
+from .jobs import JobRunner, clean_uploads
 from .metrics import Metrics
 from .routers import ROUTERS
 from .settings import Settings
@@ -34,6 +34,7 @@ async def lifespan(app: FastAPI):
     pool, store = PoolIndex.open(settings.index_dir), Store(settings.db_path)
     runner = JobRunner(settings, store, pool)
     failed, queued = store.recover()
+    clean_uploads(settings.uploads_dir, store)
     if failed:
         log.warning("marked %d interrupted job(s) failed: %s", len(failed), ", ".join(failed))
     app.state.pool, app.state.store, app.state.runner = pool, store, runner

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -93,6 +94,12 @@ class JobRunner:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     def _run(self, job_id: str) -> None:
+        try:
+            self._curate(job_id)
+        finally:  # a finished job's inputs are of no more use: uploads never pile up
+            shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
+
+    def _curate(self, job_id: str) -> None:
         job = self.store.get_job(job_id)
         if job is None or job["state"] != "queued":
             return
@@ -126,3 +133,15 @@ class JobRunner:
         except Exception as exc:  # never leave a job "running": record what broke
             log.exception("job %s failed", job_id)
             self.store.finish_job(job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+
+
+def clean_uploads(uploads: Path, store: Store) -> int:
+    """At start-up: staging folders of requests cut off mid-upload, and the inputs of jobs that are
+    over (their folders are removed as each ends; a kill can leave one). Returns how many went."""
+    gone = 0
+    for folder in uploads.iterdir():
+        job = None if folder.name.startswith(".") else store.get_job(folder.name)
+        if job is None or job["state"] not in ("queued", "running"):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone += 1
+    return gone

@@ -150,6 +150,10 @@ class Store:
                                    (*fields.values(), job_id, _hash(token), key, now))
         return cur.rowcount == 1
 
+    def fail_distill_job(self, job_id: str, error: str) -> None:
+        self._conn().execute("UPDATE distill_jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ?",
+                             (error, time.time(), job_id))
+
     def cancel_distill_job(self, job_id: str) -> bool:
         """A queued or running job becomes cancelled (a running worker loses its lease at its next beat)."""
         now = time.time()

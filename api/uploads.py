@@ -139,14 +139,22 @@ def check_count(n: int, limits: Limits) -> None:
 
 
 def check_images(blobs: list[tuple[str, bytes]], limits: Limits) -> None:
+    """Each image, and their decoding cost together: the pixels decoded for one request are bounded."""
+    total = 0
     for name, data in blobs:
-        check_image(name, data, limits)
+        total += check_image(name, data, limits)
+        if total > limits.max_request_pixels:
+            raise reject(413, f"the images of this request decode to more than {limits.max_request_pixels} pixels "
+                              f"(--max-request-pixels); send fewer or smaller images")
 
 
-def check_image(name: str, data: bytes, limits: Limits) -> None:
+def check_image(name: str, data: bytes, limits: Limits) -> int:
+    """Decode under the limits; returns the pixels decoding cost (the decoded size)."""
     if len(data) > limits.max_file_bytes:
         raise reject(413, f"file {name!r} exceeds {limits.max_file_bytes} bytes per image")
     try:
-        decode_image(data, max_pixels=limits.max_pixels, min_side=64)
+        img = decode_image(data, max_pixels=limits.max_pixels, min_side=64)
     except BadImageError as exc:
         raise reject(IMAGE_STATUS.get(exc.reason, 422), f"file {name!r} rejected ({exc.reason}): {exc.detail}")
+    width, height = img.info.get("original_size", img.size)
+    return min(width * height, limits.max_pixels)

@@ -46,14 +46,14 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     t = time.perf_counter()
     progress("embed", 0.0)
     if query_vectors is None:
-        vecs, owner = embed_queries(pool.encoder(), queries, crops=params.crops, seed=params.seed)
+        vecs, owner = embed_queries(pool.encoder(), queries, crops=params.crops, seed=params.seed, cancelled=cancelled)
     else:
         vecs, owner = check_vectors(query_vectors, pool.manifest.dim), np.arange(len(queries))
     forbidden = [vecs[_first_views(owner)]]
     if exclude_vectors is not None:
         forbidden.append(check_vectors(exclude_vectors, pool.manifest.dim))
     if exclude:
-        forbidden.append(embed_queries(pool.encoder(), exclude)[0])
+        forbidden.append(embed_queries(pool.encoder(), exclude, cancelled=cancelled)[0])
     forbidden_vecs = np.concatenate(forbidden)
     timings["embed"] = time.perf_counter() - t
 

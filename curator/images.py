@@ -17,6 +17,9 @@ from .errors import BadImageError
 
 #: Default decoded-pixel cap: above it an image is skipped (and reported), never decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: A JPEG may declare at most this many times --max-pixels: draft decoding reduces it (up to 64x),
+#: but a header claiming 50000x50000 in 1 KB would still cost seconds and hundreds of MB.
+DECLARED_FACTOR = 16
 #: Extensions treated as images when walking folders or webdataset samples.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -47,6 +50,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side:
     if width <= 0 or height <= 0:
         raise BadImageError("corrupt", f"bad size {width}x{height}")
     original_size = (width, height)
+    if width * height > DECLARED_FACTOR * max_pixels:
+        raise BadImageError("too_many_pixels", f"declares {width}x{height}, beyond what --max-pixels {max_pixels} "
+                                               f"allows even decoded reduced")
     if img.format in ("JPEG", "MPO") and min_side > 0:
         scale = min(width, height) / min_side
         if scale >= 2:

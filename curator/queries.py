@@ -12,7 +12,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -81,12 +81,16 @@ def query_views(img: Image.Image, crops: int, seed: int) -> list[Image.Image]:
 
 
 def embed_queries(encoder, queries: Sequence[Query], *, crops: int = 0, seed: int = 0,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of every view and, per view, the index of its query; bad images name the query."""
+                  max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 64,
+                  cancelled: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of every view and, per view, the index of its query; bad images name the query.
+    ``cancelled`` is asked between images and batches: a cancelled job stops embedding at once."""
     import torch
 
     pixels, owner = [], []
     for qi, query in enumerate(queries):
+        if cancelled():
+            raise InterruptedError("cancelled")
         try:
             img = decode_image(query.data, max_pixels=max_pixels, min_side=2 * encoder.image_size)
         except BadImageError as exc:
@@ -94,7 +98,11 @@ def embed_queries(encoder, queries: Sequence[Query], *, crops: int = 0, seed: in
         for view in query_views(img, crops, seed + qi):
             pixels.append(encoder.preprocess(view))
             owner.append(qi)
-    out = [encoder.encode_images(torch.stack(pixels[s:s + batch_size])) for s in range(0, len(pixels), batch_size)]
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        if cancelled():
+            raise InterruptedError("cancelled")
+        out.append(encoder.encode_images(torch.stack(pixels[start:start + batch_size])))
     return np.concatenate(out), np.asarray(owner, dtype=np.int64)
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -22,8 +24,12 @@ BODIES = {"requestBody": {"required": True, "content": {
 async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, store: StoreDep, pool: PoolDep,
                       runner: RunnerDep, wait: bool = False) -> JSONResponse:
     queries, vectors, params = await read_curate_request(request, settings.limits, pool.manifest.dim)
+    # the inputs are stored first, the job row second: a crash in between leaves no job whose inputs
+    # never arrived (only a staging folder, removed at start-up)
+    staging = settings.uploads_dir / f".tmp-{uuid.uuid4().hex}"
+    await asyncio.to_thread(save_inputs, staging, queries, vectors)
     job_id = store.create_job("curate", params.model_dump(), key.name if key else None)
-    await asyncio.to_thread(save_inputs, settings.uploads_dir / job_id, queries, vectors)
+    os.replace(staging, settings.uploads_dir / job_id)
     runner.submit(job_id)
     if wait:
         await asyncio.to_thread(runner.wait, job_id, settings.wait_seconds)

@@ -59,10 +59,18 @@ def list_distill_jobs(key: ReadKey, store: StoreDep, limit: Annotated[int, Query
 
 @router.post("/distill-jobs/claim", response_model=ClaimOut, responses={204: {"description": "queue empty"}})
 def claim_distill_job(body: LeaseIn, key: CurateKey, store: StoreDep) -> Response:
-    job = store.claim_distill_job(body.worker, body.lease_seconds, key.name if key else None)
-    if not job:
-        return Response(status_code=204)
-    return JSONResponse(ClaimOut.from_row(job).model_dump(), status_code=200)
+    """The next job whose config a worker can run; a stored config that no longer validates (saved by an
+    older server) fails with the reason instead of blocking the queue."""
+    while job := store.claim_distill_job(body.worker, body.lease_seconds, key.name if key else None):
+        try:
+            DistillConfig(**{k: v for k, v in job["config"].items() if k != "labelled"}, labelled="job",
+                          transfer="job", out="job")
+        except (ValidationError, TypeError) as exc:
+            reason = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+            store.fail_distill_job(job["id"], f"invalid distill config: {reason}")
+            continue
+        return JSONResponse(ClaimOut.from_row(job).model_dump(), status_code=200)
+    return Response(status_code=204)
 
 
 @router.post("/distill-jobs/{job_id}/heartbeat", response_model=OkOut)

@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
                         "cut off (default: 30)")
     p.add_argument("--header-timeout", type=float, default=None,
                    help="seconds a request's headers may take to arrive (default: 10)")
-    add_model_flags(p, Limits, ("max_files", "max_file_bytes", "max_request_bytes", "max_pixels", "max_budget",
-                                "max_k"))
+    add_model_flags(p, Limits, ("max_files", "max_file_bytes", "max_request_bytes", "max_pixels",
+                                "max_request_pixels", "max_budget", "max_k"))
     p.set_defaults(run=run)
 
 

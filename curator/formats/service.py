@@ -14,5 +14,6 @@ class Limits(Doc):
     max_file_bytes: int = Field(20 << 20, ge=1, description="bytes per image")
     max_request_bytes: int = Field(256 << 20, ge=1, description="bytes per request")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decoded pixels per image")
+    max_request_pixels: int = Field(400_000_000, ge=1, description="decoded pixels per request, all images together")
     max_budget: int = Field(2_000_000, ge=1, le=MAX_IMAGES, description="images per transfer set")
     max_k: int = Field(1000, ge=1, le=100_000, description="neighbours per search")

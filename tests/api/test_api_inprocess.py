@@ -230,3 +230,56 @@ def test_jobs_and_sets_have_owners(client):
     assert theirs["transfer_set_id"] not in {s["id"] for s in client.get("/transfer-sets?limit=1000").json()}
     assert client.get("/metrics").status_code == 403 and client.get("/metrics", headers=root).status_code == 200
     assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 200
+
+
+def test_a_stored_config_that_no_longer_validates_fails_instead_of_blocking_the_queue(client):
+    import json as _json
+
+    store = client.app.state.store
+    while client.post("/distill-jobs/claim", json={"worker": "drain", "lease_seconds": 3600}).status_code == 200:
+        pass  # earlier tests' jobs
+    bad = store.create_distill_job({"labelled": "/d", "temperature": "NaN"}, "ts-x", "carol")
+    store._conn().execute("UPDATE distill_jobs SET config = ? WHERE id = ?",
+                          (_json.dumps({"labelled": "/d", "steps_b": -3}), bad))
+    good = store.create_distill_job({"labelled": "/d", "steps_b": 4}, "ts-x", "carol")
+    claimed = client.post("/distill-jobs/claim", json={"worker": "w", "lease_seconds": 60})
+    assert claimed.status_code == 200 and claimed.json()["id"] == good
+    failed = client.get(f"/distill-jobs/{bad}").json()
+    assert failed["state"] == "failed" and "steps_b" in failed["error"]
+
+
+def test_declared_size_and_total_decoded_pixels_are_bounded(client):
+    from helpers import png_header_only
+
+    jpeg_bomb = png_bytes(pattern_image(1, 64), "JPEG")  # then patch its SOF to declare 50000x50000
+    sof = jpeg_bomb.index(b"\xff\xc0") + 5
+    jpeg_bomb = jpeg_bomb[:sof] + (50_000).to_bytes(2, "big") * 2 + jpeg_bomb[sof + 4:]
+    for blob in (jpeg_bomb, png_header_only(50_000, 50_000)):
+        r = client.post("/curate", files=[("files", ("bomb.jpg", blob, "image/jpeg"))])
+        assert r.status_code == 413 and "too_many_pixels" in r.text
+
+
+def test_the_decoded_pixels_of_one_request_are_bounded():
+    from fastapi import HTTPException
+
+    from api.uploads import check_images
+
+    blob = png_bytes(pattern_image(2, 200))  # 40,000 pixels each
+    check_images([("a.png", blob), ("b.png", blob)], Limits(max_request_pixels=80_000))
+    with pytest.raises(HTTPException) as exc:
+        check_images([("a.png", blob), ("b.png", blob), ("c.png", blob)], Limits(max_request_pixels=80_000))
+    assert exc.value.status_code == 413 and "max-request-pixels" in exc.value.detail
+
+
+def test_cancelling_stops_query_embedding_at_once(client):
+    from curator.queries import Query, embed_queries
+
+    queries = [Query(f"q{i}", png_bytes(pattern_image(i, 96))) for i in range(50)]
+    asked = []
+
+    def cancelled():
+        asked.append(1)
+        return len(asked) > 3
+    with pytest.raises(InterruptedError):
+        embed_queries(client.app.state.pool.encoder(), queries, cancelled=cancelled)
+    assert len(asked) == 4  # stopped at the fourth image, not after all fifty

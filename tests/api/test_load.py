@@ -64,6 +64,7 @@ def test_concurrent_clients_lose_nothing_and_memory_stays_flat(tiny_clip_spec, t
         print(f"\n{len(results)} /curate requests from {CLIENTS} clients: median {statistics.median(latencies):.3f} s, "
               f"p95 {p95:.3f} s; server RSS {after_first:.0f} MB after 100 jobs, {after_second:.0f} MB after 200")
         assert after_second - after_first < 40, (after_first, after_second)
+        assert not list((tmp_path / "state" / "uploads").iterdir())  # finished jobs' inputs are gone
     finally:
         srv.stop()
 
