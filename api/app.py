@@ -40,6 +40,7 @@ async def lifespan(app: FastAPI):
     app.state.pool, app.state.store, app.state.runner = pool, store, runner
     app.state.encoder_lock = threading.Lock()
     app.state.metrics.index_items.set(pool.ntotal)
+    runner.expire_sets()
     for job_id in queued:
         runner.submit(job_id)
     yield

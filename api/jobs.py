@@ -98,6 +98,18 @@ class JobRunner:
             self._curate(job_id)
         finally:  # a finished job's inputs are of no more use: uploads never pile up
             shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
+            self.expire_sets()
+
+    def expire_sets(self) -> int:
+        """Remove the sets older than --retention-days (checked as each job ends, and at start-up)."""
+        days = self.settings.retention_days
+        if days is None:
+            return 0
+        old = self.store.old_transfer_sets(time.time() - days * 86400)
+        for set_id in old:
+            self.store.delete_transfer_set(set_id)
+            shutil.rmtree(self.settings.sets_dir / set_id, ignore_errors=True)
+        return len(old)
 
     def _curate(self, job_id: str) -> None:
         job = self.store.get_job(job_id)

@@ -22,6 +22,7 @@ class Settings:
     header_timeout: float = 10.0      # a request's headers must arrive within this (api.protocol)
     public_metrics: bool = False      # /metrics without an admin key
     public_docs: bool = False         # /docs and /redoc (the schema, /openapi.json, is always served)
+    retention_days: Optional[float] = None  # transfer sets older than this are removed (None: kept)
     max_headers: int = 100
     max_header_bytes: int = 16 << 10
 

@@ -181,6 +181,12 @@ class Store:
                                    "ON jobs.id = transfer_sets.job_id WHERE transfer_sets.id = ?", (set_id,)).fetchone()
         return _set(row) if row else None
 
+    def delete_transfer_set(self, set_id: str) -> None:
+        self._conn().execute("DELETE FROM transfer_sets WHERE id = ?", (set_id,))
+
+    def old_transfer_sets(self, before: float) -> list[str]:
+        return [r["id"] for r in self._conn().execute("SELECT id FROM transfer_sets WHERE created_at < ?", (before,))]
+
     def list_transfer_sets(self, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
         """A set belongs to the key whose job made it."""
         where, args = _where(("jobs.owner", owner))

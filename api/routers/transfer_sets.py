@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
-from ..deps import MetricsDep, ReadKey, SettingsDep, StoreDep, owner_filter, reject
+from ..deps import CurateKey, MetricsDep, ReadKey, SettingsDep, StoreDep, check_owner, owner_filter, reject
 from ..schemas import ERRORS, SetSummary
 from ..settings import Settings
 from ..store import Store
@@ -35,6 +36,24 @@ def list_sets(key: ReadKey, store: StoreDep, limit: Annotated[int, Query(ge=1, l
 def get_set(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep) -> SetSummary:
     set_folder(set_id, store, settings)
     return SetSummary.from_row(store.get_transfer_set(set_id))
+
+
+@router.delete("/transfer-sets/{set_id}", response_model=SetSummary)
+def delete_set(set_id: str, key: CurateKey, store: StoreDep, settings: SettingsDep) -> SetSummary:
+    """Remove a set (its owner or an admin): the row first, so it is never served half-deleted."""
+    folder = set_folder(set_id, store, settings)
+    row = store.get_transfer_set(set_id)
+    check_owner(key, row, f"transfer set {set_id!r}")
+    remove_set(store, folder, set_id)
+    return SetSummary.from_row(row)
+
+
+def remove_set(store: Store, folder: Path, set_id: str) -> None:
+    store.delete_transfer_set(set_id)
+    trash = folder.with_name(f".{set_id}.tmp-deleted")
+    if folder.exists():
+        folder.rename(trash)  # atomic: the folder is gone from its name at once, then removed
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 @router.get("/transfer-sets/{set_id}/manifest", response_class=FileResponse,

@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-auth", action="store_true", help="accept every caller (local development only)")
     p.add_argument("--public-metrics", action="store_true", help="serve /metrics without an admin key")
     p.add_argument("--public-docs", action="store_true", help="serve the /docs and /redoc pages")
+    p.add_argument("--retention-days", type=float, default=None,
+                   help="remove transfer sets older than this many days (default: keep them)")
     p.add_argument("--job-workers", type=int, default=None, help="curation jobs run at once (default: 2)")
     p.add_argument("--body-timeout", type=float, default=None,
                    help="seconds a request body may take to arrive; a client that sends less than it promised is "
@@ -55,6 +57,7 @@ def run(args) -> int:
     settings = Settings(index_dir=Path(args.index), data_dir=Path(args.data),
                         api_keys_file=Path(args.api_keys) if args.api_keys else None, no_auth=args.no_auth,
                         public_metrics=args.public_metrics, public_docs=args.public_docs,
+                        retention_days=args.retention_days,
                         limits=build_model(Limits, args),
                         **{k: v for k, v in (("job_workers", args.job_workers), ("body_timeout", args.body_timeout),
                                                   ("header_timeout", args.header_timeout))

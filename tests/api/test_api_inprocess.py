@@ -283,3 +283,22 @@ def test_cancelling_stops_query_embedding_at_once(client):
     with pytest.raises(InterruptedError):
         embed_queries(client.app.state.pool.encoder(), queries, cancelled=cancelled)
     assert len(asked) == 4  # stopped at the fourth image, not after all fifty
+
+
+def test_sets_can_be_deleted_by_their_owner_and_expire(client):
+    other, root = {"Authorization": f"Bearer {OTHER}"}, {"Authorization": f"Bearer {ROOT}"}
+    job = client.post("/curate?wait=true", json={"params": {"per_query": 2}, "embeddings": [[1.0] * client.dim]}).json()
+    set_id, sets_dir = job["transfer_set_id"], client.app.state.settings.sets_dir
+    assert client.delete(f"/transfer-sets/{set_id}", headers=other).status_code == 403
+    assert client.delete(f"/transfer-sets/{set_id}").status_code == 200
+    assert client.get(f"/transfer-sets/{set_id}").status_code == 404 and not (sets_dir / set_id).exists()
+    old = client.post("/curate?wait=true", json={"params": {"per_query": 2}, "embeddings": [[1.0] * client.dim]},
+                      headers=root).json()["transfer_set_id"]
+    runner, settings = client.app.state.runner, client.app.state.settings
+    client.app.state.store._conn().execute("UPDATE transfer_sets SET created_at = 0 WHERE id = ?", (old,))
+    settings.retention_days = 30
+    try:
+        assert runner.expire_sets() >= 1
+    finally:
+        settings.retention_days = None
+    assert client.get(f"/transfer-sets/{old}").status_code == 404 and not (sets_dir / old).exists()
