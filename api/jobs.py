@@ -29,15 +29,20 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
-def save_inputs(folder: Path, queries: list[Query], vectors: Optional[np.ndarray]) -> None:
-    """Persist a job's inputs (atomically, manifest last) so it can run after a restart."""
+def input_file(n: int) -> str:
+    return f"{n:05d}.bin"
+
+
+def save_inputs(folder: Path, queries: list[Query], vectors: Optional[np.ndarray],
+                stored: Optional[list[str]] = None) -> None:
+    """Persist a job's inputs (atomically, manifest last) so it can run after a restart. ``stored``:
+    the query files already written into ``folder`` as they were uploaded (streamed, not held)."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for n, q in enumerate(queries):
+    files = stored or []
+    for n, q in enumerate(queries if stored is None else []):
         if q.data:
-            name = f"{n:05d}.bin"
-            atomic.write_bytes(folder / name, q.data)
-            files.append(name)
+            atomic.write_bytes(folder / input_file(n), q.data)
+            files.append(input_file(n))
         else:
             files.append(None)
     if vectors is not None:

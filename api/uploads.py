@@ -6,12 +6,14 @@ import asyncio
 import base64
 import binascii
 import json
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
 
+from curator import atomic
 from curator.curate import check_vectors
 from curator.errors import BadImageError, CuratorError
 from curator.formats import CurateParams, Limits
@@ -20,22 +22,25 @@ from curator.queries import Query
 from curator.strategies import needs_labels
 
 from .deps import reject
+from .jobs import input_file
 from .schemas import CurateRequest
 
-Parsed = tuple[list[Query], Optional[np.ndarray], CurateParams]
+Parsed = tuple[list[Query], Optional[np.ndarray], CurateParams, Optional[list[str]]]
 #: Why an image is refused, as an HTTP status (anything else: 422).
 IMAGE_STATUS = {"not_an_image": 415, "unsupported_format": 415, "too_many_pixels": 413}
 
 
-async def read_curate_request(request: Request, limits: Limits, dim: int) -> Parsed:
+async def read_curate_request(request: Request, limits: Limits, dim: int, staging: Path) -> Parsed:
+    """The queries, embeddings, params, and (multipart) the query files already stored in ``staging``:
+    uploads are checked and written one at a time, never all held in memory."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        parsed = await _read_multipart(request, limits)
+        parsed = await _read_multipart(request, limits, staging)
     elif ctype == "application/json":
         parsed = await _read_json(request, limits, dim)
     else:
         raise reject(415, "POST /curate takes multipart/form-data (files + params) or application/json")
-    check_request(*parsed, limits)
+    check_request(*parsed[:3], limits)
     return parsed
 
 
@@ -51,16 +56,22 @@ def check_request(queries: list[Query], vectors: Optional[np.ndarray], params: C
         raise reject(422, f"strategy {params.strategy!r} needs a label for every query ('labels')")
 
 
-async def _read_multipart(request: Request, limits: Limits) -> Parsed:
+async def _read_multipart(request: Request, limits: Limits, staging: Path) -> Parsed:
     form = await read_form(request, max_files=limits.max_files + 1, max_fields=16, max_part_size=1 << 20)
     params = parse_params(form.get("params"))
     uploads = [f for f in form.getlist("files") if hasattr(f, "read")]
     labels = parse_labels(form.get("labels"), len(uploads))
     check_count(len(uploads), limits)
-    blobs = [((upload.filename or f"file{n}")[:256], await upload.read(limits.max_file_bytes + 1))
-             for n, upload in enumerate(uploads)]
-    await asyncio.to_thread(check_images, blobs, limits)  # decoding is CPU work: off the event loop
-    return [Query(name, data, labels[n]) for n, (name, data) in enumerate(blobs)], None, params
+    staging.mkdir(parents=True, exist_ok=True)
+    queries, files, pixels = [], [], 0
+    for n, upload in enumerate(uploads):  # one file in memory at a time (the parser spools them to disk)
+        name, data = (upload.filename or f"file{n}")[:256], await upload.read(limits.max_file_bytes + 1)
+        pixels += await asyncio.to_thread(check_image, name, data, limits)  # decoding: off the event loop
+        check_pixels(pixels, limits)
+        await asyncio.to_thread(atomic.write_bytes, staging / input_file(n), data)
+        queries.append(Query(name, b"", labels[n]))
+        files.append(input_file(n))
+    return queries, None, params, files
 
 
 async def _read_json(request: Request, limits: Limits, dim: int) -> Parsed:
@@ -79,7 +90,7 @@ async def _read_json(request: Request, limits: Limits, dim: int) -> Parsed:
             except (binascii.Error, ValueError):
                 raise reject(422, f"image {img.name!r}: 'data' is not valid base64")
         await asyncio.to_thread(check_images, blobs, limits)
-        return [Query(n, d, img.label) for (n, d), img in zip(blobs, body.images)], None, body.params
+        return [Query(n, d, img.label) for (n, d), img in zip(blobs, body.images)], None, body.params, None
     check_count(len(body.embeddings), limits)
     try:
         vectors = check_vectors(body.embeddings, dim)
@@ -88,7 +99,7 @@ async def _read_json(request: Request, limits: Limits, dim: int) -> Parsed:
     labels = body.labels if body.labels is not None else [None] * len(vectors)
     if len(labels) != len(vectors):
         raise reject(422, f"{len(labels)} labels for {len(vectors)} embeddings")
-    return [Query(f"embedding-{i}", b"", lab) for i, lab in enumerate(labels)], vectors, body.params
+    return [Query(f"embedding-{i}", b"", lab) for i, lab in enumerate(labels)], vectors, body.params, None
 
 
 #: Starlette reports every multipart problem as one exception type; these are the ones that mean
@@ -143,9 +154,13 @@ def check_images(blobs: list[tuple[str, bytes]], limits: Limits) -> None:
     total = 0
     for name, data in blobs:
         total += check_image(name, data, limits)
-        if total > limits.max_request_pixels:
-            raise reject(413, f"the images of this request decode to more than {limits.max_request_pixels} pixels "
-                              f"(--max-request-pixels); send fewer or smaller images")
+        check_pixels(total, limits)
+
+
+def check_pixels(total: int, limits: Limits) -> None:
+    if total > limits.max_request_pixels:
+        raise reject(413, f"the images of this request decode to more than {limits.max_request_pixels} pixels "
+                          f"(--max-request-pixels); send fewer or smaller images")
 
 
 def check_image(name: str, data: bytes, limits: Limits) -> int:

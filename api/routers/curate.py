@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 
 from fastapi import APIRouter, Request
@@ -23,11 +24,16 @@ BODIES = {"requestBody": {"required": True, "content": {
              summary="Curate a transfer set from target images (multipart or JSON)")
 async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, store: StoreDep, pool: PoolDep,
                       runner: RunnerDep, wait: bool = False) -> JSONResponse:
-    queries, vectors, params = await read_curate_request(request, settings.limits, pool.manifest.dim)
     # the inputs are stored first, the job row second: a crash in between leaves no job whose inputs
     # never arrived (only a staging folder, removed at start-up)
     staging = settings.uploads_dir / f".tmp-{uuid.uuid4().hex}"
-    await asyncio.to_thread(save_inputs, staging, queries, vectors)
+    try:
+        queries, vectors, params, files = await read_curate_request(request, settings.limits, pool.manifest.dim,
+                                                                    staging)
+        await asyncio.to_thread(save_inputs, staging, queries, vectors, files)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a refused request leaves nothing behind
+        raise
     job_id = store.create_job("curate", params.model_dump(), key.name if key else None)
     os.replace(staging, settings.uploads_dir / job_id)
     runner.submit(job_id)
