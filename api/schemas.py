@@ -6,7 +6,6 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from curator.formats import CurateParams, FiniteFloat, iso
-from curator.retrieval import Hit
 
 
 class _Body(BaseModel):
@@ -124,9 +123,17 @@ class SetSummary(BaseModel):
                    manifest_sha256=row["manifest_sha256"], manifest_url=f"/transfer-sets/{row['id']}/manifest")
 
 
+class HitOut(BaseModel):
+    """A search result as the service shows it: the pool item by id and key, never by a server path."""
+    id: int
+    score: float
+    key: str
+    caption: Optional[str] = None
+
+
 class SearchOut(BaseModel):
     k: int
-    hits: list[Hit]
+    hits: list[HitOut]
 
 
 class HealthOut(BaseModel):

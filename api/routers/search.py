@@ -11,7 +11,7 @@ from curator.retrieval import PoolIndex
 
 from ..deps import EncoderLockDep, MetricsDep, PoolDep, ReadKey, SettingsDep, reject
 from ..metrics import Metrics
-from ..schemas import ERRORS, SearchOut
+from ..schemas import ERRORS, HitOut, SearchOut
 from ..uploads import check_image, read_form
 
 router = APIRouter(tags=["search"], responses=ERRORS)
@@ -64,4 +64,4 @@ def search_vector(pool: PoolIndex, metrics: Metrics, vector: np.ndarray, k: int,
     for h in hits:
         h.score = float(np.clip(h.score, -1.0, 1.0))
     metrics.items_served.inc(len(hits))
-    return {"k": k, "hits": [h.as_dict() for h in hits]}
+    return {"k": k, "hits": [HitOut(**h.as_dict()).model_dump() for h in hits]}

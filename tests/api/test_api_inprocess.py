@@ -38,6 +38,10 @@ def test_distill_job_config_is_validated_at_submit_naming_the_key(client):
     r = client.post("/distill-jobs", json={"transfer_set_id": "ts-x", "labelled": "/data/l",
                                            "config": {"steps_b": -1}})
     assert r.status_code == 422 and "steps_b" in r.json()["detail"]
+    r = client.post("/distill-jobs", content=b'{"transfer_set_id": "ts-x", "labelled": "/d", '
+                                             b'"config": {"temperature": NaN}}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "temperature" in r.text  # never stored, so never blocks the queue
     r = client.post("/distill-jobs", json={"transfer_set_id": "ts-x", "labelled": "/d", "config": {"device": "cuda"}})
     assert r.status_code == 422 and "worker fills them in" in r.json()["detail"]
     # a valid config reaches the next check: the set must exist
@@ -107,6 +111,7 @@ def test_api_key_file_errors_name_the_right_line(tmp_path):
 def test_search_from_an_item_leaves_the_item_out_and_scores_are_cosines(client):
     hits = client.get("/search?item_id=4&k=5").json()["hits"]
     assert len(hits) == 5 and 4 not in [h["id"] for h in hits]
+    assert not any("source" in h or "/" == h["key"][:1] for h in hits)  # no server path in a result
     assert all(-1.0 <= h["score"] <= 1.0 for h in hits)
 
 
