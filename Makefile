@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/curator demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench-embed: $(STAMP)
 	$(PY) benchmarks/bench_embed.py
