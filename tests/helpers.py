@@ -122,3 +122,17 @@ class Server:
             self.proc.wait(timeout=30)
 
 
+
+
+def tiny_index(root: Path, encoder: str, n: int, *, classes: int = 2, seed: int = 0) -> Path:
+    """``root/pool`` of ``n`` generated images and ``root/index`` built over it with ``encoder``."""
+    from index_builder import BuildConfig, build_index
+
+    make_image_folder(root / "pool", n, classes=classes, seed=seed)
+    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=encoder, workers=0, progress=False))
+    return root / "index"
+
+
+def tiny_server(root: Path, encoder: str, n: int, *flags: str, seed: int = 0) -> "Server":
+    """A started ``curator serve`` process over a :func:`tiny_index` (stop it when done)."""
+    return Server(tiny_index(root, encoder, n, seed=seed), root / "state", *flags).start()

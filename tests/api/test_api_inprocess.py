@@ -7,8 +7,7 @@ from fastapi.testclient import TestClient
 from api import Settings, create_app
 from api.deps import get_settings
 from curator.formats import Limits
-from helpers import make_image_folder, pattern_image, png_bytes
-from index_builder import BuildConfig, build_index
+from helpers import pattern_image, png_bytes, tiny_index
 
 KEY = "inproc-key-0123456789abcdef"
 OTHER = "other-key-0123456789abcdef"
@@ -18,8 +17,7 @@ ROOT = "root-key-0123456789abcdefgh"
 @pytest.fixture(scope="module")
 def client(tiny_clip_spec, tmp_path_factory):
     root = tmp_path_factory.mktemp("inproc")
-    make_image_folder(root / "pool", 40, classes=2, seed=5)
-    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
+    tiny_index(root, tiny_clip_spec, 40, classes=2, seed=5)
     (root / "keys.txt").write_text(f"carol:curate:{KEY}\nmallory:curate:{OTHER}\nroot:admin:{ROOT}\n")
     app = create_app(Settings(index_dir=root / "index", data_dir=root / "data", api_keys_file=root / "keys.txt"))
     with TestClient(app, headers={"Authorization": f"Bearer {KEY}"}) as c:

@@ -9,9 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import CURATE, Server, make_image_folder
+from helpers import CURATE, Server, tiny_index
 from curator.retrieval import PoolIndex
-from index_builder import BuildConfig, build_index
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_local]
 CLIENTS, PER_CLIENT = 20, 5
@@ -41,9 +40,7 @@ def wave(url: str, vectors: list) -> list[tuple[float, dict]]:
 
 
 def test_concurrent_clients_lose_nothing_and_memory_stays_flat(tiny_clip_spec, tmp_path):
-    make_image_folder(tmp_path / "pool", 40, classes=2, seed=41)
-    build_index([str(tmp_path / "pool")], tmp_path / "index", BuildConfig(encoder=tiny_clip_spec, workers=0,
-                                                                          progress=False))
+    tiny_index(tmp_path, tiny_clip_spec, 40, classes=2, seed=41)
     vectors = PoolIndex.open(tmp_path / "index").vectors(np.arange(10)).tolist()
     srv = Server(tmp_path / "index", tmp_path / "state").start()
     try:
@@ -75,9 +72,7 @@ def test_a_server_killed_under_load_loses_no_finished_set(tiny_clip_spec, tmp_pa
     runs to the end: every job ends in a documented state."""
     import hashlib
 
-    make_image_folder(tmp_path / "pool", 40, classes=2, seed=42)
-    build_index([str(tmp_path / "pool")], tmp_path / "index", BuildConfig(encoder=tiny_clip_spec, workers=0,
-                                                                          progress=False))
+    tiny_index(tmp_path, tiny_clip_spec, 40, classes=2, seed=42)
     vectors = PoolIndex.open(tmp_path / "index").vectors(np.arange(10)).tolist()
     auth = {"Authorization": f"Bearer {CURATE}"}
     srv = Server(tmp_path / "index", tmp_path / "state", "--job-workers", "1").start()

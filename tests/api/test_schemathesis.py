@@ -7,8 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from helpers import CURATE, Server, make_image_folder
-from index_builder import BuildConfig, build_index
+from helpers import CURATE, tiny_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_local]
 AUTH = {"Authorization": f"Bearer {CURATE}"}
@@ -16,10 +15,8 @@ AUTH = {"Authorization": f"Bearer {CURATE}"}
 
 @pytest.fixture(scope="module")
 def live(tiny_clip_spec, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz")
-    make_image_folder(root / "pool", 30, classes=2, seed=31)
-    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
-    srv = Server(root / "index", root / "state", "--max-files", "4", "--max-file-bytes", "200000").start()
+    srv = tiny_server(tmp_path_factory.mktemp("fuzz"), tiny_clip_spec, 30, "--max-files", "4", "--max-file-bytes",
+                      "200000", seed=31)
     yield srv
     assert httpx.get(srv.url + "/healthz").status_code == 200  # still healthy after the fuzzing
     srv.stop()

@@ -6,18 +6,15 @@ import time
 import httpx
 import pytest
 
-from helpers import CURATE, Server, make_image_folder
-from index_builder import BuildConfig, build_index
+from helpers import CURATE, tiny_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_local]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_clip_spec, tmp_path_factory):
-    root = tmp_path_factory.mktemp("slow")
-    make_image_folder(root / "pool", 20, classes=2, seed=61)
-    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
-    srv = Server(root / "index", root / "state", "--body-timeout", "2", "--header-timeout", "2").start()
+    srv = tiny_server(tmp_path_factory.mktemp("slow"), tiny_clip_spec, 20, "--body-timeout", "2", "--header-timeout",
+                      "2", seed=61)
     yield srv
     srv.stop()
 

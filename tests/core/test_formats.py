@@ -13,16 +13,15 @@ from curator.retrieval import PoolIndex
 from curator.select import Selection
 from curator.strategies import _STRATEGIES, register_strategy, strategy_names
 from curator.transfer import read_manifest
-from helpers import make_image_folder
+from helpers import make_image_folder, tiny_index
 from index_builder import BuildConfig, build_index
 
 
 @pytest.fixture(scope="module")
 def pool(tiny_clip_spec, tmp_path_factory):
     root = tmp_path_factory.mktemp("fmt")
-    make_image_folder(root / "pool", 60, classes=3, seed=21)
+    tiny_index(root, tiny_clip_spec, 60, classes=3, seed=21)
     make_image_folder(root / "queries", 4, classes=2, seed=22)
-    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
     return root
 
 

@@ -8,8 +8,7 @@ import time
 import pytest
 
 from curator.client import CuratorClient, ServiceError
-from helpers import CURATE, REPO, Server, make_image_folder
-from index_builder import BuildConfig, build_index
+from helpers import CURATE, REPO, Server, make_image_folder, tiny_index
 
 pytestmark = pytest.mark.network_local  # starts a loopback HTTP server
 
@@ -18,8 +17,7 @@ pytestmark = pytest.mark.network_local  # starts a loopback HTTP server
 def setup(tmp_path_factory, tiny_clip_spec):
     root = tmp_path_factory.mktemp("work")
     make_image_folder(root / "labelled", 30, classes=3, seed=8)
-    make_image_folder(root / "pool", 60, classes=3, seed=9)
-    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
+    tiny_index(root, tiny_clip_spec, 60, classes=3, seed=9)
     srv = Server(root / "index", root / "state").start()
     yield root, srv
     srv.stop()
