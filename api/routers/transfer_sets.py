@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from ..deps import CurateKey, MetricsDep, ReadKey, SettingsDep, StoreDep, check_owner, owner_filter, reject
 from ..schemas import ERRORS, SetSummary
@@ -62,10 +62,19 @@ def get_manifest(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsD
     return FileResponse(set_folder(set_id, store, settings) / "manifest.json", media_type="application/json")
 
 
-@router.get("/transfer-sets/{set_id}/samples.parquet", response_class=FileResponse,
+@router.get("/transfer-sets/{set_id}/samples.parquet", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
-def get_samples(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep) -> FileResponse:
-    return FileResponse(set_folder(set_id, store, settings) / "samples.parquet", media_type="application/octet-stream")
+def get_samples(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep) -> Response:
+    """The samples table as a client sees it: every column but ``source`` (a location on the server's
+    own storage, which is no business of a caller's)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(set_folder(set_id, store, settings) / "samples.parquet")
+    buffer = io.BytesIO()
+    pq.write_table(table.drop_columns([c for c in ("source",) if c in table.column_names]), buffer)
+    return Response(buffer.getvalue(), media_type="application/octet-stream")
 
 
 @router.get("/transfer-sets/{set_id}/shards/{name}", response_class=FileResponse,

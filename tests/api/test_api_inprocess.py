@@ -305,3 +305,19 @@ def test_sets_can_be_deleted_by_their_owner_and_expire(client):
     finally:
         settings.retention_days = None
     assert client.get(f"/transfer-sets/{old}").status_code == 404 and not (sets_dir / old).exists()
+
+
+def test_a_refused_request_leaves_no_job_and_no_upload_and_no_server_path_is_served(client):
+    import io
+
+    import pyarrow.parquet as pq
+
+    uploads = client.app.state.settings.uploads_dir
+    before = {j["id"] for j in client.get("/jobs?limit=1000").json()}
+    files = [("files", ("a.png", png_bytes(pattern_image(1, 96)), "image/png")), ("files", ("b.txt", b"hi", "text/plain"))]
+    assert client.post("/curate", files=files).status_code == 415
+    assert {j["id"] for j in client.get("/jobs?limit=1000").json()} == before
+    assert not [p for p in uploads.iterdir() if p.name.startswith(".")]  # the staging folder went too
+    job = client.post("/curate?wait=true", json={"params": {"per_query": 2}, "embeddings": [[1.0] * client.dim]}).json()
+    table = pq.read_table(io.BytesIO(client.get(f"/transfer-sets/{job['transfer_set_id']}/samples.parquet").content))
+    assert table.num_rows == 2 and "source" not in table.column_names and "pool_key" in table.column_names
