@@ -81,6 +81,10 @@ def test_a_server_killed_under_load_loses_no_finished_set(tiny_clip_spec, tmp_pa
                          ).json()["id"] for i in range(30)]
     time.sleep(0.5)
     srv.stop(__import__("signal").SIGKILL)
+    # what a kill mid-write leaves: a set's temp folder and a request's staging folder (both planted
+    # here, so the clean-up is tested whether or not this kill happened to land mid-write)
+    (tmp_path / "state" / "transfer-sets" / ".ts-cut.tmp-0123abcd").mkdir()
+    (tmp_path / "state" / "uploads" / ".tmp-0123abcd").mkdir()
     srv.start()
     try:
         with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as http:
@@ -102,5 +106,6 @@ def test_a_server_killed_under_load_loses_no_finished_set(tiny_clip_spec, tmp_pa
             assert sum(j["state"] == "succeeded" for j in jobs) >= len(jobs) - 1  # at most the one running
     finally:
         srv.stop()
-    leftovers = [p for p in (tmp_path / "state" / "transfer-sets").iterdir() if p.name.startswith(".")]
-    assert not leftovers  # a set cut off mid-write is removed at start-up
+    for folder in ("transfer-sets", "uploads"):  # partial sets and staged uploads are removed at start-up
+        assert not [p for p in (tmp_path / "state" / folder).iterdir() if p.name.startswith(".")], folder
+
