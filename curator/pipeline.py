@@ -91,7 +91,7 @@ class ImagePipeline:
 class Batch(NamedTuple):
     tags: list                     # the callers' tags (index, label, row) of the good samples
     values: Optional[Any]          # their values, stacked (None when every sample was bad)
-    samples: list[Sample]
+    samples: list[Sample]          # their facts (sha256, size), without the values: those are in ``values``
     skipped: list[tuple[Any, Skip]]
 
 
@@ -102,4 +102,7 @@ def collate(batch: Sequence[tuple[Any, Union[Sample, Skip]]]) -> Batch:
     good = [(tag, s) for tag, s in batch if isinstance(s, Sample)]
     bad = [(tag, s) for tag, s in batch if isinstance(s, Skip)]
     values = torch.stack([s.value for _, s in good]) if good else None
-    return Batch([t for t, _ in good], values, [s for _, s in good], bad)
+    # the per-sample tensors are dropped here: a batch crossing from a loader worker would otherwise
+    # carry every view twice, the second time as one shared-memory segment per sample (measured: -13%)
+    facts = [Sample(None, s.sha256, s.width, s.height) for _, s in good]
+    return Batch([t for t, _ in good], values, facts, bad)
