@@ -198,13 +198,12 @@ def settings(cfg: KTConfig) -> dict:
     return {**mine, "target_digest": target_digest(cfg.target)}
 
 
-def check_saved(path: Path, cfg: KTConfig) -> None:
+def check_saved(path: Path, cfg: KTConfig, mine: dict) -> None:
     """Refuse a folder that holds another bench, naming each setting that differs. Knobs added to
     KTConfig since the folder was written read as their defaults, so an older finished bench stays
     extendable; a folder written before the target was fingerprinted keeps its saved target path."""
     if not path.exists():
         return
-    mine = settings(cfg)
     saved = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("seeds", "out")}
     if "target_digest" not in saved:
         if saved.pop("target", cfg.target) != cfg.target:
@@ -235,10 +234,11 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
     t0 = time.perf_counter()
     out = Path(cfg.out)
     saved = out / "kt-config.json"
-    check_saved(saved, cfg)
+    mine = settings(cfg)  # the target's content is read once
+    check_saved(saved, cfg, mine)
     check_models(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(saved, settings(cfg))
+    atomic.write_json(saved, mine)
     split = write_split(cfg, out)
     sets = curate_sets(cfg, split, out)
     if not sets["retrieved"].counts.emitted:

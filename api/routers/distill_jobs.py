@@ -14,13 +14,11 @@ from ..schemas import ERRORS, ClaimOut, DistillJobIn, DistillJobOut, FinishIn, H
 from .transfer_sets import set_folder
 
 router = APIRouter(tags=["distillation"], responses=ERRORS)
-#: Set by the worker, never by a job: where its files are, its hardware, its credentials.
-WORKER_FIELDS = MACHINE_FIELDS
 
 
 def validate_config(body: DistillJobIn) -> dict:
     """The job's config as a worker will run it, checked now: a typo is a 422 naming the key."""
-    forbidden = WORKER_FIELDS & set(body.config)
+    forbidden = MACHINE_FIELDS & set(body.config)  # the worker's own: its files, hardware, credentials
     if forbidden:
         raise reject(422, f"config may not set {sorted(forbidden)}: the worker fills them in")
     try:
