@@ -18,7 +18,7 @@ from . import middleware
 from .auth import KeyRing
 from .jobs import JobRunner, clean_uploads
 from .metrics import Metrics
-from .routers import ROUTERS
+from .routers import ROUTERS, docs, ui
 from .settings import Settings
 from .store import Store
 
@@ -66,13 +66,15 @@ def create_app(settings: Settings) -> FastAPI:
     if not settings.no_auth and len(keys) == 0:
         raise CuratorError("no API keys configured: pass --api-keys FILE or set CURATOR_API_KEYS "
                            "(name:scopes:secret), or --no-auth for local development")
-    docs = {} if settings.public_docs else {"docs_url": None, "redoc_url": None}
-    app = FastAPI(title="curator", version=__version__, lifespan=lifespan, **docs,
+    app = FastAPI(title="curator", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None,
                   description="Retrieval-augmented transfer sets for task-oriented knowledge transfer.")
     app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
     middleware.install(app, settings, app.state.metrics)
     for router in ROUTERS:
         app.include_router(router)
+    docs.mount_assets(app)
+    ui.mount_assets(app)
     app.add_exception_handler(CuratorError, curator_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     return app

@@ -53,7 +53,7 @@ def save_inputs(folder: Path, queries: list[Query], vectors: Optional[np.ndarray
 
 def load_inputs(folder: Path) -> tuple[list[Query], Optional[np.ndarray]]:
     meta = load_doc(folder / "inputs.json", JobInputs)
-    queries = [Query(i, (folder / f).read_bytes() if f else b"", lab)
+    queries = [Query(i, label=lab, path=folder / f if f else None)
                for i, lab, f in zip(meta.ids, meta.labels, meta.files)]
     vectors = np.load(folder / "vectors.npy") if meta.vectors else None
     return queries, vectors

@@ -1,7 +1,7 @@
 """Request and response models of the HTTP API (the documents themselves live in ``curator.formats``)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,10 +19,13 @@ class ImageIn(_Body):
 
 
 class CurateRequest(_Body):
-    """JSON form of POST /curate: base64 images, or precomputed embeddings (one per query)."""
+    """JSON form of POST /curate: base64 images, precomputed embeddings, or texts (one per query; texts
+    need an index whose encoder has a text tower)."""
     params: CurateParams = Field(default_factory=CurateParams)
     images: Optional[list[ImageIn]] = None
     embeddings: Optional[list[list[FiniteFloat]]] = None
+    texts: Optional[list[Annotated[str, Field(min_length=1, max_length=1000)]]] = Field(
+        None, description='e.g. ["a photo of a cat", "a photo of a dog"]')
     labels: Optional[list[Optional[str]]] = None
 
 
@@ -129,6 +132,12 @@ class HitOut(BaseModel):
     score: float
     key: str
     caption: Optional[str] = None
+
+
+class TextQuery(BaseModel):
+    """``POST /search`` by text: a caption-like phrase, embedded by the index's own text tower."""
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=1000)
 
 
 class SearchOut(BaseModel):

@@ -21,7 +21,7 @@ class Settings:
     keep_alive_timeout: float = 5.0   # an idle connection is closed after this
     header_timeout: float = 10.0      # a request's headers must arrive within this (api.protocol)
     public_metrics: bool = False      # /metrics without an admin key
-    public_docs: bool = False         # /docs and /redoc (the schema, /openapi.json, is always served)
+    public_docs: bool = False         # /docs and /openapi.json without a key (/docs exists only then)
     retention_days: Optional[float] = None  # transfer sets older than this are removed (None: kept)
     max_headers: int = 100
     max_header_bytes: int = 16 << 10

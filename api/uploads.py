@@ -6,8 +6,9 @@ import asyncio
 import base64
 import binascii
 import json
+import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 from fastapi import HTTPException, Request
@@ -25,19 +26,29 @@ from .deps import reject
 from .jobs import input_file
 from .schemas import CurateRequest
 
+#: Images being decoded at once by request checks, across all requests: concurrent uploads cannot
+#: multiply the decode memory (a 40 MP image is 120 MB decoded).
+DECODE_SLOTS = 2
+DECODES = threading.BoundedSemaphore(DECODE_SLOTS)
+COPY_BLOCK = 1 << 20
 Parsed = tuple[list[Query], Optional[np.ndarray], CurateParams, Optional[list[str]]]
 #: Why an image is refused, as an HTTP status (anything else: 422).
 IMAGE_STATUS = {"not_an_image": 415, "unsupported_format": 415, "too_many_pixels": 413}
 
 
-async def read_curate_request(request: Request, limits: Limits, dim: int, staging: Path) -> Parsed:
+TextEmbedder = Callable[[list[str], list[Optional[str]]], tuple[list[Query], np.ndarray]]
+
+
+async def read_curate_request(request: Request, limits: Limits, dim: int, staging: Path,
+                              embed_texts: TextEmbedder) -> Parsed:
     """The queries, embeddings, params, and (multipart) the query files already stored in ``staging``:
-    uploads are checked and written one at a time, never all held in memory."""
+    uploads are checked and written one at a time, never all held in memory. ``embed_texts``: the
+    index's text tower (JSON ``texts``), which raises CuratorError when there is none."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         parsed = await _read_multipart(request, limits, staging)
     elif ctype == "application/json":
-        parsed = await _read_json(request, limits, dim)
+        parsed = await _read_json(request, limits, dim, embed_texts)
     else:
         raise reject(415, "POST /curate takes multipart/form-data (files + params) or application/json")
     check_request(*parsed[:3], limits)
@@ -64,23 +75,48 @@ async def _read_multipart(request: Request, limits: Limits, staging: Path) -> Pa
     check_count(len(uploads), limits)
     staging.mkdir(parents=True, exist_ok=True)
     queries, files, pixels = [], [], 0
-    for n, upload in enumerate(uploads):  # one file in memory at a time (the parser spools them to disk)
-        name, data = (upload.filename or f"file{n}")[:256], await upload.read(limits.max_file_bytes + 1)
-        pixels += await asyncio.to_thread(check_image, name, data, limits)  # decoding: off the event loop
+    for n, upload in enumerate(uploads):  # the parser spooled each file to disk; copied and decoded from there
+        name, dest = (upload.filename or f"file{n}")[:256], staging / input_file(n)
+        await asyncio.to_thread(store_upload, name, upload.file, dest, limits)  # off the event loop
+        pixels += await asyncio.to_thread(check_stored_image, name, dest, limits)
         check_pixels(pixels, limits)
-        await asyncio.to_thread(atomic.write_bytes, staging / input_file(n), data)
-        queries.append(Query(name, b"", labels[n]))
+        queries.append(Query(name, label=labels[n]))
         files.append(input_file(n))
     return queries, None, params, files
 
 
-async def _read_json(request: Request, limits: Limits, dim: int) -> Parsed:
+def store_upload(name: str, source: BinaryIO, dest: Path, limits: Limits) -> None:
+    """Copy one spooled upload to ``dest`` in blocks (never whole in memory), refusing it past the limit."""
+    def copy(tmp: Path) -> None:
+        size = 0
+        with open(tmp, "wb") as out:
+            while block := source.read(COPY_BLOCK):
+                size += len(block)
+                if size > limits.max_file_bytes:
+                    raise reject(413, f"file {name!r} exceeds {limits.max_file_bytes} bytes per image")
+                out.write(block)
+    atomic.write_with(dest, copy)
+
+
+def check_stored_image(name: str, path: Path, limits: Limits) -> int:
+    """Decode a stored upload from its file, at most DECODE_SLOTS at once in the whole server: the
+    decoded pixels, not the uploaded bytes, are what a request costs in memory."""
+    with DECODES, open(path, "rb") as f:
+        return decoded_cost(name, f, limits)
+
+
+async def _read_json(request: Request, limits: Limits, dim: int, embed_texts: TextEmbedder) -> Parsed:
     try:
         body = CurateRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False))
-    if (body.images is None) == (body.embeddings is None):
-        raise reject(422, "send exactly one of 'images' (base64) or 'embeddings'")
+    if [body.images, body.embeddings, body.texts].count(None) != 2:
+        raise reject(422, "send exactly one of 'images' (base64), 'embeddings' or 'texts'")
+    if body.texts is not None:
+        check_count(len(body.texts), limits)
+        labels = _labels_for(body.labels, len(body.texts), "texts")
+        queries, vectors = await asyncio.to_thread(embed_texts, body.texts, labels)
+        return queries, vectors, body.params, None
     if body.images is not None:
         check_count(len(body.images), limits)
         blobs = []
@@ -96,10 +132,16 @@ async def _read_json(request: Request, limits: Limits, dim: int) -> Parsed:
         vectors = check_vectors(body.embeddings, dim)
     except CuratorError as exc:
         raise reject(422, str(exc))
-    labels = body.labels if body.labels is not None else [None] * len(vectors)
-    if len(labels) != len(vectors):
-        raise reject(422, f"{len(labels)} labels for {len(vectors)} embeddings")
+    labels = _labels_for(body.labels, len(vectors), "embeddings")
     return [Query(f"embedding-{i}", b"", lab) for i, lab in enumerate(labels)], vectors, body.params, None
+
+
+def _labels_for(labels: Optional[list[Optional[str]]], n: int, what: str) -> list[Optional[str]]:
+    if labels is None:
+        return [None] * n
+    if len(labels) != n:
+        raise reject(422, f"{len(labels)} labels for {n} {what}")
+    return labels
 
 
 #: Starlette reports every multipart problem as one exception type; these are the ones that mean
@@ -167,6 +209,11 @@ def check_image(name: str, data: bytes, limits: Limits) -> int:
     """Decode under the limits; returns the pixels decoding cost (the decoded size)."""
     if len(data) > limits.max_file_bytes:
         raise reject(413, f"file {name!r} exceeds {limits.max_file_bytes} bytes per image")
+    with DECODES:
+        return decoded_cost(name, data, limits)
+
+
+def decoded_cost(name: str, data: bytes | BinaryIO, limits: Limits) -> int:
     try:
         img = decode_image(data, max_pixels=limits.max_pixels, min_side=64)
     except BadImageError as exc:

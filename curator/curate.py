@@ -18,10 +18,13 @@ from .formats import INDEX_MANIFEST_NAME, CurateParams, IndexRef, QueryEntry, Tr
 from .queries import Query, decodable, embed_queries
 from .retrieval import PoolIndex
 from .select import Selection
+from .setview import DROPPED_FILE, QUERIES_FILE, dropped_table, query_table
 from .strategies import Request, select
 from .transfer import new_set_id, write_transfer_set
 
 Progress = Callable[[str, float], None]
+#: Query views per FAISS call: large enough for FAISS's threads, small enough that cancel is prompt.
+SEARCH_BLOCK = 256
 
 
 def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_root: str | Path, *,
@@ -62,7 +65,7 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     def search(k: int):
         t0 = time.perf_counter()
         progress("search", 0.0)
-        result = pool.search(vecs, k)
+        result = _search_blocks(pool, vecs, k, cancelled)
         search_seconds[0] += time.perf_counter() - t0
         return result
 
@@ -76,10 +79,27 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     progress("write", 0.0)
     base = _manifest(pool, queries, params, selection, set_id or new_set_id(), len(vecs),
                      len(forbidden_vecs) - len(queries), timings).model_copy(update={"skipped_queries": skipped})
+    tables = {QUERIES_FILE: query_table(queries, vecs[_first_views(owner)]),
+              DROPPED_FILE: dropped_table(selection.dropped, pool.items)}
     manifest = write_transfer_set(pool.items, selection, [q.id for q in queries], [q.label for q in queries],
-                                  Path(out_root), base, progress=lambda f: progress("write", f), cancelled=cancelled)
+                                  Path(out_root), base, progress=lambda f: progress("write", f), cancelled=cancelled,
+                                  tables=tables)
     progress("done", 1.0)
     return manifest
+
+
+def _search_blocks(pool: PoolIndex, vecs: np.ndarray, k: int,
+                   cancelled: Callable[[], bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Search in blocks of SEARCH_BLOCK query views, asking ``cancelled`` between blocks: one deep
+    search over thousands of views is minutes of a worker that a cancelled job must give back."""
+    scores, ids = [], []
+    for start in range(0, len(vecs), SEARCH_BLOCK):
+        if cancelled():
+            raise InterruptedError("cancelled")
+        s, i = pool.search(vecs[start:start + SEARCH_BLOCK], k)
+        scores.append(s)
+        ids.append(i)
+    return np.concatenate(scores), np.concatenate(ids)
 
 
 def _manifest(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, selection: Selection, set_id: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import BinaryIO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -29,17 +30,21 @@ Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 0) -> Image.Image:
-    """Decode ``data`` into an RGB image, or raise :class:`BadImageError`.
+def decode_image(data: bytes | BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 0) -> Image.Image:
+    """Decode ``data`` (bytes, or an open binary file: a large upload is never all in memory) into an
+    RGB image, or raise :class:`BadImageError`.
 
     ``min_side`` lets JPEG draft mode decode at the smallest scale (1/2, 1/4, 1/8) that
     still leaves both sides at least that large: a 6000px photo headed for a 224px
     model never needs full-resolution decoding.
     """
-    if not data:
+    if isinstance(data, (bytes, bytearray)):
+        data = io.BytesIO(data)
+    if not data.read(1):
         raise BadImageError("empty", "zero bytes")
+    data.seek(0)
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(data)
     except UnidentifiedImageError:
         raise BadImageError("not_an_image", "unrecognised image format") from None
     except Exception as exc:  # PIL raises a zoo of errors on hostile headers

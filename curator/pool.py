@@ -6,6 +6,7 @@ point at items instead of copying them, and the curation step copy originals ver
 """
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -119,15 +120,29 @@ def list_items(task: ShardTask) -> list[PoolItem]:
 
 def _caption_beside(path: str, limit: int = 4096) -> Optional[str]:
     """The caption of a folder image: ``NAME.txt`` (or ``.caption``) beside it, as img2dataset and
-    Tux Paint write them; None when there is none."""
+    Tux Paint write them, or the ``caption`` (or ``text``) of a ``NAME.json``; None when there is none."""
     stem = os.path.splitext(path)[0]
-    for ext in CAPTION_EXTENSIONS:
+    for ext in CAPTION_EXTENSIONS + META_EXTENSIONS:
         try:
             with open(f"{stem}.{ext}", "rb") as fh:
-                return fh.read(limit).decode("utf-8", errors="replace").strip() or None
+                raw = fh.read(limit if ext != "json" else 1 << 20)
         except OSError:
             continue
+        text = _json_caption(raw) if ext == "json" else raw.decode("utf-8", errors="replace")
+        if text and text.strip():
+            return text.strip()[:limit]
     return None
+
+
+def _json_caption(raw: bytes) -> Optional[str]:
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None  # a broken sidecar is no caption, not a failed build
+    if not isinstance(meta, dict):
+        return None
+    value = meta.get("caption", meta.get("text"))
+    return value if isinstance(value, str) else None
 
 
 def scan_tar(url: str) -> list[PoolItem]:

@@ -24,9 +24,20 @@ from .images import DEFAULT_MAX_PIXELS, decode_image, is_image_name
 
 @dataclass
 class Query:
+    """A query image: its bytes, or the file that holds them. A file is read when the image is
+    decoded, so a job over many large images holds one at a time, not all of them."""
     id: str                       # stable name: relative path, or the uploaded file name
-    data: bytes
+    data: bytes = b""
     label: Optional[str] = None
+    path: Optional[Path] = None
+
+    def read(self) -> bytes:
+        if self.path is None:
+            return self.data
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:  # gone since it was listed: this image is bad, not the whole job
+            raise BadImageError("unreadable", f"{self.id}: {exc.strerror}") from None
 
 
 def load_queries(path: str | Path) -> list[Query]:
@@ -38,8 +49,8 @@ def load_queries(path: str | Path) -> list[Query]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
         if not files:
             raise CuratorError(f"{path}: no query images (.jpg/.jpeg/.png/.webp) found")
-        return [Query(str(f.relative_to(path)), f.read_bytes(),
-                      f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else None) for f in files]
+        return [Query(str(f.relative_to(path)), label=f.relative_to(path).parts[0]
+                      if len(f.relative_to(path).parts) > 1 else None, path=f) for f in files]
     rows = _read_table(path)
     if not rows or "path" not in rows[0]:
         raise CuratorError(f"{path}: needs a 'path' column (and optionally 'label')")
@@ -47,10 +58,9 @@ def load_queries(path: str | Path) -> list[Query]:
     queries = []
     for row in rows:
         file = Path(row["path"]) if os.path.isabs(row["path"]) else base / row["path"]
-        try:
-            queries.append(Query(str(row["path"]), file.read_bytes(), row.get("label") or None))
-        except OSError as exc:
-            raise CuratorError(f"{path}: cannot read query image {file}: {exc.strerror}") from None
+        if not os.access(file, os.R_OK) or not file.is_file():
+            raise CuratorError(f"{path}: cannot read query image {file}")
+        queries.append(Query(str(row["path"]), label=row.get("label") or None, path=file))
     return queries
 
 
@@ -92,7 +102,7 @@ def embed_queries(encoder, queries: Sequence[Query], *, crops: int = 0, seed: in
         if cancelled():
             raise InterruptedError("cancelled")
         try:
-            img = decode_image(query.data, max_pixels=max_pixels, min_side=2 * encoder.image_size)
+            img = decode_image(query.read(), max_pixels=max_pixels, min_side=2 * encoder.image_size)
         except BadImageError as exc:
             raise BadImageError(exc.reason, f"query {query.id}: {exc.detail}") from None
         for view in query_views(img, crops, seed + qi):
@@ -125,8 +135,26 @@ def decodable(queries: Sequence[Query], *, min_side: int = 0,
     good, skipped = [], []
     for q in queries:
         try:
-            decode_image(q.data, max_pixels=max_pixels, min_side=min_side)
+            decode_image(q.read(), max_pixels=max_pixels, min_side=min_side)
             good.append(q)
         except BadImageError as exc:
             skipped.append(SkippedItem(key=q.id, source="query", reason=exc.reason, detail=exc.detail))
     return good, skipped
+
+
+def text_queries(encoder, texts: Sequence[str], labels: Optional[Sequence[Optional[str]]] = None
+                 ) -> tuple[list[Query], np.ndarray]:
+    """Text queries (REACT / SuS-X style retrieval by class prompts), embedded by the encoder's text
+    tower: placeholder queries named ``text:PROMPT`` beside their vectors."""
+    if not encoder.has_text:
+        raise CuratorError(f"encoder {encoder.spec} has no text tower: text queries need an open_clip encoder "
+                           f"(query with images instead)")
+    labels = list(labels) if labels is not None else [None] * len(texts)
+    return [Query(f"text:{t}", label=lab) for t, lab in zip(texts, labels)], encoder.encode_text(list(texts))
+
+
+def class_prompts(template: str, classes: Sequence[str]) -> list[str]:
+    """``--text "a photo of a {}"`` over class names (underscores read as spaces)."""
+    if "{}" not in template:
+        raise CuratorError(f"--text {template!r} needs a '{{}}' where the class name goes")
+    return [template.replace("{}", c.replace("_", " ")) for c in classes]

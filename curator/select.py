@@ -39,6 +39,9 @@ class Selection:
     quotas: np.ndarray       # per-query quota that was asked for
     counts: dict = field(default_factory=dict)
     dry_queries: list[int] = field(default_factory=list)
+    #: what the rules kept out, for people to look at: (pool id, query, rank, score, reason), reason
+    #: "near-duplicate" or "contamination"; each item once, where a query's walk first met it
+    dropped: list[tuple] = field(default_factory=list)
 
 
 def merge_views(scores: np.ndarray, ids: np.ndarray, owner: np.ndarray, n_queries: int) -> list[tuple]:
@@ -136,7 +139,7 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, exclude
     ptr = np.zeros(len(lists), dtype=np.int64)
     got = np.zeros(len(lists), dtype=np.int64)
     taken, dry = [], set()
-    seen_excluded, seen_dup = set(), set()
+    seen_excluded, seen_dup, dropped = set(), set(), []
     active = [q for q in range(len(lists)) if quotas[q] > 0]
     while active:
         if cancelled():
@@ -148,10 +151,12 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, exclude
                 j = pos[int(ids[ptr[q]])]
                 r = ptr[q]
                 ptr[q] += 1
-                if excluded[j]:
-                    seen_excluded.add(j)
-                elif state[j] == 2:
-                    seen_dup.add(j)
+                if excluded[j] or state[j] == 2:
+                    seen = seen_excluded if excluded[j] else seen_dup
+                    if j not in seen:
+                        seen.add(j)
+                        dropped.append((int(ids[r]), q, int(r), float(scores[r]),
+                                        "contamination" if excluded[j] else "near-duplicate"))
                 elif state[j] == 0:
                     state[j] = 1
                     state[dups[j][state[dups[j]] == 0]] = 2
@@ -164,7 +169,8 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, exclude
             if got[q] < quotas[q]:
                 still.append(q)
         active = still
-    counts = {"candidates": int(len(candidates)), "excluded": len(seen_excluded), "deduped": len(seen_dup)}
+    counts = {"candidates": int(len(candidates)), "excluded": len(seen_excluded), "deduped": len(seen_dup),
+              "dropped": dropped}
     return taken, counts, sorted(dry)
 
 
@@ -213,30 +219,29 @@ def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], own
     vecs = vectors_of(candidates)
     excluded = contaminated(vecs, forbidden, exclude_threshold)
     dups = near_duplicate_pairs(vecs, dedup, cells)
-    picked, n_excl, n_dup = _take_in_order([pos[pid] for pid in order], excluded, dups, budget)
+    picked, dropped = _take_in_order([pos[pid] for pid in order], excluded, dups, budget)
     taken = [(int(candidates[j]), *best[int(candidates[j])]) for j in picked]
-    counts = {"candidates": int(len(candidates)), "excluded": n_excl, "deduped": n_dup}
+    counts = {"candidates": int(len(candidates)), **_drop_counts(dropped),
+              "dropped": [(int(candidates[j]), *best[int(candidates[j])], why) for j, why in dropped]}
     return _selection(taken, np.zeros(n_queries, dtype=np.int64), counts, [], k)
 
 
 def _take_in_order(order: list[int], excluded: np.ndarray, dups: list[np.ndarray],
-                   budget: Optional[int]) -> tuple[list[int], int, int]:
+                   budget: Optional[int]) -> tuple[list[int], list[tuple[int, str]]]:
     """Walk candidate positions in ``order``, skipping contamination and near-duplicates of
-    what was taken, up to ``budget``. Returns (taken positions, excluded seen, duplicates seen)."""
+    what was taken, up to ``budget``. Returns (taken positions, [(dropped position, reason)])."""
     state = np.zeros(len(excluded), dtype=np.int8)     # 0 free, 1 taken, 2 dup-blocked
-    picked, n_excl, n_dup = [], 0, 0
+    picked, dropped = [], []
     for j in order:
         if budget is not None and len(picked) >= budget:
             break
-        if excluded[j]:
-            n_excl += 1
-        elif state[j] == 2:
-            n_dup += 1
+        if excluded[j] or state[j] == 2:
+            dropped.append((j, "contamination" if excluded[j] else "near-duplicate"))
         else:
             state[j] = 1
             state[dups[j][state[dups[j]] == 0]] = 2
             picked.append(j)
-    return picked, n_excl, n_dup
+    return picked, dropped
 
 
 def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: int,
@@ -253,7 +258,7 @@ def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: 
         excluded = contaminated(vecs, forbidden, exclude_threshold)
         dups = near_duplicate_pairs(vecs, dedup, cells)
         pos = {int(pid): j for j, pid in enumerate(candidates)}
-        picked, n_excl, n_dup = _take_in_order([pos[int(pid)] for pid in order[:n]], excluded, dups, budget)
+        picked, dropped = _take_in_order([pos[int(pid)] for pid in order[:n]], excluded, dups, budget)
         if len(picked) >= budget or n >= ntotal:
             break
         n = min(ntotal, n * 2)
@@ -262,12 +267,20 @@ def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: 
                               np.ascontiguousarray(query_vecs, np.float32), 1, metric=faiss.METRIC_INNER_PRODUCT)
     taken = [(int(candidates[j]), int(owner[v]), -1, float(s)) for j, v, s in zip(picked_arr, nearest[:, 0],
                                                                                    sims[:, 0])]
-    counts = {"candidates": int(n), "excluded": n_excl, "deduped": n_dup}
+    counts = {"candidates": int(n), **_drop_counts(dropped),
+              "dropped": [(int(candidates[j]), -1, -1, float("nan"), why) for j, why in dropped]}
     return _selection(taken, np.zeros(int(owner.max()) + 1 if len(owner) else 0, dtype=np.int64), counts, [], n)
+
+
+def _drop_counts(dropped: list[tuple[int, str]]) -> dict:
+    reasons = [why for _, why in dropped]
+    return {"excluded": reasons.count("contamination"), "deduped": reasons.count("near-duplicate")}
 
 
 def _selection(taken: list, quotas: np.ndarray, counts: dict, dry: list[int], depth: int) -> Selection:
     arr = list(zip(*taken)) if taken else [[], [], [], []]
+    counts = dict(counts)
+    dropped = counts.pop("dropped", [])
     counts = dict(counts, emitted=len(taken), search_depth=int(depth))
     return Selection(np.asarray(arr[0], np.int64), np.asarray(arr[1], np.int64), np.asarray(arr[2], np.int64),
-                     np.asarray(arr[3], np.float32), quotas, counts, dry)
+                     np.asarray(arr[3], np.float32), quotas, counts, dry, dropped)

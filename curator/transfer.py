@@ -32,7 +32,7 @@ MANIFEST_FILE = "manifest.json"
 SAMPLES_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("pool_id", pa.int64()), ("pool_key", pa.string()),
     ("source", pa.string()), ("query_id", pa.string()), ("query_label", pa.string()), ("rank", pa.int64()),
-    ("similarity", pa.float32()), ("sha256", pa.string()),
+    ("similarity", pa.float32()), ("sha256", pa.string()), ("caption", pa.string()),
 ])
 
 
@@ -92,9 +92,11 @@ def image_extension(key: str, source: str, data: bytes) -> str:
 def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_labels: list[Optional[str]],
                        out_root: Path, manifest: TransferManifest, *,
                        progress: Callable[[float], None] = lambda f: None,
-                       cancelled: Callable[[], bool] = lambda: False) -> TransferManifest:
+                       cancelled: Callable[[], bool] = lambda: False,
+                       tables: Optional[dict[str, pa.Table]] = None) -> TransferManifest:
     """Write the set to ``out_root/<manifest.id>`` atomically; returns the completed manifest
-    (``manifest`` is the caller's part: this adds the shards, the counts it saw, its own time)."""
+    (``manifest`` is the caller's part: this adds the shards, the counts it saw, its own time).
+    ``tables``: more parquet files for the folder (``curator.setview``'s), renamed into place with it."""
     set_id, shard_size = manifest.id, manifest.params.shard_size
     final = out_root / set_id
     if final.exists():
@@ -124,13 +126,15 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
             shard = writer.add(key, {image_extension(row["key"], row["source"], data): data,
                                      "json": json.dumps(meta).encode()})
             samples.append((key, shard, row["id"], row["key"], row["source"], query_ids[q], query_labels[q],
-                            int(rank), float(score), row["sha256"]))
+                            int(rank), float(score), row["sha256"], row["caption"]))
             if n % 256 == 0:
                 progress(n / max(1, len(rows)))
         shards = writer.close()
         cols = list(zip(*samples)) if samples else [[] for _ in SAMPLES_SCHEMA]
         pq.write_table(pa.table({f.name: list(c) for f, c in zip(SAMPLES_SCHEMA, cols)}, schema=SAMPLES_SCHEMA),
                        tmp / "samples.parquet")
+        for name, table in (tables or {}).items():
+            pq.write_table(table, tmp / name)
         manifest = manifest.model_copy(update={
             "shardlist": [ShardEntry(**s) for s in shards],
             "counts": manifest.counts.model_copy(update={"emitted": len(samples), "unreadable": missing}),

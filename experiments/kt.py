@@ -90,7 +90,7 @@ def curate_sets(cfg: KTConfig, split: Path, out: Path) -> dict[str, TransferMani
     pool = PoolIndex.open(cfg.index)
 
     def queries(split_name: str) -> list[Query]:
-        return [Query(Path(ref).name, Path(ref).read_bytes(), data.classes[label])
+        return [Query(Path(ref).name, label=data.classes[label], path=Path(ref))
                 for ref, label in data.splits[split_name]]
     train, held_out = queries("train"), queries("val") + queries("test")
     q_vecs, _ = embed_queries(pool.encoder(), train)

@@ -9,7 +9,10 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ..deps import CurateKey, PoolDep, RunnerDep, SettingsDep, StoreDep
+from curator.queries import text_queries
+from curator.retrieval import PoolIndex
+
+from ..deps import CurateKey, EncoderLockDep, PoolDep, RunnerDep, SettingsDep, StoreDep
 from ..jobs import save_inputs
 from ..schemas import ERRORS, CurateForm, CurateRequest, JobOut
 from ..uploads import read_curate_request
@@ -23,13 +26,13 @@ BODIES = {"requestBody": {"required": True, "content": {
 @router.post("/curate", status_code=202, response_model=JobOut, openapi_extra=BODIES,
              summary="Curate a transfer set from target images (multipart or JSON)")
 async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, store: StoreDep, pool: PoolDep,
-                      runner: RunnerDep, wait: bool = False) -> JSONResponse:
+                      runner: RunnerDep, lock: EncoderLockDep, wait: bool = False) -> JSONResponse:
     # the inputs are stored first, the job row second: a crash in between leaves no job whose inputs
     # never arrived (only a staging folder, removed at start-up)
     staging = settings.uploads_dir / f".tmp-{uuid.uuid4().hex}"
     try:
         queries, vectors, params, files = await read_curate_request(request, settings.limits, pool.manifest.dim,
-                                                                    staging)
+                                                                    staging, texts_embedder(pool, lock))
         await asyncio.to_thread(save_inputs, staging, queries, vectors, files)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a refused request leaves nothing behind
@@ -43,3 +46,11 @@ async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, s
     done = job["state"] not in ("queued", "running")
     return JSONResponse(JobOut.from_row(job).model_dump(), status_code=200 if done else 202,
                         headers={"Location": f"/jobs/{job_id}"})
+
+
+def texts_embedder(pool: PoolIndex, lock):
+    """Text queries embedded at submit (a text tower is cheap): the job then runs on vectors."""
+    def embed(texts: list[str], labels: list):
+        with lock:
+            return text_queries(pool.encoder(), texts, labels)
+    return embed

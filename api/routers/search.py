@@ -1,24 +1,28 @@
-"""Search the pool: by an uploaded image, or from a pool item."""
+"""Search the pool: by an uploaded image, by text (an encoder with a text tower), or from a pool item."""
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import ValidationError
 
+from curator.queries import text_queries
 from curator.retrieval import PoolIndex
 
 from ..deps import EncoderLockDep, MetricsDep, PoolDep, ReadKey, SettingsDep, reject
 from ..metrics import Metrics
-from ..schemas import ERRORS, HitOut, SearchOut
+from ..schemas import ERRORS, HitOut, SearchOut, TextQuery
 from ..uploads import check_image, read_form
 
 router = APIRouter(tags=["search"], responses=ERRORS)
 #: The service's ceiling on k; a server's --max-k may lower it.
 K_MAX = 100_000
-UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
+UPLOAD = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "application/json": {"schema": TextQuery.model_json_schema()}}}}
 
 
 def _k(k: int, settings) -> int:
@@ -31,8 +35,11 @@ def _k(k: int, settings) -> int:
 async def search_upload(request: Request, key: ReadKey, settings: SettingsDep, pool: PoolDep, lock: EncoderLockDep,
                         metrics: MetricsDep, k: Annotated[int, Query(ge=1, le=K_MAX)] = 10) -> dict:
     _k(k, settings)
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise reject(415, "POST /search takes multipart/form-data with one 'file'")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        return await search_text(request, pool, lock, metrics, k)
+    if ctype != "multipart/form-data":
+        raise reject(415, "POST /search takes multipart/form-data with one 'file', or JSON {\"text\": ...}")
     form = await read_form(request, max_files=2, max_fields=4, max_part_size=1 << 20)
     upload = form.get("file")
     if upload is None or not hasattr(upload, "read"):
@@ -65,3 +72,16 @@ def search_vector(pool: PoolIndex, metrics: Metrics, vector: np.ndarray, k: int,
         h.score = float(np.clip(h.score, -1.0, 1.0))
     metrics.items_served.inc(len(hits))
     return {"k": k, "hits": [HitOut(**h.as_dict()).model_dump() for h in hits]}
+
+
+async def search_text(request: Request, pool: PoolIndex, lock, metrics: Metrics, k: int) -> dict:
+    try:
+        query = TextQuery.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False))
+
+    def run() -> dict:
+        with lock:  # an encoder without a text tower raises CuratorError: a 422 that says so
+            _, vector = text_queries(pool.encoder(), [query.text])
+        return search_vector(pool, metrics, vector, k)
+    return await asyncio.to_thread(run)

@@ -9,7 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
 
-from ..deps import CurateKey, MetricsDep, ReadKey, SettingsDep, StoreDep, check_owner, owner_filter, reject
+from curator.formats import SetMap, SetView
+from curator.setview import query_thumbnail, read_view, set_map
+
+from ..deps import CurateKey, MetricsDep, PoolDep, ReadKey, SettingsDep, StoreDep, check_owner, owner_filter, reject
 from ..schemas import ERRORS, SetSummary
 from ..settings import Settings
 from ..store import Store
@@ -89,3 +92,24 @@ def get_shard(set_id: str, name: str, key: ReadKey, store: StoreDep, settings: S
         raise reject(404, f"no shard {name!r} in transfer set {set_id!r}")
     metrics.shards_served.inc()
     return FileResponse(path, media_type="application/x-tar", filename=name)
+
+
+@router.get("/transfer-sets/{set_id}/view", response_model=SetView)
+def get_view(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep) -> SetView:
+    """Each query with what it pulled in (rank order) and what the rules left out, and why."""
+    return read_view(set_folder(set_id, store, settings))
+
+
+@router.get("/transfer-sets/{set_id}/map", response_model=SetMap)
+def get_map(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep, pool: PoolDep) -> SetMap:
+    """The queries and their set on two principal components of their embeddings."""
+    return set_map(set_folder(set_id, store, settings), pool.vectors)
+
+
+@router.get("/transfer-sets/{set_id}/queries/{index}/thumbnail", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}})
+def get_query_thumbnail(set_id: str, index: int, key: ReadKey, store: StoreDep, settings: SettingsDep) -> Response:
+    data = query_thumbnail(set_folder(set_id, store, settings), index)
+    if data is None:
+        raise reject(404, f"transfer set {set_id!r} has no thumbnail for query {index}")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})

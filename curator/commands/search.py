@@ -11,7 +11,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("search", help="show the nearest pool images of a query image",
                        description="Embed query images with the index's own encoder and print their nearest pool items.")
     p.add_argument("--index", required=True, help="a folder written by build-index")
-    p.add_argument("--image", required=True, nargs="+", help="query image file(s)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", nargs="+", help="query image file(s)")
+    what.add_argument("--text", nargs="+", help="query text(s), embedded by the index's text tower (open_clip encoders)")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.set_defaults(run=run)
@@ -24,6 +26,10 @@ def run(args) -> int:
     if not 1 <= args.k <= max_k:
         raise CuratorError(f"-k must be between 1 and {max_k}, got {args.k}")
     index = PoolIndex.open(args.index)
+    if args.text:
+        from ..queries import text_queries
+
+        return show(args, args.text, index, text_queries(index.encoder(), args.text)[1])
     blobs = []
     for path in args.image:
         try:
@@ -41,9 +47,13 @@ def run(args) -> int:
             raise CuratorError(f"query image {path}: {exc}") from None
     import numpy as np
 
-    scores, ids = index.search(np.concatenate(vectors), args.k)
-    results = [{"query": path, "hits": [h.as_dict() for h in index.hits(s, i)]}
-               for path, s, i in zip(args.image, scores, ids)]
+    return show(args, args.image, index, np.concatenate(vectors))
+
+
+def show(args, names: list[str], index, vectors) -> int:
+    scores, ids = index.search(vectors, args.k)
+    results = [{"query": name, "hits": [h.as_dict() for h in index.hits(s, i)]}
+               for name, s, i in zip(names, scores, ids)]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

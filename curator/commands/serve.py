@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--api-keys", help="file of name:scopes:secret lines (also: $CURATOR_API_KEYS)")
     p.add_argument("--no-auth", action="store_true", help="accept every caller (local development only)")
     p.add_argument("--public-metrics", action="store_true", help="serve /metrics without an admin key")
-    p.add_argument("--public-docs", action="store_true", help="serve the /docs and /redoc pages")
+    p.add_argument("--public-docs", action="store_true", help="serve the /docs page, and /openapi.json without a key (default: off; the schema then needs a read key)")
     p.add_argument("--retention-days", type=float, default=None,
                    help="remove transfer sets older than this many days (default: keep them)")
     p.add_argument("--job-workers", type=int, default=None, help="curation jobs run at once (default: 2)")
@@ -51,6 +51,7 @@ def run(args) -> int:
     import uvicorn
 
     from api import Settings, create_app
+    from api.memory import release_large_buffers
     from api.protocol import HeaderTimeoutProtocol
 
     check_port(args.host, args.port)
@@ -65,6 +66,7 @@ def run(args) -> int:
     if args.no_auth:
         print("*" * 72 + "\nWARNING: --no-auth: every caller may curate and download. Local development only.\n"
               + "*" * 72, file=sys.stderr, flush=True)
+    release_large_buffers()
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
                 timeout_keep_alive=settings.keep_alive_timeout,
                 http=type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": settings.header_timeout}))

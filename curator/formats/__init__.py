@@ -11,6 +11,7 @@ from .index import (INDEX_FORMAT, INDEX_ITEM_SCHEMA, INDEX_MANIFEST_NAME, ITEM_S
                     ShardDone, ShardTask, SkippedItem, default_workers, parse_bytes)
 from .service import Limits
 from .kt import RESULTS_FORMAT, ArmResult, KTConfig, KtResults, Paired, Stats
+from .view import MAP_FORMAT, VIEW_FORMAT, MapPoint, SetMap, SetView, ViewItem, ViewQuery
 
 __all__ = [
     "Doc", "FiniteFloat", "describe_errors", "dump_doc", "iso", "load_doc", "parse_doc", "save_doc", "utcnow",
@@ -22,4 +23,5 @@ __all__ = [
     "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "ShardDone", "ShardTask",
     "SkippedItem",
     "RESULTS_FORMAT", "ArmResult", "KTConfig", "KtResults", "Paired", "Stats",
+    "MAP_FORMAT", "VIEW_FORMAT", "MapPoint", "SetMap", "SetView", "ViewItem", "ViewQuery",
 ]

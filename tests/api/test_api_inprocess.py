@@ -1,5 +1,6 @@
 """The service in process (FastAPI's TestClient): request validation, without a socket."""
 import base64
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -233,6 +234,7 @@ def test_jobs_and_sets_have_owners(client):
     assert theirs["transfer_set_id"] not in {s["id"] for s in client.get("/transfer-sets?limit=1000").json()}
     assert client.get("/metrics").status_code == 403 and client.get("/metrics", headers=root).status_code == 200
     assert client.get("/docs").status_code == 404 and client.get("/openapi.json").status_code == 200
+    assert client.get("/openapi.json", headers={"Authorization": ""}).status_code == 401
 
 
 def test_a_stored_config_that_no_longer_validates_fails_instead_of_blocking_the_queue(client):
@@ -321,3 +323,70 @@ def test_a_refused_request_leaves_no_job_and_no_upload_and_no_server_path_is_ser
     job = client.post("/curate?wait=true", json={"params": {"per_query": 2}, "embeddings": [[1.0] * client.dim]}).json()
     table = pq.read_table(io.BytesIO(client.get(f"/transfer-sets/{job['transfer_set_id']}/samples.parquet").content))
     assert table.num_rows == 2 and "source" not in table.column_names and "pool_key" in table.column_names
+
+
+def test_public_docs_serve_every_asset_from_the_package(client, tmp_path):
+    """/docs with --public-docs: the page names no other host, and its script and style load from here."""
+    settings = client.app.state.settings
+    app = create_app(Settings(index_dir=settings.index_dir, data_dir=tmp_path / "data", no_auth=True,
+                              public_docs=True))
+    with TestClient(app) as docs:
+        page = docs.get("/docs")
+        assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text
+        assert "cdn" not in page.text.lower() and "https://" not in page.text.replace("https://fastapi", "")
+        for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+            assert docs.get(asset).status_code == 200 and len(docs.get(asset).content) > 10_000
+        assert docs.get("/openapi.json").json()["paths"]["/curate"]
+
+
+def test_item_thumbnails_are_bounded_cached_and_need_a_key(client):
+    r = client.get("/items/3/thumbnail?size=64")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    from PIL import Image
+    import io
+    assert max(Image.open(io.BytesIO(r.content)).size) <= 64
+    assert (client.app.state.settings.data_dir / "thumbnails" / "64" / "3.jpg").read_bytes() == r.content
+    assert client.get("/items/3/thumbnail?size=4096").status_code == 422
+    assert client.get("/items/3/thumbnail?size=0").status_code == 422
+    assert client.get("/items/99999/thumbnail").status_code == 404
+    assert client.get("/items/-1/thumbnail").status_code == 404
+    assert client.get("/items/3/thumbnail", headers={"Authorization": ""}).status_code == 401
+
+
+def test_search_and_curate_by_text(client):
+    r = client.post("/search?k=3", json={"text": "a photo of a red square"})
+    assert r.status_code == 200 and len(r.json()["hits"]) == 3
+    assert client.post("/search", json={"text": ""}).status_code == 422
+    assert client.post("/search", json={"txt": "x"}).status_code == 422
+    r = client.post("/curate?wait=true", json={"params": {"per_query": 2, "dedup": 1, "exclude_threshold": 1},
+                                               "texts": ["a photo of a cat", "a photo of a dog"],
+                                               "labels": ["cat", "dog"]})
+    assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text
+    view = client.get(f"/transfer-sets/{r.json()['transfer_set_id']}/view").json()
+    assert [q["id"] for q in view["queries"]] == ["text:a photo of a cat", "text:a photo of a dog"]
+    r = client.post("/curate", json={"texts": ["a"], "embeddings": [[1.0] * client.dim]})
+    assert r.status_code == 422 and "exactly one" in r.json()["detail"]
+
+
+def test_a_set_view_map_and_query_thumbnails(client):
+    files = [("files", (f"q{i}.png", png_bytes(pattern_image(200 + i, 96)), "image/png")) for i in range(2)]
+    r = client.post("/curate?wait=true", files=files,
+                    data={"params": '{"per_query": 3, "dedup": 1, "exclude_threshold": 1}'})
+    set_id = r.json()["transfer_set_id"]
+    view = client.get(f"/transfer-sets/{set_id}/view").json()
+    assert [len(q["items"]) for q in view["queries"]] == [3, 3] and all(q["thumbnail"] for q in view["queries"])
+    assert "source" not in json.dumps(view)  # no server path in what a caller sees
+    points = client.get(f"/transfer-sets/{set_id}/map").json()["points"]
+    assert len(points) == 2 + 6
+    thumb = client.get(f"/transfer-sets/{set_id}/queries/1/thumbnail")
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+    assert client.get(f"/transfer-sets/{set_id}/queries/9/thumbnail").status_code == 404
+    assert client.get("/transfer-sets/ts-nope/view").status_code == 404
+
+
+def test_the_ui_page_and_its_assets_ship_in_the_package(client):
+    page = client.get("/", headers={"Authorization": ""})
+    assert page.status_code == 200 and "/ui/app.js" in page.text
+    for asset in ("/ui/app.js", "/ui/style.css"):
+        body = client.get(asset).text
+        assert "http://" not in body and "https://" not in body  # no CDN, no other host

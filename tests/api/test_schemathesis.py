@@ -24,13 +24,13 @@ def live(tiny_clip_spec, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api_schema(live):
-    return schemathesis.openapi.from_url(live.url + "/openapi.json")
+    return schemathesis.openapi.from_url(live.url + "/openapi.json", headers=AUTH)
 
 
 
 
 def test_the_curate_bodies_are_in_the_schema(live):
-    body = httpx.get(live.url + "/openapi.json").json()["paths"]["/curate"]["post"]["requestBody"]["content"]
+    body = httpx.get(live.url + "/openapi.json", headers=AUTH).json()["paths"]["/curate"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
 
 

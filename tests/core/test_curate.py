@@ -228,3 +228,17 @@ def test_cell_bucketed_dedup_matches_exact(monkeypatch):
     bucketed = select.near_duplicate_pairs(x, 0.95)
     assert sum(len(a) for a in exact) >= 200
     assert all(set(a) == set(b) for a, b in zip(exact, bucketed))
+
+
+def test_cancel_is_honoured_between_search_blocks(pool_index, tmp_path):
+    """A cancel that arrives while searching stops the job before the next block of query views is
+    searched (one FAISS call over every view would hold the worker to the end), and leaves no set."""
+    pool = PoolIndex.open(pool_index[0].root)
+    vectors = np.repeat(pool.vectors(np.arange(2)), 400, axis=0)  # 800 views: several search blocks
+    searched, search = [], pool.search
+    pool.search = lambda v, k: searched.append(len(v)) or search(v, k)
+    with pytest.raises(InterruptedError):
+        curate_set(pool, [Query(f"e{i}") for i in range(len(vectors))], CurateParams(per_query=1), tmp_path,
+                   query_vectors=vectors, cancelled=lambda: bool(searched))
+    assert 0 < sum(searched) < len(vectors)
+    assert not any(tmp_path.iterdir())
