@@ -119,8 +119,9 @@ def list_items(task: ShardTask) -> list[PoolItem]:
 
 
 def _caption_beside(path: str, limit: int = 4096) -> Optional[str]:
-    """The caption of a folder image: ``NAME.txt`` (or ``.caption``) beside it, as img2dataset and
-    Tux Paint write them, or the ``caption`` (or ``text``) of a ``NAME.json``; None when there is none."""
+    """The caption of a folder image: the first line of ``NAME.txt`` (or ``.caption``) beside it, as
+    img2dataset and Tux Paint write them (Tux Paint's next lines are ``lang.utf8=`` translations), or the
+    ``caption`` (or ``text``) of a ``NAME.json``; None when there is none."""
     stem = os.path.splitext(path)[0]
     for ext in CAPTION_EXTENSIONS + META_EXTENSIONS:
         try:
@@ -128,10 +129,14 @@ def _caption_beside(path: str, limit: int = 4096) -> Optional[str]:
                 raw = fh.read(limit if ext != "json" else 1 << 20)
         except OSError:
             continue
-        text = _json_caption(raw) if ext == "json" else raw.decode("utf-8", errors="replace")
+        text = _json_caption(raw) if ext == "json" else _first_line(raw.decode("utf-8", errors="replace"))
         if text and text.strip():
             return text.strip()[:limit]
     return None
+
+
+def _first_line(text: str) -> str:
+    return next((line for line in text.splitlines() if line.strip()), "")
 
 
 def _json_caption(raw: bytes) -> Optional[str]:

@@ -59,7 +59,8 @@ def read_view(folder: str | Path) -> SetView:
     by_id = {q.id: q for q in queries}
     samples = pq.read_table(folder / SAMPLES_FILE).to_pylist()
     for s in samples:
-        by_id[s["query_id"]].items.append(ViewItem(pool_id=s["pool_id"], sample_key=s["key"], rank=s["rank"],
+        by_id[s["query_id"]].items.append(ViewItem(pool_id=s["pool_id"], key=s["pool_key"], sample_key=s["key"],
+                                                   rank=s["rank"],
                                                    similarity=s["similarity"], caption=s.get("caption")))
     if (folder / QUERIES_FILE).exists():
         for row in pq.read_table(folder / QUERIES_FILE, columns=["index", "thumbnail"]).to_pylist():
@@ -67,7 +68,7 @@ def read_view(folder: str | Path) -> SetView:
     unattributed = []
     if (folder / DROPPED_FILE).exists():
         for d in pq.read_table(folder / DROPPED_FILE).to_pylist():
-            item = ViewItem(pool_id=d["pool_id"], rank=d["rank"], similarity=d["similarity"], caption=d["caption"],
+            item = ViewItem(pool_id=d["pool_id"], key=d["pool_key"], rank=d["rank"], similarity=d["similarity"], caption=d["caption"],
                             reason=d["reason"])
             (queries[d["query_index"]].dropped if d["query_index"] >= 0 else unattributed).append(item)
     for q in queries:

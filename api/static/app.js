@@ -68,7 +68,7 @@ function card(hit, extra = {}) {
     el("div", { class: "score" }, extra.rankLabel || "", hit.score !== undefined ? hit.score.toFixed(3)
        : (hit.similarity !== null && hit.similarity !== undefined ? hit.similarity.toFixed(3) : "")),
     extra.reason ? el("span", { class: "badge" }, extra.reason) : "",
-    el("div", { class: "caption" }, hit.caption || ""),
+    el("div", { class: "caption", title: hit.caption || "" }, hit.caption || ""),
     el("div", { class: "key" }, hit.key ? hit.key : "#" + (hit.id ?? hit.pool_id)));
   return node;
 }

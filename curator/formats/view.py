@@ -16,6 +16,7 @@ MAP_FORMAT = "curator.set-map/1"
 
 class ViewItem(Doc):
     pool_id: int
+    key: Optional[str] = Field(None, description="the pool item's key (its name in the pool, never a server path)")
     sample_key: Optional[str] = Field(None, description="the sample's key in the shards (None: dropped)")
     rank: int = Field(description="0-based rank in the query's merged neighbour list (-1: a random draw)")
     similarity: Optional[float] = None

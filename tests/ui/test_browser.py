@@ -4,6 +4,7 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from helpers import CURATE, make_image_folder, tiny_server
@@ -39,22 +40,26 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, server, tmp_path):
-    """A fresh tab with the API key entered; fails the test if the page asks any other host."""
+def page(browser, server, tmp_path, request):
+    """A fresh tab with the API key entered. After the test: a screenshot (CURATOR_SCREENSHOTS=DIR keeps
+    them), and the test fails if the page is blank, logged a console error, or asked any other host."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     tab = context.new_page()
-    foreign = []
+    foreign, errors = [], []
     tab.on("request", lambda r: foreign.append(r.url) if not r.url.startswith((server.url, "blob:", "data:")) else None)
-    errors = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     tab.goto(server.url + "/")
     tab.fill("#key", CURATE)
     tab.click("#key-form button")
     yield tab
-    tab.screenshot(path=str(Path(os.environ.get("CURATOR_SCREENSHOTS", tmp_path)) / "last.png"), full_page=True)
+    shots = Path(os.environ.get("CURATOR_SCREENSHOTS", tmp_path))
+    tab.screenshot(path=str(shots / f"{request.node.name}.png"), full_page=True)
+    text = tab.evaluate("document.body.innerText.trim()")
     context.close()
+    assert len(text) > 40, "the page is blank"
     assert not foreign, f"the page asked other hosts: {foreign[:5]}"
-    assert not errors, f"script errors: {errors}"
+    assert not errors, f"console errors: {errors}"
 
 
 def test_search_by_uploaded_image_shows_thumbnails_that_load(page, server):
@@ -88,9 +93,13 @@ def test_curation_from_the_form_finishes_and_its_set_shows_each_query(page, serv
     page.click("#curate-form button[type=submit]")
     page.wait_for_selector(".open-set", timeout=60_000)
     assert "succeeded" in page.inner_text(".job-state")
+    set_id = page.get_attribute(".open-set", "href").split("/")[-1]
     page.click(".open-set")
     page.wait_for_selector(".query-row", timeout=30_000)
-    assert page.locator(".query-row").count() == 3
+    manifest = httpx.get(f"{server.url}/transfer-sets/{set_id}/manifest", headers={"Authorization": f"Bearer {CURATE}"})
+    taken = [q["taken"] for q in manifest.json()["queries"]]
+    shown = [page.locator(f"#set-queries .query-row:nth-child({i + 1}) .taken .card").count() for i in range(len(taken))]
+    assert shown == taken == [4, 4, 4]
     page.wait_for_function(ALL_LOADED, arg=".query-row:first-child img", timeout=30_000)
     assert page.locator(".query-row .taken .card").count() == 12
     page.locator(".query-row").last.scroll_into_view_if_needed()  # thumbnails load as they come into view
