@@ -10,11 +10,14 @@ import tarfile
 from pathlib import Path
 from typing import Iterator, Optional
 
+import pyarrow.parquet as pq
+
 from .errors import BadImageError, CuratorError
 from .formats import SetView, ViewItem
-from .setview import query_thumbnail, read_view
+from .refshards import Ref
+from .setview import SAMPLES_FILE, query_thumbnail, read_view
 from .thumbs import thumbnail
-from .transfer import MANIFEST_FILE
+from .transfer import MANIFEST_FILE, shard_path_or_layout
 
 THUMB = 128
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.2rem;color:#1d2330}h1{font-size:1.3rem}
@@ -26,9 +29,16 @@ code{white-space:pre-wrap;word-break:break-all}"""
 
 
 def sample_images(folder: Path, shards: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(sample key, image bytes) for every sample of the set's shards, in shard order."""
+    """(sample key, image bytes) for every sample of the set's shards, in shard order: read from the
+    shard files, or from the pool (sha256-checked) for a set by reference."""
     for name in shards:
-        with tarfile.open(folder / name) as tar:
+        source = shard_path_or_layout(folder, name)
+        if isinstance(source, list):
+            keys = iter(pq.read_table(folder / SAMPLES_FILE, columns=["key", "shard"]).to_pylist())
+            refs = [seg for seg in source if isinstance(seg, Ref)]
+            yield from ((row["key"], ref.read()) for row, ref in zip((r for r in keys if r["shard"] == name), refs))
+            continue
+        with tarfile.open(source) as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 if ext in ("jpg", "jpeg", "png", "webp"):

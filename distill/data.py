@@ -21,7 +21,8 @@ from curator.errors import CuratorError
 from curator.images import is_image_name
 from curator.pipeline import ImagePipeline, Skip, collate
 from curator.pool import scan_tar
-from curator.transfer import read_manifest
+from curator.refshards import Ref
+from curator.transfer import read_manifest, shard_path_or_layout
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,21 @@ def collate_skip_bad(batch):
 
 
 def transfer_items(folder: Path) -> list[tuple]:
-    """Every image of a transfer set as ((tar, offset, size), -1), after checking shard sha256."""
+    """Every image of a transfer set as ((file, offset, size), -1): in its shards after checking each
+    shard's sha256, or, for a set by reference on storage this machine shares with the pool, in the
+    pool itself after checking each sample's sha256 (a vanished or changed item is an error naming it)."""
     import hashlib
 
     items = []
     for shard in read_manifest(folder).shardlist:
         path = folder / shard.url
+        if not path.is_file():
+            source = shard_path_or_layout(folder, shard.url)
+            refs = [seg for seg in source if isinstance(seg, Ref)]
+            for ref in refs:
+                ref.read()  # checks its sha256
+            items += [((ref.source, ref.offset, ref.size), -1) for ref in refs]
+            continue
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != shard.sha256:
             raise CuratorError(f"transfer-set shard {path} fails its sha256 check (manifest {shard.sha256[:12]}..., "

@@ -6,13 +6,17 @@ import shutil
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from curator.formats import SetMap, SetView
 from curator.setview import query_thumbnail, read_view, set_map
 
+from curator.errors import CuratorError
+from curator.transfer import shard_path_or_layout
+
 from ..deps import CurateKey, MetricsDep, PoolDep, ReadKey, SettingsDep, StoreDep, check_owner, owner_filter, reject
+from ..ranges import assembled_response
 from ..schemas import ERRORS, SetSummary
 from ..settings import Settings
 from ..store import Store
@@ -81,17 +85,26 @@ def get_samples(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDe
 
 
 @router.get("/transfer-sets/{set_id}/shards/{name}", response_class=FileResponse,
-            responses={200: {"content": {"application/x-tar": {}}}})
-def get_shard(set_id: str, name: str, key: ReadKey, store: StoreDep, settings: SettingsDep,
-              metrics: MetricsDep) -> FileResponse:
+            responses={200: {"content": {"application/x-tar": {}}}, 206: {"description": "a byte range"},
+                       416: {"description": "a range outside the shard"}})
+def get_shard(set_id: str, name: str, request: Request, key: ReadKey, store: StoreDep, settings: SettingsDep,
+              metrics: MetricsDep) -> Response:
+    """A webdataset shard: its file (a copied set), or the same bytes assembled from the pool (a set by
+    reference; HTTP Range supported either way)."""
     folder = set_folder(set_id, store, settings).resolve()
     if not NAME.match(name) or not name.endswith(".tar"):
         raise reject(400, f"invalid shard name {name!r}")
     path = (folder / name).resolve()
-    if path.parent != folder or not path.is_file():  # never outside the set's folder
+    if path.parent != folder:  # never outside the set's folder
+        raise reject(404, f"no shard {name!r} in transfer set {set_id!r}")
+    try:
+        source = shard_path_or_layout(folder, name)
+    except CuratorError:
         raise reject(404, f"no shard {name!r} in transfer set {set_id!r}")
     metrics.shards_served.inc()
-    return FileResponse(path, media_type="application/x-tar", filename=name)
+    if isinstance(source, Path):
+        return FileResponse(source, media_type="application/x-tar", filename=name)
+    return assembled_response(source, name, request.headers.get("range"))
 
 
 @router.get("/transfer-sets/{set_id}/view", response_model=SetView)

@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
     size = p.add_mutually_exclusive_group()
     add_model_flags(size, CurateParams, ("budget", "per_query"),
                     help={"per_query": "images per query image (default: 100 when no --budget)"})
-    add_model_flags(p, CurateParams, ("threshold", "dedup", "exclude_threshold", "crops", "seed", "shard_size"))
+    add_model_flags(p, CurateParams, ("threshold", "dedup", "exclude_threshold", "crops", "seed", "shard_size",
+                                      "materialize"))
     p.add_argument("--exclude", help="images that must not leak into the set (e.g. the target test set)")
     p.add_argument("--set-id", help="name of the set's folder (default: generated)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")

@@ -36,6 +36,10 @@ class CurateParams(Doc):
     crops: int = Field(0, ge=0, le=16, description="extra random crops per query image")
     seed: int = Field(0, ge=0, le=2**63 - 1)
     shard_size: int = Field(1000, ge=1, le=100_000, description="samples per webdataset shard")
+    materialize: Literal["reference", "copy"] = Field(
+        "reference", description="reference: the set is samples.parquet (pool source, offset, size, sha256 per "
+                                 "sample) and its shards are assembled from the pool when read; copy: the shards "
+                                 "are written out")
 
     @field_validator("strategy")
     @classmethod

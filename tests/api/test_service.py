@@ -83,6 +83,16 @@ def test_upload_job_manifest_download(server, tmp_path):
         url = f"{server.url}/transfer-sets/{job['transfer_set_id']}/shards/{manifest['shardlist'][0]['url']}"
         r = httpx.get(url, headers={"Authorization": f"Bearer {READ}", "Range": "bytes=0-99"})
         assert r.status_code == 206 and len(r.content) == 100
+        # the set is by reference (the default): its shards are assembled from the pool, any byte range
+        assert not list((server.data_dir / "transfer-sets" / job["transfer_set_id"]).glob("*.tar"))
+        whole = (folder / manifest["shardlist"][0]["url"]).read_bytes()
+        for spec, want in [("bytes=0-99", whole[:100]), ("bytes=1000-2999", whole[1000:3000]),
+                           ("bytes=-700", whole[-700:]), (f"bytes={len(whole) - 5}-", whole[-5:])]:
+            r = httpx.get(url, headers={"Authorization": f"Bearer {READ}", "Range": spec})
+            assert r.status_code == 206 and r.content == want, spec
+            assert r.headers["content-range"].endswith(f"/{len(whole)}")
+        r = httpx.get(url, headers={"Authorization": f"Bearer {READ}", "Range": f"bytes={len(whole)}-"})
+        assert r.status_code == 416
         assert job["transfer_set_id"] in [s["id"] for s in client.transfer_sets()]
 
 
@@ -245,7 +255,8 @@ def test_downloads_report_a_missing_shard_and_a_changed_manifest(server, tmp_pat
     from curator.errors import CuratorError
 
     with CuratorClient(server.url, CURATE) as client:
-        job = client.wait(client.curate(query_files(tmp_path, [51]), {"per_query": 3})["id"], timeout=60)
+        job = client.wait(client.curate(query_files(tmp_path, [51]), {"per_query": 3, "materialize": "copy"})["id"],
+                          timeout=60)
         folder = server.data_dir / "transfer-sets" / job["transfer_set_id"]
         shard = next(folder.glob("*.tar"))
         shard.rename(shard.with_suffix(".gone"))

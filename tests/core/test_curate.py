@@ -76,7 +76,8 @@ def test_balanced_gives_every_query_the_same_number_of_unique_images(pool_index,
 
 def test_shards_hold_the_original_bytes_and_match_the_manifest(pool_index, tmp_path):
     index, _ = pool_index
-    curate(index, queries_from_seeds([600, 601]), CurateParams(per_query=15, shard_size=7), tmp_path, set_id="s")
+    curate(index, queries_from_seeds([600, 601]), CurateParams(per_query=15, shard_size=7, materialize="copy"), tmp_path,
+           set_id="s")
     m, samples = read_set(tmp_path / "s")
     assert [s["nsamples"] for s in m["shardlist"]] == [7, 7, 7, 7, 2]
     total = 0
