@@ -132,7 +132,8 @@ def serve_and_curate(out, pool, keys: list[str]) -> None:
               f"{c.excluded} excluded (too close to a query)\n"
               f"    {share:.0%} of it shares its query's category (a random draw would give {base:.0%}): "
               f"{dict(cats.most_common(5))}\n"
-              f"    shards: {folder} ({len(manifest.shardlist)} x webdataset tar, sha256 in manifest.json)")
+              f"    set: {folder} (by reference: {len(manifest.shardlist)} webdataset shard(s) assembled from the "
+              f"pool when read, sha256 in manifest.json; curator materialize writes them out)")
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -113,3 +113,24 @@ def test_api_docs_render_offline(page, server):
     page.goto(server.url + "/docs")
     page.wait_for_selector(".opblock", timeout=30_000)
     assert page.locator(".opblock").count() > 10
+
+
+def test_distill_jobs_show_their_state_and_accuracy_per_stage(page, server):
+    auth = {"Authorization": f"Bearer {CURATE}"}
+    vector = [1.0] + [0.0] * 31
+    done = httpx.post(server.url + "/curate?wait=true", headers=auth, timeout=60,
+                      json={"params": {"per_query": 2}, "embeddings": [vector]}).json()
+    job = httpx.post(server.url + "/distill-jobs", headers=auth,
+                     json={"transfer_set_id": done["transfer_set_id"], "labelled": "/data/target"}).json()
+    lease = httpx.post(server.url + "/distill-jobs/claim", headers=auth, json={"worker": "w1"}).json()
+    scores = lambda acc: {"accuracy": acc, "mean_per_class_accuracy": acc, "n": 40}  # noqa: E731
+    report = {"teacher": {"spec": "t", "mode": "linear", "val": scores(0.7), "test": scores(0.625)},
+              "student": {"after_b": {"test": scores(0.4)}, "final": {"val": scores(0.55), "test": scores(0.5)}}}
+    r = httpx.post(f"{server.url}/distill-jobs/{job['id']}/finish", headers=auth,
+                   json={"worker": "w1", "lease_token": lease["lease_token"], "state": "succeeded", "report": report})
+    assert r.status_code == 200, r.text
+    page.goto(server.url + "/#distill")
+    row = page.locator(f"#distill-list tr:has-text('{job['id']}')")
+    row.wait_for(timeout=30_000)
+    text = row.inner_text()
+    assert "succeeded" in text and "test 62.5%" in text and "test 40.0%" in text and "test 50.0%" in text
