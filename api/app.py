@@ -18,6 +18,7 @@ from . import middleware
 from .auth import KeyRing
 from .jobs import JobRunner, clean_uploads
 from .metrics import Metrics
+from .retention import prune
 from .routers import ROUTERS, docs, ui
 from .settings import Settings
 from .store import Store
@@ -40,7 +41,7 @@ async def lifespan(app: FastAPI):
     app.state.pool, app.state.store, app.state.runner = pool, store, runner
     app.state.encoder_lock = threading.Lock()
     app.state.metrics.index_items.set(pool.ntotal)
-    runner.expire_sets()
+    prune(settings, store)
     for job_id in queued:
         runner.submit(job_id)
     yield

@@ -5,8 +5,10 @@ job is queued, so a queued job survives a restart and runs when the server comes
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
 import shutil
 import threading
 import time
@@ -23,6 +25,7 @@ from curator.formats import CurateParams, JobInputs, load_doc, save_doc
 from curator.queries import Query
 from curator.retrieval import PoolIndex
 
+from .retention import prune
 from .settings import Settings
 from .store import Store
 
@@ -103,18 +106,7 @@ class JobRunner:
             self._curate(job_id)
         finally:  # a finished job's inputs are of no more use: uploads never pile up
             shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
-            self.expire_sets()
-
-    def expire_sets(self) -> int:
-        """Remove the sets older than --retention-days (checked as each job ends, and at start-up)."""
-        days = self.settings.retention_days
-        if days is None:
-            return 0
-        old = self.store.old_transfer_sets(time.time() - days * 86400)
-        for set_id in old:
-            self.store.delete_transfer_set(set_id)
-            shutil.rmtree(self.settings.sets_dir / set_id, ignore_errors=True)
-        return len(old)
+            prune(self.settings, self.store)
 
     def _curate(self, job_id: str) -> None:
         job = self.store.get_job(job_id)
@@ -148,8 +140,22 @@ class JobRunner:
         except CuratorError as exc:
             self.store.finish_job(job_id, "failed", error=str(exc))
         except Exception as exc:  # never leave a job "running": record what broke
-            log.exception("job %s failed", job_id)
-            self.store.finish_job(job_id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            self.store.finish_job(job_id, "failed", error=failure(job_id, exc))
+
+
+#: What a write gets when the disk (or this process's share of it) is full.
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def failure(job_id: str, exc: Exception) -> str:
+    """A failed job's reason: a full disk says so and what to do (the half-written set is already gone:
+    it was only ever a hidden temp folder); anything else is an internal error, logged with its trace."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        log.error("job %s: the data disk is full (%s)", job_id, os.strerror(exc.errno))
+        return (f"the data disk is full ({os.strerror(exc.errno)}): nothing of this set was kept; free space, "
+                f"or lower --keep-sets-days / --max-data-bytes")
+    log.exception("job %s failed", job_id)
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 def clean_uploads(uploads: Path, store: Store) -> int:

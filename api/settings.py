@@ -22,7 +22,8 @@ class Settings:
     header_timeout: float = 10.0      # a request's headers must arrive within this (api.protocol)
     public_metrics: bool = False      # /metrics without an admin key
     public_docs: bool = False         # /docs and /openapi.json without a key (/docs exists only then)
-    retention_days: Optional[float] = None  # transfer sets older than this are removed (None: kept)
+    keep_sets_days: Optional[float] = None  # sets (and their jobs' rows) older than this are removed (None: kept)
+    max_data_bytes: Optional[int] = None    # above this, the oldest sets go, then the thumbnail cache (None: no cap)
     max_headers: int = 100
     max_header_bytes: int = 16 << 10
 

@@ -185,7 +185,16 @@ class Store:
         self._conn().execute("DELETE FROM transfer_sets WHERE id = ?", (set_id,))
 
     def old_transfer_sets(self, before: float) -> list[str]:
-        return [r["id"] for r in self._conn().execute("SELECT id FROM transfer_sets WHERE created_at < ?", (before,))]
+        """Ids of the sets made before ``before``, oldest first."""
+        return [r["id"] for r in self._conn().execute(
+            "SELECT id FROM transfer_sets WHERE created_at < ? ORDER BY created_at, id", (before,))]
+
+    def delete_old_jobs(self, before: float) -> int:
+        """Finished jobs last touched before ``before`` whose set is gone (a set's owner is its job's)."""
+        cur = self._conn().execute(
+            "DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND updated_at < ? AND id NOT IN "
+            "(SELECT job_id FROM transfer_sets WHERE job_id IS NOT NULL)", (before,))
+        return cur.rowcount
 
     def list_transfer_sets(self, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
         """A set belongs to the key whose job made it."""

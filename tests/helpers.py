@@ -92,8 +92,8 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, index_dir, data_dir, *extra):
-        self.index_dir, self.data_dir, self.extra = index_dir, data_dir, extra
+    def __init__(self, index_dir, data_dir, *extra, preexec=None):
+        self.index_dir, self.data_dir, self.extra, self.preexec = index_dir, data_dir, extra, preexec
         self.keys = data_dir.parent / "keys.txt"
         self.keys.write_text(f"alice:curate:{CURATE}\nbob:read:{READ}\nroot:admin:{ADMIN}\n")
         self.proc = None
@@ -104,7 +104,8 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "curator.cli", "serve", "--index", str(self.index_dir), "--data",
              str(self.data_dir), "--port", str(self.port), "--api-keys", str(self.keys), *self.extra],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)),
+            preexec_fn=self.preexec)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:

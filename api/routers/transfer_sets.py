@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,7 @@ from curator.transfer import shard_path_or_layout
 
 from ..deps import CurateKey, MetricsDep, PoolDep, ReadKey, SettingsDep, StoreDep, check_owner, owner_filter, reject
 from ..ranges import assembled_response
+from ..retention import remove_set
 from ..schemas import ERRORS, SetSummary
 from ..settings import Settings
 from ..store import Store
@@ -51,16 +51,8 @@ def delete_set(set_id: str, key: CurateKey, store: StoreDep, settings: SettingsD
     folder = set_folder(set_id, store, settings)
     row = store.get_transfer_set(set_id)
     check_owner(key, row, f"transfer set {set_id!r}")
-    remove_set(store, folder, set_id)
+    remove_set(store, settings.sets_dir, set_id)
     return SetSummary.from_row(row)
-
-
-def remove_set(store: Store, folder: Path, set_id: str) -> None:
-    store.delete_transfer_set(set_id)
-    trash = folder.with_name(f".{set_id}.tmp-deleted")
-    if folder.exists():
-        folder.rename(trash)  # atomic: the folder is gone from its name at once, then removed
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 @router.get("/transfer-sets/{set_id}/manifest", response_class=FileResponse,

@@ -20,8 +20,11 @@ def add_parser(sub) -> None:
     p.add_argument("--no-auth", action="store_true", help="accept every caller (local development only)")
     p.add_argument("--public-metrics", action="store_true", help="serve /metrics without an admin key")
     p.add_argument("--public-docs", action="store_true", help="serve the /docs page, and /openapi.json without a key (default: off; the schema then needs a read key)")
-    p.add_argument("--retention-days", type=float, default=None,
-                   help="remove transfer sets older than this many days (default: keep them)")
+    p.add_argument("--keep-sets-days", type=float, default=None,
+                   help="remove transfer sets (and their jobs' rows) older than this many days (default: keep them)")
+    p.add_argument("--max-data-bytes", default=None,
+                   help="keep --data under this size (e.g. 200G): the oldest sets go first, then the thumbnail "
+                        "cache (default: no cap)")
     p.add_argument("--job-workers", type=int, default=None, help="curation jobs run at once (default: 2)")
     p.add_argument("--body-timeout", type=float, default=None,
                    help="seconds a request body may take to arrive; a client that sends less than it promised is "
@@ -58,7 +61,7 @@ def run(args) -> int:
     settings = Settings(index_dir=Path(args.index), data_dir=Path(args.data),
                         api_keys_file=Path(args.api_keys) if args.api_keys else None, no_auth=args.no_auth,
                         public_metrics=args.public_metrics, public_docs=args.public_docs,
-                        retention_days=args.retention_days,
+                        keep_sets_days=args.keep_sets_days, max_data_bytes=max_data_bytes(args.max_data_bytes),
                         limits=build_model(Limits, args),
                         **{k: v for k, v in (("job_workers", args.job_workers), ("body_timeout", args.body_timeout),
                                                   ("header_timeout", args.header_timeout))
@@ -71,3 +74,17 @@ def run(args) -> int:
                 timeout_keep_alive=settings.keep_alive_timeout,
                 http=type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": settings.header_timeout}))
     return 0
+
+
+def max_data_bytes(text):
+    from ..formats import parse_bytes
+
+    if text is None:
+        return None
+    try:
+        value = parse_bytes(text)
+    except CuratorError:
+        raise CuratorError(f"--max-data-bytes {text!r}: expected a size such as 500M, 200G or 1T") from None
+    if value <= 0:
+        raise CuratorError(f"--max-data-bytes {text!r} must be positive")
+    return value

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from api import Settings, create_app
 from api.deps import get_settings
+from api.retention import folder_bytes, prune
 from curator.formats import Limits
 from helpers import pattern_image, png_bytes, tiny_index
 
@@ -299,14 +300,33 @@ def test_sets_can_be_deleted_by_their_owner_and_expire(client):
     assert client.get(f"/transfer-sets/{set_id}").status_code == 404 and not (sets_dir / set_id).exists()
     old = client.post("/curate?wait=true", json={"params": {"per_query": 2}, "embeddings": [[1.0] * client.dim]},
                       headers=root).json()["transfer_set_id"]
-    runner, settings = client.app.state.runner, client.app.state.settings
+    settings = client.app.state.settings
     client.app.state.store._conn().execute("UPDATE transfer_sets SET created_at = 0 WHERE id = ?", (old,))
-    settings.retention_days = 30
+    store = client.app.state.store
+    store._conn().execute("UPDATE jobs SET updated_at = 0 WHERE transfer_set_id = ?", (old,))
+    settings.keep_sets_days = 30
     try:
-        assert runner.expire_sets() >= 1
+        assert old in prune(settings, store)
     finally:
-        settings.retention_days = None
+        settings.keep_sets_days = None
     assert client.get(f"/transfer-sets/{old}").status_code == 404 and not (sets_dir / old).exists()
+    assert not [j for j in client.get("/jobs?limit=1000", headers=root).json() if j["transfer_set_id"] == old]
+
+
+def test_the_data_directory_is_kept_under_its_size_cap_oldest_sets_first(client, tmp_path):
+    settings = client.app.state.settings
+    app = create_app(Settings(index_dir=settings.index_dir, data_dir=tmp_path / "data", no_auth=True))
+    with TestClient(app) as c:
+        ids = [c.post("/curate?wait=true", json={"params": {"per_query": 3, "materialize": "copy"},
+                                                 "embeddings": [[float(i == j) for j in range(client.dim)]]}
+                      ).json()["transfer_set_id"] for i in range(3)]
+        for n, set_id in enumerate(ids):  # distinct, ordered creation times
+            app.state.store._conn().execute("UPDATE transfer_sets SET created_at = ? WHERE id = ?", (n + 1, set_id))
+        used, first = folder_bytes(tmp_path / "data"), folder_bytes(app.state.settings.sets_dir / ids[0])
+        app.state.settings.max_data_bytes = used - first // 2  # one set too many
+        assert prune(app.state.settings, app.state.store) == [ids[0]]
+        assert folder_bytes(tmp_path / "data") <= app.state.settings.max_data_bytes
+        assert [c.get(f"/transfer-sets/{i}").status_code for i in ids] == [404, 200, 200]
 
 
 def test_a_refused_request_leaves_no_job_and_no_upload_and_no_server_path_is_served(client):

@@ -1,15 +1,20 @@
 """Resource safety on a real server (issue "Security and resource safety", section 5): uploads are
 streamed to disk, not held in memory, and cancelled jobs give their workers back at once."""
 import json
+import resource
+import signal
 import struct
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
-from helpers import CURATE, TINY_CLIP, pattern_image, png_bytes, tiny_server
+from helpers import CURATE, TINY_CLIP, Server, pattern_image, png_bytes, tiny_server
+from index_builder import BuildConfig, build_index
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_local]
 AUTH = {"Authorization": f"Bearer {CURATE}"}
@@ -102,3 +107,37 @@ def test_cancelled_jobs_give_their_workers_back_at_once(server):
     assert waited < 5, f"a new job waited {waited:.1f} s behind two cancelled ones"
     for job_id in long_jobs:
         assert wait_state(server.url, job_id, FINAL, 10)["state"] == "cancelled"
+
+
+def file_size_limit(limit: int):
+    """For the server process: no file may grow past ``limit`` bytes, and a write that would gets an
+    error (EFBIG) instead of the default SIGXFSZ: the disk is full, as far as the server can tell."""
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return apply
+
+
+def test_a_full_disk_fails_the_job_with_its_reason_and_the_server_stays_up(tiny_clip_spec, tmp_path):
+    rng = np.random.default_rng(5)
+    for i in range(16):  # noise PNGs of about 77 KB: a copied set of them outgrows the limit below
+        path = tmp_path / "pool" / f"c{i % 2}" / f"n{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(path)
+    build_index([str(tmp_path / "pool")], tmp_path / "index", BuildConfig(encoder=tiny_clip_spec, workers=0,
+                                                                           progress=False))
+    srv = Server(tmp_path / "index", tmp_path / "state", preexec=file_size_limit(1 << 20)).start()
+    try:
+        vector = [1.0] + [0.0] * (TINY_CLIP["embed_dim"] - 1)
+        body = {"params": {"per_query": 16, "dedup": 1, "exclude_threshold": 1, "materialize": "copy"},
+                "embeddings": [vector]}
+        job = httpx.post(srv.url + "/curate?wait=true", headers=AUTH, json=body, timeout=60).json()
+        assert job["state"] == "failed" and "disk is full" in job["error"], job
+        sets = srv.data_dir / "transfer-sets"
+        assert not list(sets.iterdir())  # no set, and no half-written one
+        body["params"]["materialize"] = "reference"  # a few KB: fits
+        job = httpx.post(srv.url + "/curate?wait=true", headers=AUTH, json=body, timeout=60).json()
+        assert job["state"] == "succeeded", job
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+    finally:
+        srv.stop()

@@ -50,3 +50,9 @@ def test_samples_without_an_action_names_the_choices(capsys):
         main(["samples"])
     err = capsys.readouterr().err
     assert "ACTION" in err and "action" not in err.replace("ACTION", "")
+
+
+def test_serve_names_a_bad_size_flag_before_touching_anything(tmp_path, capsys):
+    assert main(["serve", "--index", str(tmp_path), "--data", str(tmp_path / "data"), "--no-auth",
+                 "--port", "0", "--max-data-bytes", "lots"]) == 2
+    assert "--max-data-bytes" in capsys.readouterr().err and not (tmp_path / "data").exists()
