@@ -68,3 +68,8 @@ def build_model(model: type[BaseModel], args: argparse.Namespace, **fixed: Any):
     except ValidationError as exc:
         flags = {name: flag_name(name) for name in model.model_fields}
         raise CuratorError(describe_errors(exc, flags)) from None
+
+
+def add_set_dir(p) -> None:
+    """The positional SET_DIR of the commands that read one transfer set."""
+    p.add_argument("set_dir", metavar="SET_DIR", help="a transfer set's folder (it holds manifest.json)")

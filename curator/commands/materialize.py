@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .flags import add_set_dir
+
 DESCRIPTION = """A by-reference set (curate's default) is its manifest and samples.parquet: each sample's pool
 source, byte offset, size and sha256. This writes its webdataset shards, reading every sample from the pool
 and checking its sha256 and every shard's against the manifest. A pool item that vanished or changed is an
@@ -12,7 +14,7 @@ error that names it; nothing is left half-written."""
 def add_parser(sub) -> None:
     p = sub.add_parser("materialize", help="write out the shards of a by-reference transfer set",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("set_dir", metavar="SET_DIR", help="a transfer set's folder (it holds manifest.json)")
+    add_set_dir(p)
     p.add_argument("--out", required=True, help="folder that receives the materialized set (as OUT/SET_ID)")
     p.set_defaults(run=run)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .flags import add_set_dir
+
 DESCRIPTION = """Write one HTML file that shows a transfer set: each query's image, then the images it pulled in
 (rank order, scores, captions), then what near-duplicate and contamination rules left out. Thumbnails are
 embedded, so the file opens offline with no server."""
@@ -11,7 +13,7 @@ embedded, so the file opens offline with no server."""
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="write a self-contained HTML gallery of a transfer set",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("set_dir", metavar="SET_DIR", help="a transfer set's folder (it holds manifest.json)")
+    add_set_dir(p)
     p.add_argument("--out", required=True, help="the HTML file to write (e.g. gallery.html)")
     p.set_defaults(run=run)
 
