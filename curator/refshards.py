@@ -107,11 +107,11 @@ def read_segments(segs: list[Segment], start: int = 0, end: Optional[int] = None
 
 def shard_layout(folder: Path, name: str) -> Optional[list[Segment]]:
     """The layout of shard ``name`` of a by-reference set in ``folder`` (None: no such shard)."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(Path(folder) / "samples.parquet")
-    if "offset" not in table.column_names:
+    path = Path(folder) / "samples.parquet"
+    if "offset" not in pq.read_schema(path).names:
         return None  # a set from before by-reference sets: it always holds its shards
-    rows = table.filter(pc.equal(table["shard"], name)).to_pylist()
+    # the writer puts each shard in a row group of its own, so the filter reads just that one
+    rows = pq.read_table(path, filters=[("shard", "==", name)]).to_pylist()
     return layout(rows) if rows else None

@@ -137,8 +137,9 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
                 progress(n / max(1, len(rows)))
         shards = writer.close()
         cols = list(zip(*samples)) if samples else [[] for _ in SAMPLES_SCHEMA]
+        # one row group per shard: serving a shard by reference reads only its own rows
         pq.write_table(pa.table({f.name: list(c) for f, c in zip(SAMPLES_SCHEMA, cols)}, schema=SAMPLES_SCHEMA),
-                       tmp / "samples.parquet")
+                       tmp / "samples.parquet", row_group_size=shard_size)
         for name, table in (tables or {}).items():
             pq.write_table(table, tmp / name)
         manifest = manifest.model_copy(update={
