@@ -10,11 +10,10 @@ import tarfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-import pyarrow.parquet as pq
 
 from .errors import BadImageError, CuratorError
 from .formats import SetView, ViewItem
-from .refshards import Ref
+from .refshards import ref_of, shard_rows
 from .setview import SAMPLES_FILE, query_thumbnail, read_view
 from .thumbs import thumbnail
 from .transfer import MANIFEST_FILE, shard_path_or_layout
@@ -34,9 +33,7 @@ def sample_images(folder: Path, shards: list[str]) -> Iterator[tuple[str, bytes]
     for name in shards:
         source = shard_path_or_layout(folder, name)
         if isinstance(source, list):
-            keys = iter(pq.read_table(folder / SAMPLES_FILE, columns=["key", "shard"]).to_pylist())
-            refs = [seg for seg in source if isinstance(seg, Ref)]
-            yield from ((row["key"], ref.read()) for row, ref in zip((r for r in keys if r["shard"] == name), refs))
+            yield from ((row["key"], ref_of(row).read()) for row in shard_rows(folder / SAMPLES_FILE, name))
             continue
         with tarfile.open(source) as tar:
             for member in tar:

@@ -78,11 +78,16 @@ def seg_len(seg: Segment) -> int:
     return seg.size if isinstance(seg, Ref) else len(seg)
 
 
+def ref_of(row: dict) -> Ref:
+    """Where a samples.parquet row's image lives in the pool."""
+    return Ref(row["source"], row["offset"], row["size"], row["sha256"], row["pool_key"])
+
+
 def layout(rows: Iterable[dict]) -> list[Segment]:
     """The segments of one shard from its samples.parquet rows, in order."""
     segs: list[Segment] = []
     for row in rows:
-        ref = Ref(row["source"], row["offset"], row["size"], row["sha256"], row["pool_key"])
+        ref = ref_of(row)
         segs += sample_segments(row["key"], row["ext"], ref, ref.size, sample_meta(row))
     return segs + [end_of_archive(sum(seg_len(s) for s in segs))]
 
@@ -107,11 +112,16 @@ def read_segments(segs: list[Segment], start: int = 0, end: Optional[int] = None
 
 def shard_layout(folder: Path, name: str) -> Optional[list[Segment]]:
     """The layout of shard ``name`` of a by-reference set in ``folder`` (None: no such shard)."""
+    path = Path(folder) / "samples.parquet"
+    rows = shard_rows(path, name)
+    return layout(rows) if rows else None
+
+
+def shard_rows(samples: Path, name: str) -> list[dict]:
+    """The samples.parquet rows of shard ``name`` (none for a set from before sets by reference, which
+    always holds its shards). The writer puts each shard in a row group of its own: only that one is read."""
     import pyarrow.parquet as pq
 
-    path = Path(folder) / "samples.parquet"
-    if "offset" not in pq.read_schema(path).names:
-        return None  # a set from before by-reference sets: it always holds its shards
-    # the writer puts each shard in a row group of its own, so the filter reads just that one
-    rows = pq.read_table(path, filters=[("shard", "==", name)]).to_pylist()
-    return layout(rows) if rows else None
+    if "offset" not in pq.read_schema(samples).names:
+        return []
+    return pq.read_table(samples, filters=[("shard", "==", name)]).to_pylist()

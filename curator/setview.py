@@ -83,8 +83,7 @@ def query_thumbnail(folder: str | Path, index: int) -> Optional[bytes]:
     path = Path(folder) / QUERIES_FILE
     if not path.exists():
         return None
-    table = pq.read_table(path, columns=["index", "thumbnail"])
-    rows = [r for r in table.to_pylist() if r["index"] == index]
+    rows = pq.read_table(path, columns=["thumbnail"], filters=[("index", "==", index)]).to_pylist()
     return rows[0]["thumbnail"] if rows else None
 
 
