@@ -83,3 +83,17 @@ def test_distillation_reads_a_set_by_reference_from_the_pool(sets):
     copied = transfer_items(sets / "copy" / "s")
     assert len(items) == len(copied) == read_manifest(sets / "ref" / "s").counts.emitted
     assert all(src.startswith(str(sets / "pool")) for (src, _, _), _ in items)
+
+
+@pytest.mark.parametrize("name", ["00000000.png", "00000001.json", "a" * 100, "ü-ä.webp", "d/" * 60 + "k.jpg"])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 77_777, 8 ** 11 - 1, 8 ** 11])
+def test_headers_are_the_standard_librarys_byte_for_byte(name, size):
+    from curator.refshards import _stdlib_header, header
+
+    if size >= 8 ** 11:  # what USTAR cannot hold is refused the same way
+        with pytest.raises(ValueError):
+            header(name, size)
+        return
+    assert header(name, size) == _stdlib_header(name, size)
+    with pytest.raises(ValueError):
+        header("x" * 120, size)
