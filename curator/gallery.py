@@ -13,8 +13,8 @@ from typing import Iterator, Optional
 
 from .errors import BadImageError, CuratorError
 from .formats import SetView, ViewItem
-from .refshards import ref_of, shard_rows
-from .setview import SAMPLES_FILE, query_thumbnail, read_view
+from .refshards import SAMPLES_FILE, ref_of, shard_rows
+from .setview import query_thumbnail, read_view
 from .thumbs import thumbnail
 from .transfer import MANIFEST_FILE, shard_path_or_layout
 

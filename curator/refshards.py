@@ -20,6 +20,8 @@ from .errors import CuratorError
 from .pool import read_range
 
 BLOCK, RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
+#: A transfer set's table of samples: with ``source``/``offset``/``size``, what its shards are made of.
+SAMPLES_FILE = "samples.parquet"
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def read_segments(segs: list[Segment], start: int = 0, end: Optional[int] = None
 
 def shard_layout(folder: Path, name: str) -> Optional[list[Segment]]:
     """The layout of shard ``name`` of a by-reference set in ``folder`` (None: no such shard)."""
-    path = Path(folder) / "samples.parquet"
+    path = Path(folder) / SAMPLES_FILE
     rows = shard_rows(path, name)
     return layout(rows) if rows else None
 

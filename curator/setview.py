@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 from .errors import BadImageError
 from .formats import MapPoint, SetMap, SetView, ViewItem, ViewQuery
 from .queries import Query
+from .refshards import SAMPLES_FILE
 from .thumbs import thumbnail
 from .transfer import read_manifest
 
-QUERIES_FILE, DROPPED_FILE, SAMPLES_FILE = "queries.parquet", "dropped.parquet", "samples.parquet"
+QUERIES_FILE, DROPPED_FILE = "queries.parquet", "dropped.parquet"
 QUERY_THUMB = 256
 QUERIES_SCHEMA = pa.schema([("index", pa.int64()), ("query_id", pa.string()), ("label", pa.string()),
                             ("thumbnail", pa.binary()), ("vector", pa.list_(pa.float32()))])

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from .errors import CuratorError
 from .formats import ShardEntry, TransferManifest, dump_doc, load_doc
 from .pool import read_range
-from .refshards import end_of_archive, sample_meta, sample_segments
+from .refshards import SAMPLES_FILE, end_of_archive, sample_meta, sample_segments
 
 #: The file that describes a transfer set (and makes its folder one).
 MANIFEST_FILE = "manifest.json"
@@ -139,7 +139,7 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
         cols = list(zip(*samples)) if samples else [[] for _ in SAMPLES_SCHEMA]
         # one row group per shard: serving a shard by reference reads only its own rows
         pq.write_table(pa.table({f.name: list(c) for f, c in zip(SAMPLES_SCHEMA, cols)}, schema=SAMPLES_SCHEMA),
-                       tmp / "samples.parquet", row_group_size=shard_size)
+                       tmp / SAMPLES_FILE, row_group_size=shard_size)
         for name, table in (tables or {}).items():
             pq.write_table(table, tmp / name)
         manifest = manifest.model_copy(update={
