@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from curator import __version__
 from curator.errors import CuratorError
-from curator.retrieval import PoolIndex
+from curator.retrieval import LivePool
 
 from . import middleware
 from .auth import KeyRing
@@ -32,7 +32,7 @@ async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
     for partial in settings.sets_dir.glob(".*.tmp-*"):  # a set whose writer was killed: never complete
         shutil.rmtree(partial, ignore_errors=True)
-    pool, store = PoolIndex.open(settings.index_dir), Store(settings.db_path)
+    pool, store = LivePool(settings.index_dir), Store(settings.db_path)
     runner = JobRunner(settings, store, pool)
     failed, queued = store.recover()
     clean_uploads(settings.uploads_dir, store)
@@ -40,7 +40,7 @@ async def lifespan(app: FastAPI):
         log.warning("marked %d interrupted job(s) failed: %s", len(failed), ", ".join(failed))
     app.state.pool, app.state.store, app.state.runner = pool, store, runner
     app.state.encoder_lock = threading.Lock()
-    app.state.metrics.index_items.set(pool.ntotal)
+    app.state.metrics.index_items.set(pool.current().ntotal)
     prune(settings, store)
     for job_id in queued:
         runner.submit(job_id)

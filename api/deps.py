@@ -28,7 +28,8 @@ def get_store(request: Request) -> Store:
 
 
 def get_pool(request: Request) -> PoolIndex:
-    return request.app.state.pool
+    """The index's current generation (a request keeps the one it started with)."""
+    return request.app.state.pool.current()
 
 
 def get_runner(request: Request) -> JobRunner:

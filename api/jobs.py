@@ -23,7 +23,7 @@ from curator.curate import curate
 from curator.errors import CuratorError
 from curator.formats import CurateParams, JobInputs, load_doc, save_doc
 from curator.queries import Query
-from curator.retrieval import PoolIndex
+from curator.retrieval import LivePool
 
 from .retention import prune
 from .settings import Settings
@@ -63,7 +63,7 @@ def load_inputs(folder: Path) -> tuple[list[Query], Optional[np.ndarray]]:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, store: Store, pool: PoolIndex):
+    def __init__(self, settings: Settings, store: Store, pool: LivePool):
         self.settings, self.store, self.pool = settings, store, pool
         self.executor = ThreadPoolExecutor(max_workers=settings.job_workers, thread_name_prefix="curate")
         self._cancel: dict[str, threading.Event] = {}
@@ -127,7 +127,7 @@ class JobRunner:
         try:
             queries, vectors = load_inputs(self.settings.uploads_dir / job_id)
             params = CurateParams.model_validate(job["params"])
-            manifest = curate(self.pool, queries, params, self.settings.sets_dir, query_vectors=vectors,
+            manifest = curate(self.pool.current(), queries, params, self.settings.sets_dir, query_vectors=vectors,
                               set_id="ts-" + job_id.removeprefix("job-"), progress=progress, cancelled=cancelled)
             folder = self.settings.sets_dir / manifest.id
             sha = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()

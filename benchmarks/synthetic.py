@@ -19,9 +19,10 @@ class ClusteredVectors:
         self.d = d
         self.mean = rng.standard_normal(d).astype(np.float32)
         self.mean /= np.linalg.norm(self.mean)
-        q, _ = np.linalg.qr(rng.standard_normal((d, LATENT)))
+        self.latent = latent = min(LATENT, d)
+        q, _ = np.linalg.qr(rng.standard_normal((d, latent)))
         self.basis = q.T.astype(np.float32)                        # (64, d) orthonormal rows
-        centres = rng.standard_normal((clusters, LATENT)).astype(np.float32)
+        centres = rng.standard_normal((clusters, latent)).astype(np.float32)
         self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
         w = rng.lognormal(0.0, 1.0, clusters)
         self.weights = w / w.sum()
@@ -33,7 +34,7 @@ class ClusteredVectors:
         for start in range(0, n, 100_000):
             m = min(100_000, n - start)
             c = rng.choice(len(self.centres), size=m, p=self.weights)
-            spread = rng.standard_normal((m, LATENT)).astype(np.float32) / np.sqrt(LATENT)
+            spread = rng.standard_normal((m, self.latent)).astype(np.float32) / np.sqrt(self.latent)
             latent = np.sqrt(CLUSTER_W2) * self.centres[c] + np.sqrt(SPREAD_W2) * spread
             x = np.sqrt(MEAN_W2) * self.mean + latent @ self.basis
             x += self.noise * rng.standard_normal((m, self.d)).astype(np.float32)

@@ -6,7 +6,6 @@ control); write the shards. Deterministic for the same index, queries, parameter
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -14,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .errors import CuratorError
-from .formats import INDEX_MANIFEST_NAME, CurateParams, IndexRef, QueryEntry, TransferCounts, TransferManifest
+from .formats import CurateParams, IndexRef, QueryEntry, TransferCounts, TransferManifest
 from .queries import Query, decodable, embed_queries
 from .retrieval import PoolIndex
 from .select import Selection
@@ -105,10 +104,9 @@ def _search_blocks(pool: PoolIndex, vecs: np.ndarray, k: int,
 def _manifest(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, selection: Selection, set_id: str,
               views: int, exclude_vectors: int, timings: dict[str, float]) -> TransferManifest:
     """The manifest less what only the writer knows (shards, emitted, write time)."""
-    index_json = (pool.root / INDEX_MANIFEST_NAME).read_bytes()
     return TransferManifest(
         id=set_id, params=params,
-        index=IndexRef(name=pool.root.name, manifest_sha256=hashlib.sha256(index_json).hexdigest(),
+        index=IndexRef(name=pool.root.name, manifest_sha256=pool.manifest_sha256, generation=pool.generation,
                        encoder=pool.manifest.encoder.spec, index_factory=pool.manifest.index_factory,
                        ntotal=pool.ntotal),
         queries=[QueryEntry(id=q.id, label=q.label, quota=int(selection.quotas[i]),

@@ -7,18 +7,23 @@ one ranged read.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import logging
+
 from pydantic import BaseModel
 
 from .errors import CuratorError
-from .faiss_support import import_faiss
+from .faiss_support import import_faiss, native_stdout_to_stderr
 from .formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc
 from .images import DEFAULT_MAX_PIXELS, decode_image
 from .pool import read_range
@@ -39,8 +44,9 @@ class Hit(BaseModel):
 
 
 class PoolIndex:
-    def __init__(self, root: Path, manifest: IndexManifest, index, items: pa.Table):
+    def __init__(self, root: Path, manifest: IndexManifest, index, items: pa.Table, manifest_sha256: str = ""):
         self.root, self.manifest, self.index, self.items = root, manifest, index, items
+        self.manifest_sha256 = manifest_sha256
         self._encoder = None
         self._lock = threading.Lock()
         self._shards: dict[str, np.ndarray] = {}
@@ -52,16 +58,31 @@ class PoolIndex:
         faiss = import_faiss()
 
         root = Path(root)
+        raw = (root / INDEX_MANIFEST_NAME).read_bytes() if (root / INDEX_MANIFEST_NAME).exists() else b""
         manifest = load_doc(root / INDEX_MANIFEST_NAME, IndexManifest)
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        index = faiss.read_index(str(root / manifest.index_file), flags)
+        # on-disk IVF lists map themselves and are found beside the index file, wherever the folder
+        # now is (faiss 1.15 crashes at search if IO_FLAG_MMAP is added to them)
+        if manifest.layout == "on-disk":
+            flags = faiss.IO_FLAG_ONDISK_SAME_DIR
+        else:
+            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            with native_stdout_to_stderr():
+                index = faiss.read_index(str(root / manifest.index_file), flags)
+        except RuntimeError as exc:
+            raise CuratorError(f"{root}: faiss cannot read {manifest.index_file} ({str(exc).splitlines()[-1]}); "
+                               f"the index folder is damaged, rebuild it") from None
         if manifest.nprobe:
             faiss.extract_index_ivf(index).nprobe = manifest.nprobe
         items = pa.ipc.open_file(pa.memory_map(str(root / manifest.items_file), "r")).read_all()
         if index.ntotal != manifest.ntotal or items.num_rows != manifest.ntotal:
             raise CuratorError(f"{root}: index has {index.ntotal} vectors and {items.num_rows} items, "
                                f"manifest says {manifest.ntotal}; the index folder is damaged, rebuild it")
-        return cls(root, manifest, index, items)
+        return cls(root, manifest, index, items, hashlib.sha256(raw).hexdigest())
+
+    @property
+    def generation(self) -> int:
+        return self.manifest.generation
 
     @property
     def ntotal(self) -> int:
@@ -162,7 +183,55 @@ class PoolIndex:
         if not 0 <= item_id < self.ntotal:
             raise CuratorError(f"item id {item_id} out of range 0..{self.ntotal - 1}")
         row = self.items.slice(item_id, 1).to_pylist()[0]
+        if row["size"] == 0 and row["offset"] == 0 and "://" in row["source"]:
+            raise CuratorError(f"item {item_id} was indexed from published embeddings and its image is not stored "
+                               f"here (it was at {row['source']}); curator does not fetch it")
         return read_range(row["source"], row["offset"], row["size"])
+
+
+class LivePool:
+    """The current generation of an index folder, re-opened when ``index.json`` changes (an
+    ``--append`` or a rebuild), so a running service picks it up without a restart.
+
+    Callers take ``current()`` once per request or job and keep that :class:`PoolIndex`: a job
+    started on one generation finishes on it (the builder keeps the previous generation's files)."""
+
+    #: Seconds between checks of index.json (one stat each).
+    CHECK_EVERY = 1.0
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._pool = PoolIndex.open(self.root)
+        self._stamp = self._read_stamp()
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+
+    def _read_stamp(self) -> tuple:
+        try:
+            st = os.stat(self.root / INDEX_MANIFEST_NAME)
+        except OSError:
+            return ()
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def current(self) -> PoolIndex:
+        now = time.monotonic()
+        if now - self._checked < self.CHECK_EVERY:
+            return self._pool
+        with self._lock:
+            self._checked = now
+            stamp = self._read_stamp()
+            if stamp and stamp != self._stamp:
+                try:
+                    fresh = PoolIndex.open(self.root)
+                except CuratorError as exc:  # a half-removed or damaged generation: keep serving the last
+                    logging.getLogger(__name__).warning("index changed but cannot be opened (%s); still "
+                                                        "serving generation %d", exc, self._pool.generation)
+                else:
+                    if fresh.manifest.encoder.spec == self._pool.manifest.encoder.spec:
+                        fresh._encoder = self._pool._encoder  # same model: keep it loaded
+                    self._pool = fresh
+                self._stamp = stamp
+        return self._pool
 
 
 def check_preprocessing(root: Path, recorded: dict, current: dict) -> None:

@@ -12,7 +12,8 @@ router = APIRouter(tags=["operations"], responses=ERRORS)
 
 @router.get("/healthz", response_model=HealthOut)
 def healthz(request: Request) -> HealthOut:
-    pool = getattr(request.app.state, "pool", None)
+    live = getattr(request.app.state, "pool", None)
+    pool = live.current() if live else None
     return HealthOut(status="ok", index_items=pool.ntotal if pool else 0,
                      encoder=pool.manifest.encoder.spec if pool else None)
 

@@ -54,6 +54,8 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], fie
         kwargs: dict[str, Any] = dict(dest=name, default=None, help=text, required=name in required)
         if get_origin(kind) is Literal:
             kwargs["choices"] = list(get_args(kind))
+        elif (info.json_schema_extra or {}).get("bytes"):
+            kwargs["metavar"] = "BYTES"  # "4G", "512M" or a number, parsed by the model
         elif kind in (int, float):
             kwargs["type"] = kind
         parser.add_argument(*names, **kwargs)

@@ -71,6 +71,7 @@ class IndexRef(Doc):
     encoder: str
     index_factory: str
     ntotal: int
+    generation: int = 0   # the index generation the set was searched on (each --append makes one)
 
 
 class QueryEntry(Doc):

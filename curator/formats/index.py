@@ -42,9 +42,9 @@ INDEX_ITEM_SCHEMA = pa.schema([("id", pa.int64()), ("shard_id", pa.string()), ("
 class ShardTask(Doc):
     """One self-contained unit of embedding work: its inputs are fully named here."""
     shard_id: str
-    kind: Literal["folder", "tar"]
-    source: str                        # folder root, or the tar's path/URL
-    files: Optional[list[str]] = None  # folder shards: paths relative to ``source``
+    kind: Literal["folder", "tar", "embeddings"]
+    source: str                        # folder root, the tar's path/URL, or an embeddings .npy
+    files: Optional[list[str]] = None  # folder shards: paths relative to ``source``; embeddings: its metadata
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
@@ -100,8 +100,18 @@ class IndexManifest(Doc):
     dim: int
     metric: Literal["inner_product"] = "inner_product"
     index_factory: str                  # passed verbatim to faiss.index_factory
+    #: ``memory``: one faiss file, read (or mapped) whole; ``on-disk``: IVF lists in ``lists_file``
+    #: beside ``index_file``, memory-mapped, so the index never has to fit in RAM.
+    layout: Literal["memory", "on-disk"] = "memory"
+    #: Each build or append writes a new generation folder; this file switching is the commit.
+    generation: int = 0
     index_file: str = "index.faiss"
     items_file: str = "items.arrow"
+    lists_file: Optional[str] = None
+    #: The trained, empty index (quantizer and codec): appends add to copies of it, never retrain.
+    trained_file: Optional[str] = None
+    #: Pool size when the quantizer was trained: appends warn when the pool has outgrown it.
+    trained_ntotal: Optional[int] = None
     nprobe: Optional[int] = None
     ntotal: int
     n_duplicates: int
@@ -113,6 +123,8 @@ class IndexManifest(Doc):
     max_index_memory: int
     build_seconds: float
     embedding_shards: list[str]
+    #: Where the vectors came from: ``images`` (embedded here) or ``embeddings`` (imported, --embeddings).
+    source_kind: Literal["images", "embeddings"] = "images"
     created_at: str = Field(default_factory=utcnow)
 
 
@@ -131,9 +143,12 @@ class BuildReport(Doc):
     total_seconds: float
     index_factory: str
     recall_at_10: float
+    layout: Literal["memory", "on-disk"] = "memory"
+    generation: int = 0
+    peak_rss_bytes: Optional[int] = None
+    appended: Optional[int] = None       # items added by --append (None for a full build)
+    warnings: list[str] = Field(default_factory=list)
     created_at: str = Field(default_factory=utcnow)
-
-
 
 
 def parse_bytes(text: str | int) -> int:
@@ -169,7 +184,24 @@ class BuildConfig(Doc):
     shard_size: int = Field(1000, ge=1, le=10_000_000, description="images per work unit for folder inputs")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="skip (and report) images with more decoded pixels "
                                                                    "than this; JPEGs are decoded reduced first")
-    max_index_memory: int = Field(4 << 30, ge=1, description="memory budget for the index, e.g. 512M, 4G")
+    max_index_memory: int = Field(4 << 30, ge=1, description="memory budget for the index, e.g. 512M, 4G",
+                                  json_schema_extra={"bytes": True})
+    max_build_memory: int = Field(8 << 30, ge=64 << 20, description="peak memory of the index build, all its "
+                                                                   "processes together; past it the index is built "
+                                                                   "out of core (on-disk lists)",
+                                  json_schema_extra={"bytes": True})
+    layout: Literal["auto", "memory", "on-disk"] = Field(
+        "auto", description="index layout: on-disk IVF lists are memory-mapped and never loaded whole; auto picks "
+                            "on-disk when the index would not fit half of --max-build-memory")
+    index_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024,
+                               description="processes that fill the index's parts in parallel (out-of-core builds)")
+    runner: Literal["local", "ray"] = Field("local", description="where shards are embedded and index parts filled: "
+                                                                  "this process, or a Ray cluster")
+    ray_address: Optional[str] = Field(None, description="Ray cluster to join (auto, ray://HOST:PORT); default: "
+                                                         "start a local Ray instance")
+    append: bool = Field(False, description="add new --input to the existing index in --out with its trained "
+                                            "quantizer (a new generation; nothing is re-embedded)")
+    retrain: bool = Field(False, description="with --append: retrain the quantizer on the whole pool")
     target_recall: FiniteFloat = Field(0.95, gt=0, le=1, description="raise nprobe until recall@10 vs exact search "
                                                                      "reaches this")
     index_factory: Optional[str] = Field(None, description="force a faiss index_factory string (e.g. 'IVF4096,SQ8'); "
@@ -182,7 +214,7 @@ class BuildConfig(Doc):
     progress: bool = True
     download: dict = Field(default_factory=dict, description="img2dataset options for URL-list inputs")
 
-    @field_validator("max_index_memory", mode="before")
+    @field_validator("max_index_memory", "max_build_memory", mode="before")
     @classmethod
     def _bytes(cls, value):
         return parse_bytes(value) if isinstance(value, str) else value

@@ -195,7 +195,7 @@ def test_files_follow_the_umask_and_folder_captions_are_read(tmp_path, tiny_clip
         build_index([str(tmp_path / "pool")], tmp_path / "idx", opts(tiny_clip_spec))
     finally:
         os.umask(old)
-    for name in ("index.json", "items.arrow", "build-report.json", "index.faiss"):
+    for name in ("index.json", "gen-00000/items.arrow", "build-report.json", "gen-00000/index.faiss"):
         assert stat.S_IMODE((tmp_path / "idx" / name).stat().st_mode) == 0o644, name  # readable by a service user
     captions = dict(zip(*(PoolIndex.open(tmp_path / "idx").items.column(c).to_pylist() for c in ("key", "caption"))))
     assert captions["class0/img0000.png"] == "a red square" and captions["class0/img0001.jpg"] is None

@@ -7,6 +7,7 @@ import time
 
 from helpers import REPO, make_image_folder
 from curator.formats import IndexManifest, load_doc
+from curator.retrieval import PoolIndex
 from index_builder import BuildConfig, build_index
 
 
@@ -39,6 +40,6 @@ def test_killed_build_resumes_where_it_stopped(tmp_path, tiny_clip_spec):
     clean = build_index([str(pool)], ref, opts)
     assert report.items == clean.items == 320
     import pyarrow as pa
-    keys = lambda d: pa.ipc.open_file(str(d / "items.arrow")).read_all().column("key").to_pylist()
+    keys = lambda d: PoolIndex.open(d).items.column("key").to_pylist()
     assert keys(out) == keys(ref)
     assert load_doc(out / "index.json", IndexManifest).ntotal == 320

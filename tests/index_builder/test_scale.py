@@ -1,0 +1,189 @@
+"""Web-scale pools: precomputed embeddings, out-of-core indexes, appends and generation switches."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import READ, REPO, Server
+from curator.errors import CuratorError
+from curator.formats import BuildConfig
+from curator.retrieval import PoolIndex
+from index_builder import build_index
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from synthetic import ClusteredVectors  # noqa: E402
+
+
+def write_embeddings(root: Path, counts: list[int], *, d: int = 32, seed: int = 0, name: str = "x",
+                     dtype=np.float16, unit: bool = True) -> Path:
+    """A clip-retrieval style folder: img_emb/img_emb_N.npy + metadata/metadata_N.parquet."""
+    (root / "img_emb").mkdir(parents=True, exist_ok=True)
+    (root / "metadata").mkdir(exist_ok=True)
+    gen = ClusteredVectors(d=d, clusters=256, seed=7)
+    for f, n in enumerate(counts):
+        x = gen.sample(n, seed=seed * 100 + f)
+        np.save(root / "img_emb" / f"img_emb_{f}.npy", (x if unit else 3 * x).astype(dtype))
+        pq.write_table(pa.table({"url": [f"https://example.com/{name}/{f}/{i}.jpg" for i in range(n)],
+                                 "caption": [f"{name} {f} {i}" for i in range(n)], "similarity": [0.3] * n}),
+                       root / "metadata" / f"metadata_{f}.parquet")
+    return root
+
+
+def opts(spec: str, **kw) -> BuildConfig:
+    return BuildConfig(encoder=spec, workers=0, progress=False, recall_queries=200, **kw)
+
+
+def test_clip_retrieval_embeddings_are_indexed_without_images(tmp_path, tiny_clip_spec):
+    src = write_embeddings(tmp_path / "laion", [3000, 2000])
+    np.save(src / "img_emb" / "img_emb_1.npy", 3 * np.load(src / "img_emb" / "img_emb_1.npy").astype(np.float32))
+    report = build_index([str(src)], tmp_path / "idx", opts(tiny_clip_spec), embeddings=True)
+    assert report.items == 5000 and report.skipped == 0
+    pool = PoolIndex.open(tmp_path / "idx")
+    assert pool.manifest.source_kind == "embeddings"
+    assert (tmp_path / "idx" / "shards" / "00000.npy").is_symlink()        # float16 unit vectors: linked
+    assert not (tmp_path / "idx" / "shards" / "00001.npy").is_symlink()    # float32, not unit: normalised copy
+    assert np.allclose(np.linalg.norm(pool.vectors(np.array([4000])), axis=1), 1, atol=1e-2)
+    _, ids = pool.search(pool.vectors(np.array([3100])), 5)
+    assert ids[0][0] == 3100
+    row = pool.items.slice(3100, 1).to_pylist()[0]
+    assert row["source"] == "https://example.com/x/1/100.jpg" and row["caption"] == "x 1 100"
+    with pytest.raises(CuratorError, match="not stored here"):
+        pool.fetch(3100)
+
+
+def test_embeddings_of_the_wrong_dimension_name_the_encoder_flag(tmp_path, tiny_clip_spec):
+    src = write_embeddings(tmp_path / "laion", [500], d=16)
+    with pytest.raises(CuratorError, match="--encoder"):
+        build_index([str(src)], tmp_path / "idx", opts(tiny_clip_spec), embeddings=True)
+    with pytest.raises(CuratorError, match="img_emb"):
+        build_index([str(tmp_path)], tmp_path / "idx2", opts(tiny_clip_spec), embeddings=True)
+
+
+def test_on_disk_index_returns_the_in_memory_neighbours(tmp_path, tiny_clip_spec):
+    src = write_embeddings(tmp_path / "emb", [12000, 8000])
+    common = dict(index_factory="IVF64,Flat", index_workers=2, max_build_memory="2G")
+    build_index([str(src)], tmp_path / "mem", opts(tiny_clip_spec, layout="memory", **common), embeddings=True)
+    report = build_index([str(src)], tmp_path / "disk", opts(tiny_clip_spec, layout="on-disk", **common),
+                         embeddings=True)
+    assert report.layout == "on-disk"
+    mem, disk = PoolIndex.open(tmp_path / "mem"), PoolIndex.open(tmp_path / "disk")
+    assert disk.manifest.lists_file and (tmp_path / "disk" / disk.manifest.lists_file).exists()
+    queries = ClusteredVectors(d=32, clusters=256, seed=7).sample(100, seed=999)
+    s1, i1 = mem.search(queries, 10)
+    s2, i2 = disk.search(queries, 10)
+    assert (i1 == i2).all() and np.allclose(s1, s2, atol=1e-5)
+    moved = tmp_path / "moved"
+    (tmp_path / "disk").rename(moved)  # the lists are found beside the index wherever the folder goes
+    assert (PoolIndex.open(moved).search(queries, 10)[1] == i1).all()
+
+
+@pytest.mark.network_local
+def test_append_adds_a_generation_that_a_running_service_switches_to(tmp_path, tiny_clip_spec):
+    base = write_embeddings(tmp_path / "a", [6000], name="a")
+    more = write_embeddings(tmp_path / "b", [1500], seed=5, name="b")
+    cfg = dict(layout="on-disk", index_factory="IVF32,Flat")
+    build_index([str(base)], tmp_path / "idx", opts(tiny_clip_spec, **cfg), embeddings=True)
+    server = Server(tmp_path / "idx", tmp_path / "state").start()
+    auth = {"Authorization": f"Bearer {READ}"}
+    failures, done = [], threading.Event()
+
+    def hammer():
+        with httpx.Client(base_url=server.url, headers=auth, timeout=30) as client:
+            while not done.is_set():
+                r = client.get("/search", params={"item_id": 10, "k": 5})
+                if r.status_code != 200:
+                    failures.append(r.text)
+    try:
+        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        assert httpx.get(f"{server.url}/search", params={"item_id": 6100}, headers=auth).status_code == 404
+        report = build_index([str(more)], tmp_path / "idx", opts(tiny_clip_spec, append=True, **cfg), embeddings=True)
+        assert report.appended == 1500 and report.items == 7500 and report.generation == 1
+        assert report.recall_at_10 >= 0.9
+        deadline = time.time() + 10
+        while time.time() < deadline:  # the service re-reads index.json within a second
+            r = httpx.get(f"{server.url}/search", params={"item_id": 6100, "k": 3}, headers=auth)
+            if r.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["hits"]) == 3
+        assert httpx.get(f"{server.url}/healthz").json()["index_items"] == 7500
+        done.set()
+        for t in threads:
+            t.join()
+        assert not failures, failures[:3]
+    finally:
+        done.set()
+        server.stop()
+    pool = PoolIndex.open(tmp_path / "idx")
+    assert pool.generation == 1 and pool.ntotal == 7500
+    assert sorted(p.name for p in (tmp_path / "idx").glob("gen-*")) == ["gen-00000", "gen-00001"]
+    again = build_index([str(more)], tmp_path / "idx", opts(tiny_clip_spec, append=True, **cfg), embeddings=True)
+    assert again.generation == 1 and again.items == 7500  # the same append, re-run: resumed, nothing redone
+    with pytest.raises(CuratorError, match="already in the index"):
+        build_index([str(base)], tmp_path / "idx", opts(tiny_clip_spec, append=True, **cfg), embeddings=True)
+
+
+def test_append_needs_an_index_and_not_overwrite(tmp_path, tiny_clip_spec):
+    src = write_embeddings(tmp_path / "a", [100])
+    with pytest.raises(CuratorError, match="holds no index"):
+        build_index([str(src)], tmp_path / "idx", opts(tiny_clip_spec, append=True), embeddings=True)
+    assert not (tmp_path / "idx").exists()
+    with pytest.raises(CuratorError, match="--overwrite"):
+        build_index([str(src)], tmp_path / "idx", opts(tiny_clip_spec, append=True, overwrite=True), embeddings=True)
+
+
+def _tree_rss(pid: int) -> int:
+    """RssAnon of ``pid`` and all its descendants, in bytes."""
+    from index_builder.ondisk import rss_bytes
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss_bytes(p)
+        stack.extend(children.get(p, []))
+    return total
+
+
+@pytest.mark.slow
+def test_peak_memory_stays_under_max_build_memory(tmp_path, tiny_clip_spec):
+    """2M vectors whose index (~270 MB) would not fit a 1 GB budget beside this process (~440 MB with
+    torch and the encoder) and the read buffers: built out of core, all processes together stay under it."""
+    src = write_embeddings(tmp_path / "big", [1_000_000] * 2)
+    budget = 1000 << 20
+    cmd = [sys.executable, "-m", "curator.cli", "build-index", "--embeddings", str(src), "--out", str(tmp_path / "idx"),
+           "--encoder", tiny_clip_spec, "--max-build-memory", str(budget), "--index-workers", "2", "--recall-queries",
+           "200", "--keep-duplicates", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    pool = PoolIndex.open(tmp_path / "idx")
+    assert pool.manifest.layout == "on-disk" and pool.ntotal == 2_000_000
+    assert pool.manifest.recall_at_10 >= 0.9
+    assert 0 < peak < budget, f"peak {peak:,} over --max-build-memory {budget:,}"
