@@ -14,9 +14,12 @@ LATENT = 64
 
 
 class ClusteredVectors:
-    def __init__(self, d: int = 512, clusters: int = 4096, seed: int = 0):
+    def __init__(self, d: int = 512, clusters: int = 4096, seed: int = 0, cluster_w2: float = CLUSTER_W2,
+                 spread_w2: float = SPREAD_W2):
+        """``cluster_w2``/``spread_w2`` trade cluster identity for within-cluster spread: lowering the first
+        and raising the second gives broad, overlapping clusters (a harder index)."""
         rng = np.random.default_rng(seed)
-        self.d = d
+        self.d, self.cluster_w2, self.spread_w2 = d, cluster_w2, spread_w2
         self.mean = rng.standard_normal(d).astype(np.float32)
         self.mean /= np.linalg.norm(self.mean)
         self.latent = latent = min(LATENT, d)
@@ -26,7 +29,7 @@ class ClusteredVectors:
         self.centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
         w = rng.lognormal(0.0, 1.0, clusters)
         self.weights = w / w.sum()
-        self.noise = np.sqrt((1 - MEAN_W2 - CLUSTER_W2 - SPREAD_W2) / d)
+        self.noise = np.sqrt((1 - MEAN_W2 - cluster_w2 - spread_w2) / d)
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
@@ -35,7 +38,7 @@ class ClusteredVectors:
             m = min(100_000, n - start)
             c = rng.choice(len(self.centres), size=m, p=self.weights)
             spread = rng.standard_normal((m, self.latent)).astype(np.float32) / np.sqrt(self.latent)
-            latent = np.sqrt(CLUSTER_W2) * self.centres[c] + np.sqrt(SPREAD_W2) * spread
+            latent = np.sqrt(self.cluster_w2) * self.centres[c] + np.sqrt(self.spread_w2) * spread
             x = np.sqrt(MEAN_W2) * self.mean + latent @ self.basis
             x += self.noise * rng.standard_normal((m, self.d)).astype(np.float32)
             out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -26,6 +26,8 @@ FLAT_MAX_ITEMS = 50_000
 #: Training points per IVF centroid (faiss warns below 39).
 TRAIN_POINTS_PER_CENTROID = 40
 NPROBE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048, 4096)
+#: IVF lists from which the coarse quantizer is an HNSW graph rather than exhaustive.
+HNSW_COARSE_FROM = 8192
 #: Bytes per stored vector beyond its code: the 8-byte id in the inverted list.
 ID_BYTES = 8
 
@@ -55,8 +57,9 @@ def choose_index(n: int, d: int, max_bytes: int) -> IndexChoice:
             return IndexChoice("Flat", 0, need)
     nlist = 2 ** round(math.log2(max(16.0, 2 * math.sqrt(n))))
     nlist = max(16, min(nlist, 1 << 18, 2 ** int(math.log2(max(16, n // TRAIN_POINTS_PER_CENTROID)))))
-    coarse = f"IVF{nlist}_HNSW32" if nlist > 65536 else f"IVF{nlist}"
-    overhead = 4 * d * nlist * (2 if nlist > 65536 else 1)
+    hnsw = nlist >= HNSW_COARSE_FROM
+    coarse = f"IVF{nlist}_HNSW32" if hnsw else f"IVF{nlist}"
+    overhead = 4 * d * nlist * (2 if hnsw else 1)
     codecs = [("Flat", 4 * d), ("SQ8", d)] + [(f"PQ{m}", m) for m in (d // 4, d // 8, d // 16) if m >= 4 and d % m == 0]
     for codec, code_bytes in codecs:
         need = n * (code_bytes + ID_BYTES) + overhead

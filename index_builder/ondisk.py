@@ -57,7 +57,7 @@ def plan_fill(n: int, d: int, code_bytes: int, budget: int, workers: int, used: 
         raise CuratorError(f"--max-build-memory {budget:,} bytes leaves {max(0, free):,} for filling the index after "
                            f"this process's {used:,}; each fill process needs at least {fixed + (64 << 20):,}")
     workers = max(1, min(workers, free // (fixed + (64 << 20)), math.ceil(n / chunk)))
-    per_code = code_bytes + 8
+    per_code = 2 * (code_bytes + 8)  # inverted lists grow by doubling: up to twice their contents
     part_rows = int((free / workers - fixed) // per_code)
     part_rows = max(chunk, min(part_rows, math.ceil(n / workers)))
     return FillPlan(int(workers), part_rows, chunk)
@@ -100,13 +100,17 @@ def fill_part(trained: str, part: Part, dest: str, chunk_rows: int, threads: int
     return next_id - part.first_id
 
 
-def merge_parts(trained: str, parts: list[str], dest: Path, base: str | None = None) -> int:
-    """Merge the parts' lists (after ``base``'s, an existing on-disk index) into ``dest/lists.ivfdata``
-    and write ``dest/index.faiss`` referring to it. Parts are mapped, not loaded. Returns ntotal."""
+def merge_parts(trained: str, parts: list[str], dest: Path, base: tuple[str, str] | None = None) -> int:
+    """Merge the parts' lists (after those of ``base``, an existing index as (path, layout)) into
+    ``dest/lists.ivfdata`` and write ``dest/index.faiss`` referring to it. Everything is mapped, not
+    loaded. Returns ntotal."""
     faiss = import_faiss()
     index = faiss.read_index(trained)
     ivf = faiss.extract_index_ivf(index)
-    sources = ([open_index(base)] if base else []) + [faiss.read_index(p, faiss.IO_FLAG_MMAP) for p in parts]
+    sources = [faiss.read_index(p, faiss.IO_FLAG_MMAP) for p in parts]
+    if base:
+        sources.insert(0, open_index(base[0], base[1]) if base[1] == "on-disk"
+                       else faiss.read_index(base[0], faiss.IO_FLAG_MMAP))
     lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(dest / LISTS_NAME))
     pointers = faiss.InvertedListsPtrVector()
     for src in sources:
