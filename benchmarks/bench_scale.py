@@ -105,9 +105,9 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def cli_build(args: list[str], encoder: str, budget: str) -> dict:
+def cli_build(args: list[str], encoder: str, budget: str, index_memory: str = "8G") -> dict:
     cmd = [sys.executable, "-m", "curator.cli", "build-index", *args, "--encoder", encoder,
-           "--max-build-memory", budget, "--json", "--quiet"]
+           "--max-build-memory", budget, "--max-index-memory", index_memory, "--json", "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -291,7 +291,8 @@ def _gb(b) -> str:
 
 
 def write_section(d: dict, args) -> None:
-    lines = [f"## Web-scale index builds: clustered synthetic 512-d vectors, out of core, `--max-build-memory {args.budget}`",
+    lines = [f"## Web-scale index builds: clustered synthetic 512-d vectors, out of core, `--max-build-memory {args.budget}"
+             f" --max-index-memory 8G`",
              "", f"Machine: {machine()}. Commit {commit()}. Command: `{command()}`.",
              "Every build is the CLI (`curator build-index --embeddings DIR`) on clip-retrieval-layout files; peak memory",
              "is the private resident memory (RssAnon) of the build's whole process tree, sampled every 0.2 s (mapped",

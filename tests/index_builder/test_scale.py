@@ -168,10 +168,10 @@ def _tree_rss(pid: int) -> int:
 
 @pytest.mark.slow
 def test_peak_memory_stays_under_max_build_memory(tmp_path, tiny_clip_spec):
-    """2M vectors whose index (~270 MB) would not fit a 1 GB budget beside this process (~440 MB with
-    torch and the encoder) and the read buffers: built out of core, all processes together stay under it."""
-    src = write_embeddings(tmp_path / "big", [1_000_000] * 2)
-    budget = 1000 << 20
+    """1M vectors whose index (~140 MB) and read buffers would not fit a 700 MB budget beside this
+    process (~440 MB with torch and the encoder): built out of core, all processes together stay under it."""
+    src = write_embeddings(tmp_path / "big", [500_000] * 2)
+    budget = 700 << 20
     cmd = [sys.executable, "-m", "curator.cli", "build-index", "--embeddings", str(src), "--out", str(tmp_path / "idx"),
            "--encoder", tiny_clip_spec, "--max-build-memory", str(budget), "--index-workers", "2", "--recall-queries",
            "200", "--keep-duplicates", "--quiet"]
@@ -184,6 +184,6 @@ def test_peak_memory_stays_under_max_build_memory(tmp_path, tiny_clip_spec):
     out, err = proc.communicate()
     assert proc.returncode == 0, err.decode()[-2000:]
     pool = PoolIndex.open(tmp_path / "idx")
-    assert pool.manifest.layout == "on-disk" and pool.ntotal == 2_000_000
+    assert pool.manifest.layout == "on-disk" and pool.ntotal == 1_000_000
     assert pool.manifest.recall_at_10 >= 0.9
     assert 0 < peak < budget, f"peak {peak:,} over --max-build-memory {budget:,}"
