@@ -61,10 +61,12 @@ def kt_task(samples_root, tmp_path_factory):
 
 
 def run(kt_task, method: str):
+    # stage b is short: only the teacher (stage a) and the supervised student are asserted on here;
+    # the distilled student's accuracy is printed, and the full bench measures it (BENCHMARKS.md)
     return run_distill(DistillConfig(
         labelled=str(kt_task / "split.csv"), transfer=str(kt_task / "sets" / "retrieved"), out=str(kt_task / method),
         method=method, teacher=TEACHER, student="mobilenetv3_small_100", student_size=64, steps_a=100,
-        steps_b=150, steps_c=100, batch_size=32, cache_teacher=1, mix_labelled=0.25, seed=0, progress=False))
+        steps_b=50, steps_c=100, batch_size=32, cache_teacher=1, mix_labelled=0.25, seed=0, progress=False))
 
 
 def test_adapted_teacher_beats_the_student_trained_on_the_same_labels(kt_task):
