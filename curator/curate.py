@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from .errors import CuratorError
 from .formats import CurateParams, IndexRef, QueryEntry, TransferCounts, TransferManifest
@@ -75,6 +76,7 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     timings["search"] = search_seconds[0]
     timings["select"] = time.perf_counter() - t - search_seconds[0]
 
+    _check_stored(pool, selection.ids)
     progress("write", 0.0)
     base = _manifest(pool, queries, params, selection, set_id or new_set_id(), len(vecs),
                      len(forbidden_vecs) - len(queries), timings).model_copy(update={"skipped_queries": skipped})
@@ -85,6 +87,20 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
                                   tables=tables)
     progress("done", 1.0)
     return manifest
+
+
+def _check_stored(pool: PoolIndex, ids: np.ndarray) -> None:
+    """Items indexed from published embeddings (``--embeddings``) may have no stored bytes: a set of
+    them cannot be written, and curator never fetches their URLs itself."""
+    if not len(ids):
+        return
+    rows = pool.items.take(pa.array(np.asarray(ids, dtype=np.int64))).select(["size", "source"])
+    missing = np.flatnonzero(rows.column("size").to_numpy() == 0)
+    if len(missing):
+        example = rows.column("source")[int(missing[0])].as_py()
+        raise CuratorError(f"{len(missing)} of the {len(ids)} selected pool items have no stored image (the index "
+                           f"was built from published embeddings; e.g. {example}); download them into shards "
+                           f"(img2dataset) and build the index from those to curate sets of images")
 
 
 def _search_blocks(pool: PoolIndex, vecs: np.ndarray, k: int,

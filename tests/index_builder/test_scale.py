@@ -16,7 +16,9 @@ import pytest
 
 from helpers import READ, REPO, Server
 from curator.errors import CuratorError
-from curator.formats import BuildConfig
+from curator.curate import curate
+from curator.formats import BuildConfig, CurateParams
+from curator.queries import Query
 from curator.retrieval import PoolIndex
 from index_builder import build_index
 
@@ -59,6 +61,10 @@ def test_clip_retrieval_embeddings_are_indexed_without_images(tmp_path, tiny_cli
     assert row["source"] == "https://example.com/x/1/100.jpg" and row["caption"] == "x 1 100"
     with pytest.raises(CuratorError, match="not stored here"):
         pool.fetch(3100)
+    queries = [Query(f"q{i}", b"") for i in range(2)]
+    with pytest.raises(CuratorError, match="published embeddings"):
+        curate(pool, queries, CurateParams(per_query=5), tmp_path / "sets", query_vectors=pool.vectors(np.array([1, 2])))
+    assert not any((tmp_path / "sets").glob("*/manifest.json"))
 
 
 def test_embeddings_of_the_wrong_dimension_name_the_encoder_flag(tmp_path, tiny_clip_spec):
