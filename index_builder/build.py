@@ -37,25 +37,37 @@ log = logging.getLogger(__name__)
 
 
 def build_index(inputs: list[str], out: str | Path, opts: BuildConfig, *, embeddings: bool = False) -> BuildReport:
-    """Plan, embed (or import, with ``embeddings``), then index; each step resumes on its own."""
+    """Plan, embed (or import, with ``embeddings``), then index; each step resumes on its own.
+
+    Everything a user can get wrong (the encoder, the inputs, --append, the Ray cluster) is checked
+    before anything is written to ``out``."""
     t_start = time.perf_counter()
     out = Path(out)
-    # the model first: a typo'd or unloadable encoder must leave nothing behind in --out
     encoder = create_encoder(opts.encoder, device="cpu" if opts.runner == "ray" else opts.device,
                              precision=opts.precision)
     base = _check_append(out, opts)
-    if opts.overwrite and out.exists():
-        _discard(out)
-    out.mkdir(parents=True, exist_ok=True)
     if embeddings:
-        new_tasks = [t for root in inputs for t in plan_embedding_tasks(root)]
+        planned = [t for root in inputs for t in plan_embedding_tasks(root)]
         resolved = [str(Path(root).resolve()) for root in inputs]
     else:
-        resolved = resolve_inputs(inputs, out, opts)
-        new_tasks = plan_tasks(resolved, opts.shard_size)
-    plan = _plan(out, resolved, new_tasks, opts)
-    tasks = plan.tasks
+        for spec in inputs:
+            input_kind(spec)  # a missing path or an unreadable kind names itself here
+    runner = make_runner(opts, encoder)
+    try:
+        if opts.overwrite and out.exists():
+            _discard(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not embeddings:
+            resolved = resolve_inputs(inputs, out, opts)
+            planned = plan_tasks(resolved, opts.shard_size)
+        tasks = _plan(out, resolved, planned, opts).tasks
+        return _build(out, tasks, encoder, opts, runner, base, embeddings, t_start)
+    finally:
+        runner.close()
 
+
+def _build(out: Path, tasks: list[ShardTask], encoder, opts: BuildConfig, runner: Runner,
+           base: Optional[IndexManifest], embeddings: bool, t_start: float) -> BuildReport:
     for stale in (out / "shards").glob(".*.tmp*"):  # left by a build killed mid-write
         stale.unlink()
     dones: dict[str, Optional[ShardDone]] = {t.shard_id: read_done(out, t, opts.encoder) for t in tasks}
@@ -63,24 +75,19 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildConfig, *, embedd
     reused = len(tasks) - len(pending)
     if reused and pending:
         log.info("resuming: %d of %d shards already done", reused, len(tasks))
-    runner = make_runner(opts, encoder)
-    try:
-        t_embed = time.perf_counter()
-        n_embedded = _embed(pending, dones, out, encoder, opts, runner, embeddings)
-        embed_seconds = time.perf_counter() - t_embed
-        t_index = time.perf_counter()
-        info = EncoderInfo(**encoder.describe())
-        old = current(out)
-        if base is not None and not opts.retrain and not up_to_date(old, [t.shard_id for t in tasks], info, opts):
-            gen = append_generation(out, tasks, old, opts, runner)
-        elif up_to_date(old, [t.shard_id for t in tasks], info, opts) and not (opts.append and opts.retrain):
-            log.info("index is up to date")
-            gen = None
-        else:
-            gen = build_generation(out, tasks, info, opts, runner, "embeddings" if embeddings else "images")
-        index_seconds = time.perf_counter() - t_index
-    finally:
-        runner.close()
+    t_embed = time.perf_counter()
+    n_embedded = _embed(pending, dones, out, encoder, opts, runner, embeddings)
+    embed_seconds = time.perf_counter() - t_embed
+    t_index = time.perf_counter()
+    info, old, ids = EncoderInfo(**encoder.describe()), current(out), [t.shard_id for t in tasks]
+    if base is not None and not opts.retrain and not up_to_date(old, ids, info, opts):
+        gen = append_generation(out, tasks, old, opts, runner)
+    elif up_to_date(old, ids, info, opts) and not (opts.append and opts.retrain):
+        log.info("index is up to date")
+        gen = None
+    else:
+        gen = build_generation(out, tasks, info, opts, runner, "embeddings" if embeddings else "images")
+    index_seconds = time.perf_counter() - t_index
     old_report = out / "build-report.json"
     if gen is None and not pending and old_report.exists():
         # a finished build, run again: its real figures stand (the file is left as the build wrote it)
