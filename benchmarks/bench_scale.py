@@ -34,6 +34,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from curator.faiss_support import import_faiss  # noqa: E402
+from index_builder.ondisk import peak_tree_rss, tree_rss_bytes  # noqa: E402
 from report import command, commit, machine, update_section  # noqa: E402
 from synthetic import ClusteredVectors  # noqa: E402
 
@@ -86,35 +87,13 @@ def subset(src: Path, dest: Path, files: int) -> Path:
     return dest
 
 
-def tree_rss(pid: int) -> int:
-    from index_builder.ondisk import rss_bytes
-
-    kids: dict[int, list[int]] = {}
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(e))
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        total += rss_bytes(p)
-        stack.extend(kids.get(p, []))
-    return total
-
-
 def cli_build(args: list[str], encoder: str, budget: str, index_memory: str = "8G") -> dict:
     cmd = [sys.executable, "-m", "curator.cli", "build-index", *args, "--encoder", encoder,
            "--max-build-memory", budget, "--max-index-memory", index_memory, "--json", "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
-        time.sleep(0.2)
+    peak = peak_tree_rss(proc, 0.2)
     out, err = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"build failed: {err[-3000:]}")
@@ -206,7 +185,7 @@ def autofaiss_run(emb: Path, work: Path, limit_s: int) -> dict:
                             stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None and time.perf_counter() - t0 < limit_s:
-        peak = max(peak, tree_rss(proc.pid))
+        peak = max(peak, tree_rss_bytes(proc.pid))
         time.sleep(0.5)
     if proc.poll() is None:
         proc.kill()

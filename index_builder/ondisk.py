@@ -151,3 +151,34 @@ def rss_bytes(pid: int | None = None) -> int:
     except OSError:
         pass
     return 0
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """RssAnon of ``pid`` and all its descendants: what a build with fill processes really holds
+    (how the tests and benchmarks check --max-build-memory from outside)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss_bytes(p)
+        stack.extend(children.get(p, []))
+    return total
+
+
+def peak_tree_rss(proc, interval: float = 0.05) -> int:
+    """Sample :func:`tree_rss_bytes` of a running ``subprocess.Popen`` until it exits; the peak seen."""
+    import time
+
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_bytes(proc.pid))
+        time.sleep(interval)
+    return peak

@@ -21,6 +21,7 @@ from curator.formats import BuildConfig, CurateParams
 from curator.queries import Query
 from curator.retrieval import PoolIndex
 from index_builder import build_index
+from index_builder.ondisk import peak_tree_rss
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from synthetic import ClusteredVectors  # noqa: E402
@@ -151,27 +152,6 @@ def test_append_needs_an_index_and_not_overwrite(tmp_path, tiny_clip_spec):
         build_index([str(src)], tmp_path / "idx", opts(tiny_clip_spec, append=True, overwrite=True), embeddings=True)
 
 
-def _tree_rss(pid: int) -> int:
-    """RssAnon of ``pid`` and all its descendants, in bytes."""
-    from index_builder.ondisk import rss_bytes
-
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        total += rss_bytes(p)
-        stack.extend(children.get(p, []))
-    return total
-
-
 @pytest.mark.slow
 def test_peak_memory_stays_under_max_build_memory(tmp_path, tiny_clip_spec):
     """1M vectors whose index (~140 MB) and read buffers would not fit a 700 MB budget beside this
@@ -183,10 +163,7 @@ def test_peak_memory_stays_under_max_build_memory(tmp_path, tiny_clip_spec):
            "200", "--keep-duplicates", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _tree_rss(proc.pid))
-        time.sleep(0.05)
+    peak = peak_tree_rss(proc)
     out, err = proc.communicate()
     assert proc.returncode == 0, err.decode()[-2000:]
     pool = PoolIndex.open(tmp_path / "idx")
