@@ -12,6 +12,8 @@ Stages, each resumable (results.json keeps what finished; a re-run skips it):
   append    10% appended to that index (a new generation), against a full rebuild of the N + 10%
   harder    a broad, overlapping-cluster variant against the clustered one at --harder-n
   autofaiss autofaiss 2.18.0 on the same N with its memory bounds set, under a time limit
+  depth     100 queries x 20,000 neighbours on that index: search + selection (the synthetic pool has
+            no image bytes, so no set is written), in a child process whose peak memory is sampled
 
     python benchmarks/bench_scale.py [--n 10000000] [--stages gen build append harder autofaiss]
 """
@@ -163,6 +165,35 @@ def serve_cold_start(index_dir: Path) -> float:
         proc.wait()
 
 
+DEPTH = textwrap.dedent("""
+    import json, sys, time, numpy as np
+    from curator.curate import select_items
+    from curator.formats import CurateParams
+    from curator.retrieval import PoolIndex
+    index, per_query = sys.argv[1], int(sys.argv[2])
+    t0 = time.perf_counter()
+    pool = PoolIndex.open(index)
+    vecs = np.load(sys.argv[3])[:100]
+    timings = {}
+    sel = select_items(pool, vecs, np.arange(len(vecs)), [None] * len(vecs), vecs, CurateParams(per_query=per_query),
+                       timings)
+    print(json.dumps(dict(ntotal=pool.ntotal, selected=int(len(sel.ids)), counts=sel.counts,
+                          search_s=round(timings["search"], 2), select_s=round(timings["select"], 2),
+                          wall_s=round(time.perf_counter() - t0, 2))))
+""")
+
+
+def depth_run(index_dir: Path, queries: Path, per_query: int) -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", DEPTH, str(index_dir), str(per_query), str(queries)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    peak = peak_tree_rss(proc, 0.2)
+    out, err = proc.communicate()
+    if proc.returncode:
+        return dict(error=err[-1500:])
+    return dict(json.loads(out.strip().splitlines()[-1]), peak_private_rss=peak)
+
+
 AUTOFAISS = textwrap.dedent("""
     import json, sys, time
     from autofaiss import build_index
@@ -206,7 +237,7 @@ def main() -> None:
     ap.add_argument("--harder-n", type=int, default=1_000_000)
     ap.add_argument("--budget", default="4G")
     ap.add_argument("--autofaiss-limit", type=int, default=1200)
-    ap.add_argument("--stages", nargs="+", default=["gen", "build", "append", "harder", "autofaiss"])
+    ap.add_argument("--stages", nargs="+", default=["gen", "build", "append", "depth", "harder", "autofaiss"])
     ap.add_argument("--work", type=Path, default=ROOT / "bench-out" / "scale")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -247,6 +278,9 @@ def main() -> None:
                             encoder, args.budget)
         rebuilt["search"] = measure_search(args.work / "idx-rebuild", queries, gt)
         res.put("append", dict(base=res.data["build"], append=appended, rebuild=rebuilt))
+    if "depth" in args.stages and not res.done("depth"):
+        np.save(args.work / "queries.npy", queries)
+        res.put("depth", depth_run(args.work / "idx-full", args.work / "queries.npy", 20_000))
     if "harder" in args.stages and not res.done("harder"):
         out = {}
         hard = ClusteredVectors(d=512, seed=3, cluster_w2=0.25, spread_w2=0.39)
@@ -299,6 +333,12 @@ def write_section(d: dict, args) -> None:
             lines.append(f"| {name} | {r['report']['index_factory']} | {r['nprobe']} | {r['wall_s']} | "
                          f"{r['search']['recall_at_10']} | {r['search']['qps_batch1']} |")
         lines.append("")
+    if "depth" in d and "error" not in d["depth"]:
+        r = d["depth"]
+        lines += [f"**Depth** (issue 14's target: < 30 s in bounded memory): 100 queries x 20,000 neighbours on the "
+                  f"{r['ntotal']:,}-vector index, search + query-balanced selection with dedup: search {r['search_s']} s, "
+                  f"select {r['select_s']} s, {r['wall_s']} s in all with the index opened; {r['selected']:,} items; "
+                  f"peak {_gb(r['peak_private_rss'])}. Writing the set is not included (no image bytes here).", ""]
     if "autofaiss" in d:
         a = d["autofaiss"]
         if a.get("finished"):

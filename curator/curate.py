@@ -60,22 +60,8 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     forbidden_vecs = np.concatenate(forbidden)
     timings["embed"] = time.perf_counter() - t
 
-    search_seconds = [0.0]
-
-    def search(k: int):
-        t0 = time.perf_counter()
-        progress("search", 0.0)
-        result = _search_blocks(pool, vecs, k, cancelled)
-        search_seconds[0] += time.perf_counter() - t0
-        return result
-
-    t = time.perf_counter()
-    rules = dict(vectors_of=pool.vectors, forbidden=forbidden_vecs, ntotal=pool.ntotal, dedup=params.dedup,
-                 exclude_threshold=params.exclude_threshold, cells=pool.cells)
-    selection = select(Request(search, vecs, owner, [q.label for q in queries], rules, cancelled), params)
-    timings["search"] = search_seconds[0]
-    timings["select"] = time.perf_counter() - t - search_seconds[0]
-
+    selection = select_items(pool, vecs, owner, [q.label for q in queries], forbidden_vecs, params, timings,
+                             progress=progress, cancelled=cancelled)
     _check_stored(pool, selection.ids)
     progress("write", 0.0)
     base = _manifest(pool, queries, params, selection, set_id or new_set_id(), len(vecs),
@@ -87,6 +73,29 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
                                   tables=tables)
     progress("done", 1.0)
     return manifest
+
+
+def select_items(pool: PoolIndex, vecs: np.ndarray, owner: np.ndarray, labels: list, forbidden: np.ndarray,
+                 params: CurateParams, timings: dict[str, float], *, progress: Progress = lambda phase, f: None,
+                 cancelled: Callable[[], bool] = lambda: False) -> Selection:
+    """Search and select (the strategy's walk with its rules): the part of a curation that depends on
+    the pool's size, timed into ``timings`` as ``search`` and ``select``."""
+    search_seconds = [0.0]
+
+    def search(k: int):
+        t0 = time.perf_counter()
+        progress("search", 0.0)
+        result = _search_blocks(pool, vecs, k, cancelled)
+        search_seconds[0] += time.perf_counter() - t0
+        return result
+
+    t = time.perf_counter()
+    rules = dict(vectors_of=pool.vectors, forbidden=forbidden, ntotal=pool.ntotal, dedup=params.dedup,
+                 exclude_threshold=params.exclude_threshold, cells=pool.cells)
+    selection = select(Request(search, vecs, owner, labels, rules, cancelled), params)
+    timings["search"] = search_seconds[0]
+    timings["select"] = time.perf_counter() - t - search_seconds[0]
+    return selection
 
 
 def _check_stored(pool: PoolIndex, ids: np.ndarray) -> None:
