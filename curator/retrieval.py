@@ -50,7 +50,9 @@ class PoolIndex:
         self._encoder = None
         self._lock = threading.Lock()
         self._shards: dict[str, np.ndarray] = {}
-        self._shard_of = items.column("shard_id").to_numpy(zero_copy_only=False)
+        # shard ids as small integer codes: one Python string per item would cost seconds and
+        # gigabytes at service start on a pool of tens of millions
+        self._shard_of, self._shard_names = shard_codes(items)
         self._row_of = items.column("row").to_numpy()
 
     @classmethod
@@ -108,7 +110,7 @@ class PoolIndex:
         shards = self._shard_of[ids[order]]
         for shard in np.unique(shards):
             where = order[shards == shard]
-            out[where] = self._shard_vectors(str(shard))[self._row_of[ids[where]]]
+            out[where] = self._shard_vectors(self._shard_names[int(shard)])[self._row_of[ids[where]]]
         return out
 
     def _shard_vectors(self, shard_id: str) -> np.ndarray:
@@ -187,6 +189,12 @@ class PoolIndex:
             raise CuratorError(f"item {item_id} was indexed from published embeddings and its image is not stored "
                                f"here (it was at {row['source']}); curator does not fetch it")
         return read_range(row["source"], row["offset"], row["size"])
+
+
+def shard_codes(items: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """(code of each item's shard_id, the shard ids by code), from a dictionary encoding."""
+    encoded = items.column("shard_id").combine_chunks().dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32), encoded.dictionary.to_pylist()
 
 
 class LivePool:

@@ -26,6 +26,7 @@ from curator.errors import CuratorError
 from curator.faiss_support import import_faiss
 from curator.formats import INDEX_MANIFEST_NAME, BuildConfig, EncoderInfo, IndexManifest, ShardTask, load_doc
 from curator.progress import progress_bar
+from curator.retrieval import shard_codes
 
 from . import faiss_index, ondisk
 from .runners import Runner
@@ -175,12 +176,15 @@ def _append_warnings(m: IndexManifest, opts: BuildConfig) -> list[str]:
 def _all_vectors(out: Path, items_path: Path, tasks: list[ShardTask], d: int, opts: BuildConfig) -> ShardVectors:
     """Every indexed vector in id order, from the item table's (shard_id, row) columns."""
     table = pa.ipc.open_file(pa.memory_map(str(items_path), "r")).read_all().select(["shard_id", "row"])
-    shard = table.column("shard_id").to_numpy(zero_copy_only=False)
+    codes, names = shard_codes(table)
     rows = table.column("row").to_numpy()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    where = {name: rows[order[bounds[j]:bounds[j + 1]]] for j, name in enumerate(names)}
     keep = {}
     for t in tasks:
         mask = np.zeros(_npy_rows(out, t), dtype=bool)
-        mask[rows[shard == t.shard_id]] = True
+        mask[where.get(t.shard_id, np.zeros(0, np.int64))] = True
         keep[t.shard_id] = mask
     return ShardVectors(out, tasks, keep, chunk_rows=ondisk.chunk_rows_for(opts.max_build_memory, d))
 
