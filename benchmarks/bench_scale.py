@@ -207,9 +207,14 @@ AUTOFAISS = textwrap.dedent("""
 
 
 def autofaiss_run(emb: Path, work: Path, limit_s: int) -> dict:
-    python = ROOT / "bench-out" / "venv-autofaiss" / "bin" / "python"
+    """autofaiss's quantized (OPQ/IVF-PQ) path calls faiss.OPQMatrix with keywords that faiss >= 1.14
+    rejects (peers-measured.md), so it gets its own venv with faiss-cpu 1.13.2."""
+    venv = ROOT / "bench-out" / "venv-autofaiss-faiss113"
+    python = venv / "bin" / "python"
     if not python.exists():
-        subprocess.run(["bash", str(ROOT / "benchmarks" / "setup_peers.sh"), str(ROOT / "bench-out")], check=True)
+        subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "autofaiss==2.18.0", "pyarrow==19.0.1",
+                        "faiss-cpu==1.13.2"], check=True)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen([str(python), "-c", AUTOFAISS, str(emb / "img_emb"), str(work)], stdout=subprocess.PIPE,
@@ -294,7 +299,7 @@ def main() -> None:
             r["nprobe"] = json.loads((args.work / f"idx-{name}" / "index.json").read_text())["nprobe"]
             out[name] = r
         res.put("harder", out)
-    if "autofaiss" in args.stages and not res.done("autofaiss"):
+    if "autofaiss" in args.stages and (not res.done("autofaiss") or res.data["autofaiss"].get("error")):
         res.put("autofaiss", autofaiss_run(args.work / "base", args.work / "autofaiss", args.autofaiss_limit))
     write_section(res.data, args)
 
