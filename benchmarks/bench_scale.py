@@ -344,6 +344,9 @@ def write_section(d: dict, args) -> None:
                   f"{r['ntotal']:,}-vector index, search + query-balanced selection with dedup: search {r['search_s']} s, "
                   f"select {r['select_s']} s, {r['wall_s']} s in all with the index opened; {r['selected']:,} items; "
                   f"peak {_gb(r['peak_private_rss'])}. Writing the set is not included (no image bytes here).", ""]
+    if "depth" in d and "error" in d["depth"]:
+        lines += [f"**Depth** (issue 14's target: 100 queries x 20,000 neighbours, < 30 s in bounded memory): "
+                  f"{d['depth']['error']}.", ""]
     if "autofaiss" in d:
         a = d["autofaiss"]
         if a.get("finished"):
