@@ -23,7 +23,7 @@ def client(tiny_clip_spec, tmp_path_factory):
     (root / "keys.txt").write_text(f"carol:curate:{KEY}\nmallory:curate:{OTHER}\nroot:admin:{ROOT}\n")
     app = create_app(Settings(index_dir=root / "index", data_dir=root / "data", api_keys_file=root / "keys.txt"))
     with TestClient(app, headers={"Authorization": f"Bearer {KEY}"}) as c:
-        c.dim = app.state.pool.manifest.dim
+        c.dim = app.state.pool.current().manifest.dim
         yield c
 
 
@@ -287,7 +287,7 @@ def test_cancelling_stops_query_embedding_at_once(client):
         asked.append(1)
         return len(asked) > 3
     with pytest.raises(InterruptedError):
-        embed_queries(client.app.state.pool.encoder(), queries, cancelled=cancelled)
+        embed_queries(client.app.state.pool.current().encoder(), queries, cancelled=cancelled)
     assert len(asked) == 4  # stopped at the fourth image, not after all fifty
 
 
