@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("raypool")
-    make_image_folder(root / "pool", 96, classes=3)
+    make_image_folder(root / "pool", 64, classes=3)
     return root / "pool"
 
 
@@ -52,10 +52,10 @@ def _embedding_actor() -> int | None:
 def test_ray_builds_the_in_process_index_even_when_a_worker_is_killed(tmp_path, pool):
     """2 encoder actors on a local Ray instance; one is SIGKILLed mid-shard. Ray restarts it and retries
     that shard, and the index is the in-process runner's: same items, vectors and neighbours."""
-    cfg = dict(encoder=REAL_ENCODER, workers=0, shard_size=12, progress=False)
+    cfg = dict(encoder=REAL_ENCODER, workers=0, shard_size=8, progress=False)
     build_index([str(pool)], tmp_path / "local", BuildConfig(**cfg))
     cmd = [sys.executable, "-m", "curator.cli", "build-index", "--input", str(pool), "--out", str(tmp_path / "ray"),
-           "--encoder", REAL_ENCODER, "--workers", "0", "--shard-size", "12", "--runner", "ray",
+           "--encoder", REAL_ENCODER, "--workers", "0", "--shard-size", "8", "--runner", "ray",
            "--index-workers", "2", "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
