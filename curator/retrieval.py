@@ -62,18 +62,7 @@ class PoolIndex:
         root = Path(root)
         raw = (root / INDEX_MANIFEST_NAME).read_bytes() if (root / INDEX_MANIFEST_NAME).exists() else b""
         manifest = load_doc(root / INDEX_MANIFEST_NAME, IndexManifest)
-        # on-disk IVF lists map themselves and are found beside the index file, wherever the folder
-        # now is (faiss 1.15 crashes at search if IO_FLAG_MMAP is added to them)
-        if manifest.layout == "on-disk":
-            flags = faiss.IO_FLAG_ONDISK_SAME_DIR
-        else:
-            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        try:
-            with native_stdout_to_stderr():
-                index = faiss.read_index(str(root / manifest.index_file), flags)
-        except RuntimeError as exc:
-            raise CuratorError(f"{root}: faiss cannot read {manifest.index_file} ({str(exc).splitlines()[-1]}); "
-                               f"the index folder is damaged, rebuild it") from None
+        index = read_faiss_index(root / manifest.index_file, manifest.layout, mmap=mmap)
         if manifest.nprobe:
             faiss.extract_index_ivf(index).nprobe = manifest.nprobe
         items = pa.ipc.open_file(pa.memory_map(str(root / manifest.items_file), "r")).read_all()
@@ -189,6 +178,23 @@ class PoolIndex:
             raise CuratorError(f"item {item_id} was indexed from published embeddings and its image is not stored "
                                f"here (it was at {row['source']}); curator does not fetch it")
         return read_range(row["source"], row["offset"], row["size"])
+
+
+def read_faiss_index(path: str | Path, layout: str, *, mmap: bool = True):
+    """Read a saved faiss index. ``memory`` layout: mapped (IO_FLAG_MMAP) or loaded whole. ``on-disk``:
+    its lists map themselves and are found beside the index file wherever the folder now is
+    (IO_FLAG_ONDISK_SAME_DIR; faiss 1.15 crashes at search if IO_FLAG_MMAP is added to them)."""
+    faiss = import_faiss()
+    if layout == "on-disk":
+        flags = faiss.IO_FLAG_ONDISK_SAME_DIR
+    else:
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    try:
+        with native_stdout_to_stderr():
+            return faiss.read_index(str(path), flags)
+    except RuntimeError as exc:
+        raise CuratorError(f"{path}: faiss cannot read this index ({str(exc).splitlines()[-1]}); "
+                           f"the index folder is damaged, rebuild it") from None
 
 
 def shard_codes(items: pa.Table) -> tuple[np.ndarray, list[str]]:

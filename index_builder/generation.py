@@ -26,7 +26,7 @@ from curator.errors import CuratorError
 from curator.faiss_support import import_faiss
 from curator.formats import INDEX_MANIFEST_NAME, BuildConfig, EncoderInfo, IndexManifest, ShardTask, load_doc
 from curator.progress import progress_bar
-from curator.retrieval import shard_codes
+from curator.retrieval import read_faiss_index, shard_codes
 
 from . import faiss_index, ondisk
 from .runners import Runner
@@ -136,7 +136,7 @@ def append_generation(out: Path, tasks: list[ShardTask], base: IndexManifest, op
         index = _fill_ondisk(gdir, added, opts, runner, first_id=base.ntotal,
                              base=(str(out / base.index_file), base.layout))
     else:
-        index = ondisk.open_index(out / base.index_file, "memory")
+        index = read_faiss_index(out / base.index_file, "memory", mmap=False)
         with progress_bar(total=added.n, desc="append", unit="vec", enabled=opts.progress) as bar:
             next_id = base.ntotal
             for chunk in added.chunks():
@@ -256,7 +256,7 @@ def _fill_ondisk(gdir: Path, vectors: ShardVectors, opts: BuildConfig, runner: R
             bar.update(added)
     ondisk.merge_parts(str(gdir / "trained.faiss"), [j[2] for j in jobs], gdir, base=base)
     shutil.rmtree(part_dir)
-    return ondisk.open_index(gdir / "index.faiss")
+    return read_faiss_index(gdir / "index.faiss", "on-disk")
 
 
 def _finish(out: Path, gdir: Path, index, vectors: ShardVectors, opts: BuildConfig, rng, fields: dict,

@@ -19,6 +19,7 @@ import numpy as np
 from curator import atomic
 from curator.errors import CuratorError
 from curator.faiss_support import import_faiss, native_stdout_to_stderr
+from curator.retrieval import read_faiss_index
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,7 @@ def merge_parts(trained: str, parts: list[str], dest: Path, base: tuple[str, str
     ivf = faiss.extract_index_ivf(index)
     sources = [faiss.read_index(p, faiss.IO_FLAG_MMAP) for p in parts]
     if base:
-        sources.insert(0, open_index(base[0], base[1]) if base[1] == "on-disk"
-                       else faiss.read_index(base[0], faiss.IO_FLAG_MMAP))
+        sources.insert(0, read_faiss_index(base[0], base[1]))
     lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(dest / LISTS_NAME))
     pointers = faiss.InvertedListsPtrVector()
     for src in sources:
@@ -124,20 +124,6 @@ def merge_parts(trained: str, parts: list[str], dest: Path, base: tuple[str, str
     atomic.write_with(dest / "index.faiss", lambda p: faiss.write_index(index, str(p)))
     del sources
     return ntotal
-
-
-def open_index(path: str | Path, layout: str = "on-disk"):
-    """Read a saved index whole (``memory``) or with its on-disk lists, found beside the index file
-    wherever the folder has moved to (IO_FLAG_ONDISK_SAME_DIR; the lists map themselves, and adding
-    IO_FLAG_MMAP to them crashes faiss 1.15 at search)."""
-    faiss = import_faiss()
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if layout == "on-disk" else 0
-    try:
-        with native_stdout_to_stderr():
-            return faiss.read_index(str(path), flags)
-    except RuntimeError as exc:
-        raise CuratorError(f"{path}: faiss cannot read this index ({str(exc).splitlines()[-1]}); "
-                           f"the index folder is damaged, rebuild it") from None
 
 
 def rss_bytes(pid: int | None = None) -> int:
