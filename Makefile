@@ -11,7 +11,7 @@ export WANDB_MODE := disabled
 .PHONY: demo test install bench-embed bench-index bench-kt clean
 
 $(STAMP): pyproject.toml scripts/install.sh
-	scripts/install.sh $(VENV) cpu,ingest,ray,test
+	scripts/install.sh $(VENV) cpu,ingest,ray,postgres,test
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from contextlib import asynccontextmanager
 
@@ -16,7 +15,8 @@ from curator.retrieval import LivePool
 
 from . import middleware
 from .auth import KeyRing
-from .jobs import JobRunner, clean_uploads
+from .database import open_database
+from .jobs import JobRunner, clean_partial_sets, clean_uploads
 from .metrics import Metrics
 from .retention import prune
 from .routers import ROUTERS, docs, ui
@@ -30,20 +30,20 @@ log = logging.getLogger(__name__)
 async def lifespan(app: FastAPI):
     """Open the pool and the store, requeue what a restart interrupted; stop the jobs on the way out."""
     settings: Settings = app.state.settings
-    for partial in settings.sets_dir.glob(".*.tmp-*"):  # a set whose writer was killed: never complete
-        shutil.rmtree(partial, ignore_errors=True)
-    pool, store = LivePool(settings.index_dir), Store(settings.db_path)
-    runner = JobRunner(settings, store, pool)
-    failed, queued = store.recover()
+    store: Store = app.state.store
+    pool = LivePool(settings.index_dir)
+    clean_partial_sets(settings.sets_dir, store)
     clean_uploads(settings.uploads_dir, store)
-    if failed:
-        log.warning("marked %d interrupted job(s) failed: %s", len(failed), ", ".join(failed))
-    app.state.pool, app.state.store, app.state.runner = pool, store, runner
+    taken = store.release_jobs(settings.replica)
+    if taken:
+        log.warning("%d job(s) were running when this replica (%s) stopped: running them again", taken,
+                    settings.replica)
+    runner = JobRunner(settings, store, pool)
+    app.state.pool, app.state.runner = pool, runner
     app.state.encoder_lock = threading.Lock()
     app.state.metrics.index_items.set(pool.current().ntotal)
     prune(settings, store)
-    for job_id in queued:
-        runner.submit(job_id)
+    runner.start()
     yield
     runner.shutdown()
 
@@ -61,16 +61,18 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 def create_app(settings: Settings) -> FastAPI:
-    for folder in (settings.data_dir, settings.sets_dir, settings.uploads_dir):
-        folder.mkdir(parents=True, exist_ok=True)
     keys = KeyRing.load(settings.api_keys_file)
     if not settings.no_auth and len(keys) == 0:
         raise CuratorError("no API keys configured: pass --api-keys FILE or set CURATOR_API_KEYS "
                            "(name:scopes:secret), or --no-auth for local development")
+    for folder in (settings.data_dir, settings.sets_dir, settings.uploads_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    app_store = Store(open_database(settings.database, settings.db_path))  # a bad --database fails here
     app = FastAPI(title="curator", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None,
                   description="Retrieval-augmented transfer sets for task-oriented knowledge transfer.")
     app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
+    app.state.store = app_store
     middleware.install(app, settings, app.state.metrics)
     for router in ROUTERS:
         app.include_router(router)

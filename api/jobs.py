@@ -1,7 +1,7 @@
-"""Curation jobs: persisted inputs, a thread pool, progress in SQLite, cooperative cancel.
+"""Curation jobs: persisted inputs, claims under a lease, progress in the store, cooperative cancel.
 
-Inputs (query images, labels, embeddings) are saved under ``uploads/<job_id>/`` before the
-job is queued, so a queued job survives a restart and runs when the server comes back.
+Inputs (query images, labels, embeddings) are saved under ``uploads/<job_id>/`` before the job
+is queued, so a queued job survives a restart, and any replica sharing the data folder can run it.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +27,7 @@ from curator.retrieval import LivePool
 
 from .retention import prune
 from .settings import Settings
-from .store import Store
+from .store import ACTIVE, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ def save_inputs(folder: Path, queries: list[Query], vectors: Optional[np.ndarray
 
 
 def load_inputs(folder: Path) -> tuple[list[Query], Optional[np.ndarray]]:
+    if not (folder / "inputs.json").exists():  # the error a caller sees names no server path
+        raise CuratorError("this job's inputs were lost (the server stopped before they were kept, or the "
+                           "data folder is not shared by every replica); submit it again")
     meta = load_doc(folder / "inputs.json", JobInputs)
     queries = [Query(i, label=lab, path=folder / f if f else None)
                for i, lab, f in zip(meta.ids, meta.labels, meta.files)]
@@ -63,24 +66,29 @@ def load_inputs(folder: Path) -> tuple[list[Query], Optional[np.ndarray]]:
 
 
 class JobRunner:
+    """Runs curation jobs claimed from the store, at most ``job_workers`` at once.
+
+    Jobs are not run where they were submitted but claimed: a dispatcher thread claims the oldest
+    claimable job whenever a worker is free, and renews the leases of the jobs running here. So
+    replicas on one database share the queue, a job whose replica died is claimed again when its
+    lease runs out, and a job cancelled on any replica stops here at the next renewal.
+    """
+
     def __init__(self, settings: Settings, store: Store, pool: LivePool):
         self.settings, self.store, self.pool = settings, store, pool
+        self.replica = settings.replica
         self.executor = ThreadPoolExecutor(max_workers=settings.job_workers, thread_name_prefix="curate")
         self._cancel: dict[str, threading.Event] = {}
-        self._futures: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="curate-dispatch", daemon=True)
 
-    def submit(self, job_id: str) -> Future:
-        self._cancel[job_id] = threading.Event()
-        future = self.executor.submit(self._run, job_id)
-        self._futures[job_id] = future
-        future.add_done_callback(lambda _: self._forget(job_id))
-        return future
+    def start(self) -> None:
+        self._dispatcher.start()
 
-    def _forget(self, job_id: str) -> None:
-        """A finished job's event and future go (its outcome is in the store): the maps stay the size
-        of the work in flight, not of every job ever run."""
-        self._cancel.pop(job_id, None)
-        self._futures.pop(job_id, None)
+    def submit(self, job_id: str) -> None:
+        """A job was queued: claim it now rather than at the next poll (any replica may still win it)."""
+        self._wake.set()
 
     def cancel(self, job_id: str) -> bool:
         event = self._cancel.get(job_id)
@@ -89,31 +97,82 @@ class JobRunner:
         return self.store.finish_job(job_id, "cancelled", error="cancelled by the caller")
 
     def wait(self, job_id: str, timeout: float) -> None:
-        future = self._futures.get(job_id)
-        if future is not None:
-            try:
-                future.result(timeout=timeout)
-            except Exception:  # the outcome is in the store; a timeout means "answer 202"
-                pass
+        """Until the job is over, whichever replica runs it, or ``timeout`` (then the caller gets 202)."""
+        deadline, delay = time.monotonic() + timeout, 0.02
+        while time.monotonic() < deadline and not self._stop.is_set():
+            job = self.store.get_job(job_id)
+            if job is None or job["state"] not in ACTIVE:
+                return
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.5)
 
     def shutdown(self) -> None:
-        for event in self._cancel.values():
-            event.set()
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            for event in self._cancel.values():
+                event.set()
+        if self._dispatcher.is_alive():
+            self._dispatcher.join()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, job_id: str) -> None:
+    def _dispatch(self) -> None:
+        lease = self.settings.job_lease_seconds
+        renew_every, renewed = lease / 3, time.monotonic()
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - renewed >= renew_every:
+                    self._renew(lease)
+                    renewed = time.monotonic()
+                if self._claim(lease):
+                    continue
+            except Exception:  # the database is briefly unreachable: try again at the next tick
+                log.exception("job dispatcher: claiming or renewing failed")
+            self._wake.wait(min(self.settings.poll_seconds, renew_every))
+            self._wake.clear()
+
+    def _claim(self, lease: float) -> bool:
+        """Claim one job when a worker is free; whether one was started."""
+        with self._lock:
+            if len(self._cancel) >= self.settings.job_workers:
+                return False
+        job = self.store.claim_job(self.replica, lease)
+        if job is None:
+            return False
+        with self._lock:
+            self._cancel[job["id"]] = threading.Event()
+        self.executor.submit(self._run, job)
+        return True
+
+    def _renew(self, lease: float) -> None:
+        with self._lock:
+            mine = list(self._cancel)
+        held = self.store.renew_jobs(self.replica, mine, lease)
+        for job_id in set(mine) - held:  # cancelled, or taken over after a stall: stop working on it
+            event = self._cancel.get(job_id)
+            if event is not None:
+                event.set()
+
+    def _run(self, job: dict) -> None:
+        job_id = job["id"]
         try:
-            self._curate(job_id)
-        finally:  # a finished job's inputs are of no more use: uploads never pile up
-            shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
+            self._curate(job)
+        finally:
+            with self._lock:
+                self._cancel.pop(job_id, None)
+            self._wake.set()  # a worker is free
+            now = self.store.get_job(job_id)
+            if now is None or now["state"] not in ACTIVE:  # inputs of a job over are of no more use
+                shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
             prune(self.settings, self.store)
 
-    def _curate(self, job_id: str) -> None:
-        job = self.store.get_job(job_id)
-        if job is None or job["state"] != "queued":
+    def _curate(self, job: dict) -> None:
+        job_id, me = job["id"], self.replica
+        set_id = "ts-" + job_id.removeprefix("job-")
+        if job["attempts"] > 1 and self._resume(job_id, set_id):
             return
-        self.store.update_job(job_id, state="running", phase="embed", progress=0.0)
-        cancelled = self._cancel[job_id].is_set if job_id in self._cancel else (lambda: False)
+        self.store.update_job(job_id, me, phase="embed", progress=0.0)
+        event = self._cancel[job_id]
         last = [0.0]
 
         def progress(phase: str, fraction: float) -> None:
@@ -121,26 +180,40 @@ class JobRunner:
             if now - last[0] > 0.5 or fraction >= 1.0:
                 last[0] = now
                 weights = {"embed": 0.0, "search": 0.1, "write": 0.5, "done": 1.0}
-                self.store.update_job(job_id, phase=phase, progress=round(weights.get(phase, 0) + 0.5 * fraction
-                                                                          if phase == "write" else weights.get(phase, 0), 3))
+                self.store.update_job(job_id, me, phase=phase, progress=round(
+                    weights.get(phase, 0) + 0.5 * fraction if phase == "write" else weights.get(phase, 0), 3))
 
         try:
             queries, vectors = load_inputs(self.settings.uploads_dir / job_id)
             params = CurateParams.model_validate(job["params"])
             manifest = curate(self.pool.current(), queries, params, self.settings.sets_dir, query_vectors=vectors,
-                              set_id="ts-" + job_id.removeprefix("job-"), progress=progress, cancelled=cancelled)
+                              set_id=set_id, progress=progress, cancelled=event.is_set)
             folder = self.settings.sets_dir / manifest.id
             sha = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
             counts = manifest.counts.model_dump()
-            self.store.add_transfer_set(manifest.id, job_id, str(folder), counts, sha)
-            self.store.finish_job(job_id, "succeeded", phase="done", progress=1.0, counts=counts,
+            if not self.store.add_transfer_set(manifest.id, job_id, str(folder), counts, sha, worker=me):
+                return  # no longer ours: the replica that took it over records its own
+            self.store.finish_job(job_id, "succeeded", me, phase="done", progress=1.0, counts=counts,
                                   transfer_set_id=manifest.id)
         except InterruptedError:
-            self.store.finish_job(job_id, "cancelled", error="cancelled by the caller")
+            self.store.finish_job(job_id, "cancelled", me, error="cancelled by the caller")
         except CuratorError as exc:
-            self.store.finish_job(job_id, "failed", error=str(exc))
+            self.store.finish_job(job_id, "failed", me, error=str(exc))
         except Exception as exc:  # never leave a job "running": record what broke
-            self.store.finish_job(job_id, "failed", error=failure(job_id, exc))
+            self.store.finish_job(job_id, "failed", me, error=failure(job_id, exc))
+
+    def _resume(self, job_id: str, set_id: str) -> bool:
+        """A job taken over from a replica that died: if that replica recorded the set before it
+        died, the job is done (never made twice); otherwise what it left half-written goes."""
+        done = self.store.get_transfer_set(set_id)
+        if done is not None:
+            self.store.finish_job(job_id, "succeeded", self.replica, phase="done", progress=1.0,
+                                  counts=done["counts"], transfer_set_id=set_id)
+            return True
+        for partial in self.settings.sets_dir.glob(f".{set_id}.tmp-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(self.settings.sets_dir / set_id, ignore_errors=True)  # renamed in, never recorded
+        return False
 
 
 #: What a write gets when the disk (or this process's share of it) is full.
@@ -159,12 +232,41 @@ def failure(job_id: str, exc: Exception) -> str:
 
 
 def clean_uploads(uploads: Path, store: Store) -> int:
-    """At start-up: staging folders of requests cut off mid-upload, and the inputs of jobs that are
-    over (their folders are removed as each ends; a kill can leave one). Returns how many went."""
+    """At start-up: the inputs of jobs that are over (their folders are removed as each ends; a kill
+    can leave one), and staging folders of requests cut off mid-upload an hour ago (a younger one may
+    be another replica's upload in flight). Returns how many went."""
     gone = 0
     for folder in uploads.iterdir():
-        job = None if folder.name.startswith(".") else store.get_job(folder.name)
-        if job is None or job["state"] not in ("queued", "running"):
+        if folder.name.startswith("."):
+            stale = _age(folder) > STALE_SECONDS
+        else:
+            job = store.get_job(folder.name)
+            stale = job is None or job["state"] not in ACTIVE
+        if stale:
             shutil.rmtree(folder, ignore_errors=True)
             gone += 1
     return gone
+
+
+def clean_partial_sets(sets_dir: Path, store: Store) -> int:
+    """At start-up: sets whose writer was killed (never complete), unless their job is still active,
+    which on a shared data folder means another replica is writing it."""
+    gone = 0
+    for partial in sets_dir.glob(".*.tmp-*"):
+        set_id = partial.name[1:].split(".tmp-")[0]
+        job = store.get_job("job-" + set_id.removeprefix("ts-"))
+        if job is None or job["state"] not in ACTIVE:
+            shutil.rmtree(partial, ignore_errors=True)
+            gone += 1
+    return gone
+
+
+#: A staging upload this old is abandoned (a request body must arrive within --body-timeout).
+STALE_SECONDS = 3600.0
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -1,6 +1,8 @@
 """Service settings: where things live, who may call, and how big a request may be."""
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -24,6 +26,10 @@ class Settings:
     public_docs: bool = False         # /docs and /openapi.json without a key (/docs exists only then)
     keep_sets_days: Optional[float] = None  # sets (and their jobs' rows) older than this are removed (None: kept)
     max_data_bytes: Optional[int] = None    # above this, the oldest sets go, then the thumbnail cache (None: no cap)
+    database: Optional[str] = None          # postgresql://... shared by replicas (None: SQLite in data_dir)
+    replica: str = field(default_factory=lambda: default_replica(None))  # who holds a job's lease
+    job_lease_seconds: float = 30.0   # a job whose replica stopped renewing for this long is claimed again
+    poll_seconds: float = 1.0         # how often an idle replica looks for jobs queued on another
     max_headers: int = 100
     max_header_bytes: int = 16 << 10
 
@@ -38,3 +44,9 @@ class Settings:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "curator.sqlite3"
+
+
+def default_replica(port: Optional[int]) -> str:
+    """A replica's name: the same after a restart (so it takes its own interrupted jobs back at once),
+    distinct between replicas (host and port; the process id where no port is known)."""
+    return f"{socket.gethostname()}:{port if port is not None else os.getpid()}"

@@ -1,119 +1,134 @@
-"""Service state in SQLite (WAL): jobs and transfer sets survive a restart.
+"""Service state: jobs, distillation jobs and transfer sets, in SQLite or a shared PostgreSQL.
 
-One connection per thread (sqlite3 objects are not shared across threads); WAL lets the
-event loop read while a job thread writes.
+Every replica of ``curator serve`` on one database sees the same rows. Work is handed out by
+claims under a lease (a replica renews it while it works): whoever holds the lease may finish the
+job, and a job whose lease ran out, because its replica died, is claimed again by another.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import secrets
-import sqlite3
-import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Optional
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+from .database import Database
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, owner TEXT,
-  params TEXT NOT NULL, phase TEXT, progress REAL DEFAULT 0, counts TEXT, error TEXT,
-  transfer_set_id TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS distill_jobs (
+  params TEXT NOT NULL, phase TEXT, progress DOUBLE PRECISION DEFAULT 0, counts TEXT, error TEXT,
+  transfer_set_id TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+  worker TEXT, lease_expires DOUBLE PRECISION, attempts INTEGER DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
+    """CREATE TABLE IF NOT EXISTS distill_jobs (
   id TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT, config TEXT NOT NULL, transfer_set_id TEXT NOT NULL,
-  worker TEXT, lease_expires REAL, attempts INTEGER DEFAULT 0, report TEXT, student_url TEXT, error TEXT,
-  created_at REAL NOT NULL, updated_at REAL NOT NULL, lease_token TEXT, lease_key TEXT
-);
-CREATE INDEX IF NOT EXISTS distill_state ON distill_jobs(state, created_at);
-CREATE TABLE IF NOT EXISTS transfer_sets (
+  worker TEXT, lease_expires DOUBLE PRECISION, attempts INTEGER DEFAULT 0, report TEXT, student_url TEXT,
+  error TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL, lease_token TEXT,
+  lease_key TEXT)""",
+    "CREATE INDEX IF NOT EXISTS distill_state ON distill_jobs(state, created_at)",
+    """CREATE TABLE IF NOT EXISTS transfer_sets (
   id TEXT PRIMARY KEY, job_id TEXT, path TEXT NOT NULL, counts TEXT NOT NULL,
-  manifest_sha256 TEXT NOT NULL, created_at REAL NOT NULL
-);
-"""
+  manifest_sha256 TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)""",
+)
+#: Columns added since the first release: a database made before them gains them at start-up.
+ADDED_COLUMNS = {"distill_jobs": {"lease_token": "TEXT", "lease_key": "TEXT"},
+                 "jobs": {"worker": "TEXT", "lease_expires": "DOUBLE PRECISION", "attempts": "INTEGER DEFAULT 0"}}
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
+#: A job whose replica died this many times is failed rather than handed out again: it may be what
+#: kills them.
+MAX_ATTEMPTS = 3
+#: Jobs claimable now: queued, or running under a lease that ran out (a NULL lease is a job left
+#: running by a server from before leases).
+CLAIMABLE = "state = 'queued' OR (state = 'running' AND (lease_expires IS NULL OR lease_expires < ?))"
 
 
 class Store:
-    def __init__(self, path: Path):
-        self.path = path
-        self._local = threading.local()
-        with self._conn() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            have = {row["name"] for row in db.execute("PRAGMA table_info(distill_jobs)")}
-            for column in ("lease_token", "lease_key"):  # a database made before leases carried tokens
-                if column not in have:
-                    db.execute(f"ALTER TABLE distill_jobs ADD COLUMN {column} TEXT")
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
+    def __init__(self, db: Database):
+        self.db = db
+        with db.schema_lock():
+            for statement in SCHEMA:
+                db.execute(statement)
+            for table, added in ADDED_COLUMNS.items():
+                have = db.columns(table)
+                for column, kind in added.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # -- jobs ---------------------------------------------------------------------------
     def create_job(self, kind: str, params: dict, owner: Optional[str]) -> str:
         job_id = "job-" + uuid.uuid4().hex[:12]
         now = time.time()
-        self._conn().execute("INSERT INTO jobs (id, kind, state, owner, params, created_at, updated_at) "
+        self.db.execute("INSERT INTO jobs (id, kind, state, owner, params, created_at, updated_at) "
                              "VALUES (?, ?, 'queued', ?, ?, ?, ?)", (job_id, kind, owner, json.dumps(params), now, now))
         return job_id
 
-    def update_job(self, job_id: str, **fields: Any) -> None:
-        if "counts" in fields and fields["counts"] is not None:
-            fields["counts"] = json.dumps(fields["counts"])
-        fields["updated_at"] = time.time()
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        self._conn().execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*fields.values(), job_id))
-
-    def finish_job(self, job_id: str, state: str, **fields: Any) -> bool:
-        """Move an active job to a final state; False if it was already final (e.g. cancelled)."""
-        fields.update(state=state, updated_at=time.time())
-        if "counts" in fields and fields["counts"] is not None:
-            fields["counts"] = json.dumps(fields["counts"])
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        cur = self._conn().execute(f"UPDATE jobs SET {cols} WHERE id = ? AND state IN ('queued', 'running')",
-                                   (*fields.values(), job_id))
+    def update_job(self, job_id: str, worker: str, **fields: Any) -> bool:
+        """Progress of a running job, written only while ``worker`` still holds it."""
+        cols, args = _assignments(fields)
+        cur = self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ? AND worker = ? AND state = 'running'",
+                              (*args, job_id, worker))
         return cur.rowcount == 1
 
+    def finish_job(self, job_id: str, state: str, worker: Optional[str] = None, **fields: Any) -> bool:
+        """Move an active job to a final state; False if it was already final (e.g. cancelled), or,
+        with ``worker``, if that replica no longer holds it (another took it over)."""
+        cols, args = _assignments(dict(fields, state=state))
+        mine = " AND worker = ?" if worker is not None else ""
+        cur = self.db.execute(f"UPDATE jobs SET {cols} WHERE id = ? AND state IN ('queued', 'running'){mine}",
+                              (*args, job_id, *([worker] if worker is not None else [])))
+        return cur.rowcount == 1
+
+    def claim_job(self, worker: str, lease_seconds: float) -> Optional[dict]:
+        """Hand the oldest claimable job to replica ``worker`` under a lease, atomically; a job whose
+        replicas died MAX_ATTEMPTS times is failed instead."""
+        now = time.time()
+        self.db.execute(f"UPDATE jobs SET state = 'failed', updated_at = ?, error = ? WHERE state = 'running' "
+                        f"AND (lease_expires IS NULL OR lease_expires < ?) AND attempts >= ?",
+                        (now, f"the server running this job stopped {MAX_ATTEMPTS} times; submit it again", now,
+                         MAX_ATTEMPTS))
+        row = self._claim("jobs", "", (), worker, lease_seconds, now)
+        return _job(row) if row else None
+
+    def release_jobs(self, worker: str) -> int:
+        """At start-up: jobs this replica held when it stopped cannot be running anywhere, so they are
+        claimable at once rather than when their lease runs out."""
+        return self.db.execute("UPDATE jobs SET lease_expires = 0 WHERE worker = ? AND state = 'running'",
+                               (worker,)).rowcount
+
+    def renew_jobs(self, worker: str, job_ids: list[str], lease_seconds: float) -> set[str]:
+        """Extend ``worker``'s leases; the ids it still holds (a cancelled or taken-over job is not)."""
+        if not job_ids:
+            return set()
+        now = time.time()
+        marks = ", ".join("?" * len(job_ids))
+        rows = self.db.execute(f"UPDATE jobs SET lease_expires = ? WHERE worker = ? AND state = 'running' AND "
+                               f"id IN ({marks}) RETURNING id", (now + lease_seconds, worker, *job_ids))
+        return {r["id"] for r in rows}
+
     def get_job(self, job_id: str) -> Optional[dict]:
-        row = self._conn().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
     def list_jobs(self, state: Optional[str] = None, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
         """Newest first; ``owner`` (a key's name) shows that key's jobs only (None: everyone's)."""
         where, args = _where(("state", state), ("owner", owner))
-        rows = self._conn().execute(f"SELECT * FROM jobs{where} ORDER BY created_at DESC LIMIT ?", (*args, limit))
+        rows = self.db.execute(f"SELECT * FROM jobs{where} ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [_job(r) for r in rows]
 
     def count_jobs(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        for row in self._conn().execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+        for row in self.db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
             counts[row["state"]] = row["n"]
         return counts
-
-    def recover(self) -> tuple[list[str], list[str]]:
-        """After a restart: running jobs fail with a reason; queued ones are run again."""
-        db = self._conn()
-        running = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = 'running'")]
-        for job_id in running:
-            self.finish_job(job_id, "failed", error="the server stopped while this job was running; submit it again")
-        queued = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at")]
-        return running, queued
 
     # -- distillation jobs (claimed by workers under a lease) ---------------------------------
     def create_distill_job(self, config: dict, transfer_set_id: str, owner: Optional[str]) -> str:
         job_id = "dj-" + uuid.uuid4().hex[:12]
         now = time.time()
-        self._conn().execute("INSERT INTO distill_jobs (id, state, owner, config, transfer_set_id, created_at, "
+        self.db.execute("INSERT INTO distill_jobs (id, state, owner, config, transfer_set_id, created_at, "
                              "updated_at) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
                              (job_id, owner, json.dumps(config), transfer_set_id, now, now))
         return job_id
@@ -123,18 +138,27 @@ class Store:
         lease is a fresh secret token (returned here only, stored hashed) bound to the claiming key:
         a worker's name is no credential, and another key cannot renew or finish the job."""
         now, token = time.time(), secrets.token_urlsafe(24)
-        row = self._conn().execute(
-            "UPDATE distill_jobs SET state = 'running', worker = ?, lease_expires = ?, attempts = attempts + 1, "
-            "lease_token = ?, lease_key = ?, updated_at = ? WHERE id = (SELECT id FROM distill_jobs WHERE "
-            "state = 'queued' OR (state = 'running' AND lease_expires < ?) ORDER BY created_at LIMIT 1) RETURNING *",
-            (worker, now + lease_seconds, _hash(token), key, now, now)).fetchone()
+        row = self._claim("distill_jobs", "lease_token = ?, lease_key = ?", (_hash(token), key), worker,
+                          lease_seconds, now)
         return dict(_distill(row), lease_token=token) if row else None
+
+    def _claim(self, table: str, extra: str, extra_args: tuple, worker: str, lease_seconds: float,
+               now: float) -> Optional[dict]:
+        """The one claim both job kinds use. On PostgreSQL the candidate row is locked and rows other
+        replicas are claiming are skipped (SKIP LOCKED); the outer re-check makes a row claimed
+        meanwhile match nothing rather than be claimed twice. SQLite has one writer at a time."""
+        skip = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
+        return self.db.execute(
+            f"UPDATE {table} SET state = 'running', worker = ?, lease_expires = ?, attempts = attempts + 1, "
+            f"updated_at = ?{', ' + extra if extra else ''} WHERE id = (SELECT id FROM {table} WHERE {CLAIMABLE} "
+            f"ORDER BY created_at, id LIMIT 1{skip}) AND ({CLAIMABLE}) RETURNING *",
+            (worker, now + lease_seconds, now, *extra_args, now, now)).fetchone()
 
     def heartbeat_distill_job(self, job_id: str, token: str, key: Optional[str], lease_seconds: float) -> bool:
         """Extend the lease; False when the caller no longer holds it (it must stop)."""
         now = time.time()
-        cur = self._conn().execute("UPDATE distill_jobs SET lease_expires = ?, updated_at = ? WHERE id = ? AND "
-                                   "lease_token = ? AND lease_key IS ? AND state = 'running' AND lease_expires >= ?",
+        cur = self.db.execute("UPDATE distill_jobs SET lease_expires = ?, updated_at = ? WHERE id = ? AND "
+                                   "lease_token = ? AND lease_key IS NOT DISTINCT FROM ? AND state = 'running' AND lease_expires >= ?",
                                    (now + lease_seconds, now, job_id, _hash(token), key, now))
         return cur.rowcount == 1
 
@@ -145,53 +169,63 @@ class Store:
         now = time.time()
         fields.update(state=state, updated_at=now)
         cols = ", ".join(f"{k} = ?" for k in fields)
-        cur = self._conn().execute(f"UPDATE distill_jobs SET {cols} WHERE id = ? AND lease_token = ? AND "
-                                   "lease_key IS ? AND state = 'running' AND lease_expires >= ?",
+        cur = self.db.execute(f"UPDATE distill_jobs SET {cols} WHERE id = ? AND lease_token = ? AND "
+                                   "lease_key IS NOT DISTINCT FROM ? AND state = 'running' AND lease_expires >= ?",
                                    (*fields.values(), job_id, _hash(token), key, now))
         return cur.rowcount == 1
 
     def fail_distill_job(self, job_id: str, error: str) -> None:
-        self._conn().execute("UPDATE distill_jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ?",
+        self.db.execute("UPDATE distill_jobs SET state = 'failed', error = ?, updated_at = ? WHERE id = ?",
                              (error, time.time(), job_id))
 
     def cancel_distill_job(self, job_id: str) -> bool:
         """A queued or running job becomes cancelled (a running worker loses its lease at its next beat)."""
         now = time.time()
-        cur = self._conn().execute("UPDATE distill_jobs SET state = 'cancelled', error = 'cancelled by the caller', "
+        cur = self.db.execute("UPDATE distill_jobs SET state = 'cancelled', error = 'cancelled by the caller', "
                                    "updated_at = ? WHERE id = ? AND state IN ('queued', 'running')", (now, job_id))
         return cur.rowcount == 1
 
     def get_distill_job(self, job_id: str) -> Optional[dict]:
-        row = self._conn().execute("SELECT * FROM distill_jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self.db.execute("SELECT * FROM distill_jobs WHERE id = ?", (job_id,)).fetchone()
         return _distill(row) if row else None
 
     def list_distill_jobs(self, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
         where, args = _where(("owner", owner))
-        rows = self._conn().execute(f"SELECT * FROM distill_jobs{where} ORDER BY created_at DESC LIMIT ?",
+        rows = self.db.execute(f"SELECT * FROM distill_jobs{where} ORDER BY created_at DESC LIMIT ?",
                                     (*args, limit))
         return [_distill(r) for r in rows]
 
     # -- transfer sets ---------------------------------------------------------------------
-    def add_transfer_set(self, set_id: str, job_id: Optional[str], path: str, counts: dict, sha: str) -> None:
-        self._conn().execute("INSERT INTO transfer_sets (id, job_id, path, counts, manifest_sha256, created_at) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", (set_id, job_id, path, json.dumps(counts), sha, time.time()))
+    def add_transfer_set(self, set_id: str, job_id: Optional[str], path: str, counts: dict, sha: str,
+                         worker: Optional[str] = None) -> bool:
+        """Record a written set; with ``worker``, only while that replica still holds its job, so a
+        replica that stalled past its lease never records a set beside its successor's."""
+        values = (set_id, job_id, path, json.dumps(counts), sha, time.time())
+        if worker is None:
+            cur = self.db.execute("INSERT INTO transfer_sets (id, job_id, path, counts, manifest_sha256, created_at) "
+                                  "VALUES (?, ?, ?, ?, ?, ?)", values)
+        else:
+            cur = self.db.execute("INSERT INTO transfer_sets (id, job_id, path, counts, manifest_sha256, created_at) "
+                                  "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ? AND "
+                                  "worker = ? AND state = 'running')", (*values, job_id, worker))
+        return cur.rowcount == 1
 
     def get_transfer_set(self, set_id: str) -> Optional[dict]:
-        row = self._conn().execute("SELECT transfer_sets.*, jobs.owner AS owner FROM transfer_sets LEFT JOIN jobs "
+        row = self.db.execute("SELECT transfer_sets.*, jobs.owner AS owner FROM transfer_sets LEFT JOIN jobs "
                                    "ON jobs.id = transfer_sets.job_id WHERE transfer_sets.id = ?", (set_id,)).fetchone()
         return _set(row) if row else None
 
     def delete_transfer_set(self, set_id: str) -> None:
-        self._conn().execute("DELETE FROM transfer_sets WHERE id = ?", (set_id,))
+        self.db.execute("DELETE FROM transfer_sets WHERE id = ?", (set_id,))
 
     def old_transfer_sets(self, before: float) -> list[str]:
         """Ids of the sets made before ``before``, oldest first."""
-        return [r["id"] for r in self._conn().execute(
+        return [r["id"] for r in self.db.execute(
             "SELECT id FROM transfer_sets WHERE created_at < ? ORDER BY created_at, id", (before,))]
 
     def delete_old_jobs(self, before: float) -> int:
         """Finished jobs last touched before ``before`` whose set is gone (a set's owner is its job's)."""
-        cur = self._conn().execute(
+        cur = self.db.execute(
             "DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND updated_at < ? AND id NOT IN "
             "(SELECT job_id FROM transfer_sets WHERE job_id IS NOT NULL)", (before,))
         return cur.rowcount
@@ -199,7 +233,7 @@ class Store:
     def list_transfer_sets(self, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
         """A set belongs to the key whose job made it."""
         where, args = _where(("jobs.owner", owner))
-        rows = self._conn().execute(f"SELECT transfer_sets.*, jobs.owner AS owner FROM transfer_sets LEFT JOIN jobs "
+        rows = self.db.execute(f"SELECT transfer_sets.*, jobs.owner AS owner FROM transfer_sets LEFT JOIN jobs "
                                     f"ON jobs.id = transfer_sets.job_id{where} ORDER BY transfer_sets.created_at DESC "
                                     f"LIMIT ?", (*args, limit))
         return [_set(r) for r in rows]
@@ -213,25 +247,33 @@ def _where(*conditions: tuple[str, Optional[str]]) -> tuple[str, tuple]:
     return " WHERE " + " AND ".join(f"{col} = ?" for col, _ in used), tuple(val for _, val in used)
 
 
+def _assignments(fields: dict[str, Any]) -> tuple[str, tuple]:
+    """``SET`` text and its values; counts are stored as JSON, and every write stamps ``updated_at``."""
+    if fields.get("counts") is not None:
+        fields["counts"] = json.dumps(fields["counts"])
+    fields["updated_at"] = time.time()
+    return ", ".join(f"{k} = ?" for k in fields), tuple(fields.values())
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _job(row: sqlite3.Row) -> dict:
+def _job(row: dict) -> dict:
     d = dict(row)
     d["params"] = json.loads(d["params"])
     d["counts"] = json.loads(d["counts"]) if d["counts"] else None
     return d
 
 
-def _distill(row: sqlite3.Row) -> dict:
+def _distill(row: dict) -> dict:
     d = {k: row[k] for k in row.keys() if k not in ("lease_token", "lease_key")}  # secrets never leave the store
     d["config"] = json.loads(d["config"])
     d["report"] = json.loads(d["report"]) if d["report"] else None
     return d
 
 
-def _set(row: sqlite3.Row) -> dict:
+def _set(row: dict) -> dict:
     d = dict(row)
     d["counts"] = json.loads(d["counts"])
     return d

@@ -33,3 +33,19 @@ def samples_root() -> Path:
 
     cache = Path(os.environ.get("CURATOR_CACHE", REPO / ".cache")) / "samples"
     return fetch_samples(["tuxpaint"], cache)["tuxpaint"]
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL cluster for the session (see tests/postgres.py); skips, saying why, where the
+    server is not installed, unless CURATOR_REQUIRE_POSTGRES=1 (CI), where that fails."""
+    from postgres import INSTALL_HINT, Cluster, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("CURATOR_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL server binaries not found, and CURATOR_REQUIRE_POSTGRES=1: {INSTALL_HINT}")
+        pytest.skip(f"PostgreSQL server binaries not found (initdb): {INSTALL_HINT}")
+    cluster = Cluster(bindir).start()
+    yield cluster
+    cluster.stop()

@@ -1,6 +1,7 @@
 """``curator serve``: the HTTP service."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import CuratorError
@@ -26,6 +27,16 @@ def add_parser(sub) -> None:
                    help="keep --data under this size (e.g. 200G): the oldest sets go first, then the thumbnail "
                         "cache (default: no cap)")
     p.add_argument("--job-workers", type=int, default=None, help="curation jobs run at once (default: 2)")
+    p.add_argument("--database", default=os.environ.get("CURATOR_DATABASE"),
+                   help="state shared by several serve replicas: postgresql://USER:PASSWORD@HOST:PORT/DB; the "
+                        "replicas must also share --data (also: $CURATOR_DATABASE, which keeps the password out of "
+                        "the process list; default: SQLite in --data)")
+    p.add_argument("--replica", default=None,
+                   help="this replica's name, which must differ between replicas and stay the same across a "
+                        "restart, so it takes back at once the jobs it was running (default: HOST:PORT)")
+    p.add_argument("--job-lease-seconds", type=float, default=None,
+                   help="a job whose replica stopped renewing its lease for this long is run by another "
+                        "(default: 30)")
     p.add_argument("--body-timeout", type=float, default=None,
                    help="seconds a request body may take to arrive; a client that sends less than it promised is "
                         "cut off (default: 30)")
@@ -54,6 +65,7 @@ def run(args) -> int:
     import uvicorn
 
     from api import Settings, create_app
+    from api.settings import default_replica
     from api.memory import release_large_buffers
     from api.protocol import HeaderTimeoutProtocol
 
@@ -62,9 +74,12 @@ def run(args) -> int:
                         api_keys_file=Path(args.api_keys) if args.api_keys else None, no_auth=args.no_auth,
                         public_metrics=args.public_metrics, public_docs=args.public_docs,
                         keep_sets_days=args.keep_sets_days, max_data_bytes=max_data_bytes(args.max_data_bytes),
-                        limits=build_model(Limits, args),
+                        limits=build_model(Limits, args), database=args.database,
+                        replica=args.replica or default_replica(args.port),
                         **{k: v for k, v in (("job_workers", args.job_workers), ("body_timeout", args.body_timeout),
-                                                  ("header_timeout", args.header_timeout))
+                                             ("header_timeout", args.header_timeout),
+                                             ("job_lease_seconds", positive(args.job_lease_seconds,
+                                                                            "--job-lease-seconds")))
                            if v is not None})
     if args.no_auth:
         print("*" * 72 + "\nWARNING: --no-auth: every caller may curate and download. Local development only.\n"
@@ -87,4 +102,10 @@ def max_data_bytes(text):
         raise CuratorError(f"--max-data-bytes {text!r}: expected a size such as 500M, 200G or 1T") from None
     if value <= 0:
         raise CuratorError(f"--max-data-bytes {text!r} must be positive")
+    return value
+
+
+def positive(value, flag: str):
+    if value is not None and not value > 0:
+        raise CuratorError(f"{flag} {value}: must be positive")
     return value

@@ -167,7 +167,7 @@ def test_a_lease_is_a_secret_bound_to_the_claiming_key_and_expired_means_refused
     assert client.post(f"/distill-jobs/{job_id}/finish", json=finish | {"lease_token": "x" * 32}).status_code == 409
     assert client.post(f"/distill-jobs/{job_id}/finish", json=finish | {"lease_token": token},
                        headers=other).status_code == 409  # another key, even with the token
-    client.app.state.store._conn().execute("UPDATE distill_jobs SET lease_expires = 0 WHERE id = ?", (job_id,))
+    client.app.state.store.db.execute("UPDATE distill_jobs SET lease_expires = 0 WHERE id = ?", (job_id,))
     late = client.post(f"/distill-jobs/{job_id}/finish", json=finish | {"lease_token": token})
     assert late.status_code == 409  # expired is refused, as the heartbeat is
     assert client.get(f"/distill-jobs/{job_id}").json()["state"] == "running"
@@ -245,7 +245,7 @@ def test_a_stored_config_that_no_longer_validates_fails_instead_of_blocking_the_
     while client.post("/distill-jobs/claim", json={"worker": "drain", "lease_seconds": 3600}).status_code == 200:
         pass  # earlier tests' jobs
     bad = store.create_distill_job({"labelled": "/d", "temperature": "NaN"}, "ts-x", "carol")
-    store._conn().execute("UPDATE distill_jobs SET config = ? WHERE id = ?",
+    store.db.execute("UPDATE distill_jobs SET config = ? WHERE id = ?",
                           (_json.dumps({"labelled": "/d", "steps_b": -3}), bad))
     good = store.create_distill_job({"labelled": "/d", "steps_b": 4}, "ts-x", "carol")
     claimed = client.post("/distill-jobs/claim", json={"worker": "w", "lease_seconds": 60})
@@ -301,9 +301,9 @@ def test_sets_can_be_deleted_by_their_owner_and_expire(client):
     old = client.post("/curate?wait=true", json={"params": {"per_query": 2}, "embeddings": [[1.0] * client.dim]},
                       headers=root).json()["transfer_set_id"]
     settings = client.app.state.settings
-    client.app.state.store._conn().execute("UPDATE transfer_sets SET created_at = 0 WHERE id = ?", (old,))
+    client.app.state.store.db.execute("UPDATE transfer_sets SET created_at = 0 WHERE id = ?", (old,))
     store = client.app.state.store
-    store._conn().execute("UPDATE jobs SET updated_at = 0 WHERE transfer_set_id = ?", (old,))
+    store.db.execute("UPDATE jobs SET updated_at = 0 WHERE transfer_set_id = ?", (old,))
     settings.keep_sets_days = 30
     try:
         assert old in prune(settings, store)
@@ -321,7 +321,7 @@ def test_the_data_directory_is_kept_under_its_size_cap_oldest_sets_first(client,
                                                  "embeddings": [[float(i == j) for j in range(client.dim)]]}
                       ).json()["transfer_set_id"] for i in range(3)]
         for n, set_id in enumerate(ids):  # distinct, ordered creation times
-            app.state.store._conn().execute("UPDATE transfer_sets SET created_at = ? WHERE id = ?", (n + 1, set_id))
+            app.state.store.db.execute("UPDATE transfer_sets SET created_at = ? WHERE id = ?", (n + 1, set_id))
         used, first = folder_bytes(tmp_path / "data"), folder_bytes(app.state.settings.sets_dir / ids[0])
         app.state.settings.max_data_bytes = used - first // 2  # one set too many
         assert prune(app.state.settings, app.state.store) == [ids[0]]

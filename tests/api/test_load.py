@@ -1,6 +1,7 @@
 """Load on a real server: 20 concurrent loopback clients x 5 /curate requests each, twice. Every job
 completes and none is lost; p95 latency is printed; the server's memory does not grow with the
 number of jobs (the job runner keeps only the jobs in flight)."""
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,9 +68,9 @@ def test_concurrent_clients_lose_nothing_and_memory_stays_flat(tiny_clip_spec, t
 
 
 def test_a_server_killed_under_load_loses_no_finished_set(tiny_clip_spec, tmp_path):
-    """SIGKILL while jobs run: after a restart every succeeded job's set is complete (its manifest
-    matches the recorded sha256), a job that was running is failed with a reason, and a queued one
-    runs to the end: every job ends in a documented state."""
+    """SIGKILL while jobs run: after a restart every job runs to the end (the one that was running is
+    taken back at once by the restarted replica, its half-written set removed) and every set is
+    complete: its manifest matches the recorded sha256."""
     import hashlib
 
     tiny_index(tmp_path, tiny_clip_spec, 40, classes=2, seed=42)
@@ -84,7 +85,9 @@ def test_a_server_killed_under_load_loses_no_finished_set(tiny_clip_spec, tmp_pa
     # what a kill mid-write leaves: a set's temp folder and a request's staging folder (both planted
     # here, so the clean-up is tested whether or not this kill happened to land mid-write)
     (tmp_path / "state" / "transfer-sets" / ".ts-cut.tmp-0123abcd").mkdir()
-    (tmp_path / "state" / "uploads" / ".tmp-0123abcd").mkdir()
+    staged = tmp_path / "state" / "uploads" / ".tmp-0123abcd"
+    staged.mkdir()
+    os.utime(staged, (time.time() - 7200, time.time() - 7200))  # younger ones may be another replica's upload
     srv.start()
     try:
         with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as http:
@@ -94,16 +97,11 @@ def test_a_server_killed_under_load_loses_no_finished_set(tiny_clip_spec, tmp_pa
                 if all(j["state"] in ("succeeded", "failed", "cancelled") for j in jobs):
                     break
                 time.sleep(0.5)
-            states = {j["state"] for j in jobs}
-            assert states <= {"succeeded", "failed"}, states
+            assert {j["state"] for j in jobs} == {"succeeded"}, [j for j in jobs if j["state"] != "succeeded"]
             for job in jobs:
-                if job["state"] == "failed":
-                    assert "stopped while this job was running" in job["error"]
-                    continue
                 summary = http.get(f"/transfer-sets/{job['transfer_set_id']}").json()
                 manifest = http.get(f"/transfer-sets/{job['transfer_set_id']}/manifest").content
                 assert hashlib.sha256(manifest).hexdigest() == summary["manifest_sha256"]
-            assert sum(j["state"] == "succeeded" for j in jobs) >= len(jobs) - 1  # at most the one running
     finally:
         srv.stop()
     for folder in ("transfer-sets", "uploads"):  # partial sets and staged uploads are removed at start-up

@@ -8,7 +8,7 @@ from helpers import REPO
 dockerfile = pytest.importorskip("dockerfile")
 
 
-@pytest.mark.parametrize("name,extras", [("Dockerfile.cpu", "cpu,ingest"), ("Dockerfile.cuda", "gpu,ingest")])
+@pytest.mark.parametrize("name,extras", [("Dockerfile.cpu", "cpu,ingest,postgres"), ("Dockerfile.cuda", "gpu,ingest")])
 def test_dockerfiles_use_the_install_script(name, extras):
     commands = dockerfile.parse_file(str(REPO / "docker" / name))
     runs = [" ".join(c.value) for c in commands if c.cmd == "RUN"]
