@@ -81,6 +81,7 @@ class JobRunner:
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._wake, self._stop = threading.Event(), threading.Event()
+        self._ended = threading.Condition()  # notified as each job run here ends: waiters look again
         self._dispatcher = threading.Thread(target=self._dispatch, name="curate-dispatch", daemon=True)
 
     def start(self) -> None:
@@ -97,13 +98,15 @@ class JobRunner:
         return self.store.finish_job(job_id, "cancelled", error="cancelled by the caller")
 
     def wait(self, job_id: str, timeout: float) -> None:
-        """Until the job is over, whichever replica runs it, or ``timeout`` (then the caller gets 202)."""
-        deadline, delay = time.monotonic() + timeout, 0.02
+        """Until the job is over, whichever replica runs it, or ``timeout`` (then the caller gets 202).
+        A job run here wakes its waiters as it ends; one run by another replica is polled for."""
+        deadline, delay = time.monotonic() + timeout, 0.05
         while time.monotonic() < deadline and not self._stop.is_set():
             job = self.store.get_job(job_id)
             if job is None or job["state"] not in ACTIVE:
                 return
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            with self._ended:
+                self._ended.wait(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, 0.5)
 
     def shutdown(self) -> None:
@@ -161,6 +164,8 @@ class JobRunner:
             with self._lock:
                 self._cancel.pop(job_id, None)
             self._wake.set()  # a worker is free
+            with self._ended:
+                self._ended.notify_all()
             now = self.store.get_job(job_id)
             if now is None or now["state"] not in ACTIVE:  # inputs of a job over are of no more use
                 shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)

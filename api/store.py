@@ -20,7 +20,7 @@ SCHEMA = (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, owner TEXT,
   params TEXT NOT NULL, phase TEXT, progress DOUBLE PRECISION DEFAULT 0, counts TEXT, error TEXT,
   transfer_set_id TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
-  worker TEXT, lease_expires DOUBLE PRECISION, attempts INTEGER DEFAULT 0)""",
+  worker TEXT, lease_expires DOUBLE PRECISION, attempts INTEGER DEFAULT 0, request_key TEXT)""",
     "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
     """CREATE TABLE IF NOT EXISTS distill_jobs (
   id TEXT PRIMARY KEY, state TEXT NOT NULL, owner TEXT, config TEXT NOT NULL, transfer_set_id TEXT NOT NULL,
@@ -34,7 +34,10 @@ SCHEMA = (
 )
 #: Columns added since the first release: a database made before them gains them at start-up.
 ADDED_COLUMNS = {"distill_jobs": {"lease_token": "TEXT", "lease_key": "TEXT"},
-                 "jobs": {"worker": "TEXT", "lease_expires": "DOUBLE PRECISION", "attempts": "INTEGER DEFAULT 0"}}
+                 "jobs": {"worker": "TEXT", "lease_expires": "DOUBLE PRECISION", "attempts": "INTEGER DEFAULT 0",
+                          "request_key": "TEXT"}}
+#: Indexes on added columns: made once the columns exist.
+LATE_INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_key ON jobs(request_key)",)
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 #: A job whose replica died this many times is failed rather than handed out again: it may be what
@@ -56,14 +59,23 @@ class Store:
                 for column, kind in added.items():
                     if column not in have:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for statement in LATE_INDEXES:
+                db.execute(statement)
 
     # -- jobs ---------------------------------------------------------------------------
-    def create_job(self, kind: str, params: dict, owner: Optional[str]) -> str:
-        job_id = "job-" + uuid.uuid4().hex[:12]
-        now = time.time()
-        self.db.execute("INSERT INTO jobs (id, kind, state, owner, params, created_at, updated_at) "
-                             "VALUES (?, ?, 'queued', ?, ?, ?, ?)", (job_id, kind, owner, json.dumps(params), now, now))
-        return job_id
+    def create_job(self, kind: str, params: dict, owner: Optional[str],
+                   request_key: Optional[str] = None) -> tuple[str, bool]:
+        """A new queued job, or, when ``request_key`` (the caller's Idempotency-Key) was seen before
+        from the same owner, the job that request made; the flag says whether it is new. A retried
+        request, e.g. after a replica died mid-answer, then never makes a second job."""
+        job_id, now = "job-" + uuid.uuid4().hex[:12], time.time()
+        scoped = None if request_key is None else f"{owner or ''}/{request_key}"
+        cur = self.db.execute("INSERT INTO jobs (id, kind, state, owner, params, created_at, updated_at, request_key) "
+                              "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) ON CONFLICT (request_key) DO NOTHING",
+                              (job_id, kind, owner, json.dumps(params), now, now, scoped))
+        if cur.rowcount == 1:
+            return job_id, True
+        return self.db.execute("SELECT id FROM jobs WHERE request_key = ?", (scoped,)).fetchone()["id"], False
 
     def update_job(self, job_id: str, worker: str, **fields: Any) -> bool:
         """Progress of a running job, written only while ``worker`` still holds it."""

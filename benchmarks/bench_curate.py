@@ -36,7 +36,9 @@ from curator.pool import list_folder_images  # noqa: E402
 from curator.queries import Query, embed_queries  # noqa: E402
 from curator.retrieval import PoolIndex  # noqa: E402
 from curator.samples import fetch_samples  # noqa: E402
-from index_builder.build import BuildConfig, write_index  # noqa: E402
+from index_builder.build import BuildConfig  # noqa: E402
+from index_builder.generation import build_generation  # noqa: E402
+from index_builder.runners import make_runner  # noqa: E402
 from curator.atomic import write_npy  # noqa: E402
 from index_builder.embed import shard_paths  # noqa: E402
 from report import command, commit, machine, update_section  # noqa: E402
@@ -72,8 +74,12 @@ def make_index(work: Path, n: int, factory: str | None, x: np.ndarray, files: li
                                          metadata_file="", seconds=0)
     enc = EncoderInfo(spec="open_clip:ViT-B-32/none", dim=x.shape[1], image_size=224)
     t0 = time.perf_counter()
-    write_index(out, tasks, dones, enc, BuildConfig(encoder=enc.spec, index_factory=factory, progress=False,
-                                                     keep_duplicates=True))
+    opts = BuildConfig(encoder=enc.spec, index_factory=factory, progress=False, keep_duplicates=True)
+    runner = make_runner(opts, None)
+    try:
+        build_generation(out, tasks, enc, opts, runner)
+    finally:
+        runner.close()
     return out, time.perf_counter() - t0
 
 

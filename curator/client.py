@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
@@ -66,12 +67,26 @@ class CuratorClient:
         data = {"params": json.dumps(params or {})}
         if labels is not None:
             data["labels"] = json.dumps(list(labels))
-        return self._check(self.http.post("/curate", files=files, data=data, params={"wait": wait})).json()
+        return self._submit(files=files, data=data, params={"wait": wait})
 
     def curate_embeddings(self, embeddings: Iterable[Iterable[float]], params: Optional[dict] = None,
                           labels: Optional[Sequence[Optional[str]]] = None, wait: bool = False) -> dict:
         body = {"params": params or {}, "embeddings": [list(map(float, e)) for e in embeddings], "labels": labels}
-        return self._check(self.http.post("/curate", json=body, params={"wait": wait})).json()
+        return self._submit(json=body, params={"wait": wait})
+
+    def _submit(self, attempts: int = 4, **request: Any) -> dict:
+        """POST /curate, retried when the connection fails (a replica behind a load balancer died, say).
+        One Idempotency-Key for all tries: a request the service took before the answer was lost
+        returns its job, so a retry never makes a second one."""
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        for attempt in range(attempts):
+            try:
+                return self._check(self.http.post("/curate", headers=headers, **request)).json()
+            except httpx.TransportError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def job(self, job_id: str) -> dict:
         return self._check(self.http.get(f"/jobs/{job_id}")).json()

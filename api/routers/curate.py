@@ -6,7 +6,9 @@ import os
 import shutil
 import uuid
 
-from fastapi import APIRouter, Request
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from curator.queries import text_queries
@@ -18,6 +20,11 @@ from ..schemas import ERRORS, CurateForm, CurateRequest, JobOut
 from ..uploads import read_curate_request
 
 router = APIRouter(tags=["curation"], responses=ERRORS)
+#: A retried request carrying the same key gets the job the first one made, never a second job.
+IdempotencyKey = Annotated[Optional[str], Header(alias="Idempotency-Key", min_length=1, max_length=128,
+                                                 pattern=r"^[A-Za-z0-9._:-]+$",
+                                                 description="any unique string per request, e.g. a UUID: a retry "
+                                                             "with the same key returns the same job")]
 BODIES = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": CurateForm.model_json_schema()},
     "application/json": {"schema": CurateRequest.model_json_schema()}}}}
@@ -26,7 +33,8 @@ BODIES = {"requestBody": {"required": True, "content": {
 @router.post("/curate", status_code=202, response_model=JobOut, openapi_extra=BODIES,
              summary="Curate a transfer set from target images (multipart or JSON)")
 async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, store: StoreDep, pool: PoolDep,
-                      runner: RunnerDep, lock: EncoderLockDep, wait: bool = False) -> JSONResponse:
+                      runner: RunnerDep, lock: EncoderLockDep, wait: bool = False,
+                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
     # the inputs are stored first, the job row second: a crash in between leaves no job whose inputs
     # never arrived (only a staging folder, removed at start-up)
     staging = settings.uploads_dir / f".tmp-{uuid.uuid4().hex}"
@@ -37,9 +45,14 @@ async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, s
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a refused request leaves nothing behind
         raise
-    job_id = store.create_job("curate", params.model_dump(), key.name if key else None)
-    os.replace(staging, settings.uploads_dir / job_id)
-    runner.submit(job_id)
+    job_id, new = store.create_job("curate", params.model_dump(), key.name if key else None, idempotency_key)
+    if new:
+        os.replace(staging, settings.uploads_dir / job_id)
+        runner.submit(job_id)
+    else:  # a retry of a request already taken: its job stands, these inputs are not needed
+        shutil.rmtree(staging, ignore_errors=True)
+        if store.get_job(job_id)["params"] != params.model_dump():
+            raise HTTPException(422, "Idempotency-Key was already used for a request with other params")
     if wait:
         await asyncio.to_thread(runner.wait, job_id, settings.wait_seconds)
     job = store.get_job(job_id)

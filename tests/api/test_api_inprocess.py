@@ -410,3 +410,17 @@ def test_the_ui_page_and_its_assets_ship_in_the_package(client):
     for asset in ("/ui/app.js", "/ui/style.css"):
         body = client.get(asset).text
         assert "http://" not in body and "https://" not in body  # no CDN, no other host
+
+
+def test_a_retried_curate_request_returns_the_job_it_made(client):
+    """The same Idempotency-Key (from the same key's owner) gives the same job, never a second one."""
+    body = {"params": {"per_query": 3}, "embeddings": [[1.0] * client.dim]}
+    headers = {"Idempotency-Key": "retry-0001"}
+    first = client.post("/curate", json=body, headers=headers).json()
+    again = client.post("/curate", json=body, headers=headers).json()
+    assert again["id"] == first["id"]
+    assert len([j for j in client.get("/jobs").json() if j["id"] == first["id"]]) == 1
+    other = client.post("/curate", json=body | {"params": {"per_query": 4}}, headers=headers)
+    assert other.status_code == 422 and "Idempotency-Key" in other.text
+    assert client.post("/curate", json=body, headers={"Idempotency-Key": "bad key!"}).status_code == 422
+    assert client.post("/curate", json=body, headers={"Idempotency-Key": "retry-0002"}).json()["id"] != first["id"]

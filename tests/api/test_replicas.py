@@ -32,7 +32,7 @@ def database_url(request, tmp_path):
 def test_concurrent_claims_hand_each_job_out_once(database_url, tmp_path):
     """Two stores (two replicas' connections), six threads each, racing for 120 jobs of each kind."""
     stores = [Store(open_database(database_url, tmp_path / "unused")) for _ in range(2)]
-    jobs = {stores[0].create_job("curate", {}, None) for _ in range(120)}
+    jobs = {stores[0].create_job("curate", {}, None)[0] for _ in range(120)}
     distill = {stores[1].create_distill_job({}, "ts-x", None) for _ in range(120)}
     claimed: list[str] = []
     lock = threading.Lock()
