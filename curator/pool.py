@@ -189,10 +189,12 @@ def read_range(source: str, offset: int, size: int) -> bytes:
     """One ranged read of ``size`` bytes at ``offset`` from a local path or fsspec URL."""
     if size < 0:
         raise FileNotFoundError(source)
-    if "://" not in source:
-        with open(source, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(size)
+    if "://" not in source:  # pread: no file object, no read-ahead buffer (this runs once per sample)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
     else:
         with fsspec.open(source, "rb") as fh:
             fh.seek(offset)

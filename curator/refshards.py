@@ -66,6 +66,8 @@ def _stdlib_header(name: str, size: int) -> bytes:
 #: The standard library's header of a member with an empty name and size, its checksum field blanked.
 _TEMPLATE = bytearray(_stdlib_header("", 0))
 _TEMPLATE[148:156] = b" " * 8
+#: The template's byte sum less its size field: a header's checksum adds only what differs.
+_TEMPLATE_BASE = sum(_TEMPLATE) - sum(_TEMPLATE[124:136])
 
 
 def header(name: str, size: int) -> bytes:
@@ -75,10 +77,11 @@ def header(name: str, size: int) -> bytes:
     raw = name.encode("utf-8")
     if len(raw) > 100 or size >= 8 ** 11:
         return _stdlib_header(name, size)
+    size_field = b"%011o\0" % size
     buf = bytearray(_TEMPLATE)
     buf[0:len(raw)] = raw
-    buf[124:136] = b"%011o\0" % size
-    buf[148:156] = b"%06o\0 " % sum(buf)
+    buf[124:136] = size_field
+    buf[148:156] = b"%06o\0 " % (_TEMPLATE_BASE + sum(raw) + sum(size_field))  # the checksum, summed in parts
     return bytes(buf)
 
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -40,30 +41,18 @@ SAMPLES_SCHEMA = pa.schema([
 
 
 class _ShardWriter:
-    """Lays samples out as ``transfer-NNNNN.tar`` shards of at most ``size`` samples and hashes each
-    shard's bytes; writes them to disk only when the set is materialized (``copy``). Both modes lay out
-    the same bytes (``curator.refshards``), so a by-reference shard served later hashes the same."""
+    """Lays one shard's samples out as a tar and hashes its bytes; writes them to disk only when the set
+    is materialized (``copy``). Both modes lay out the same bytes (``curator.refshards``), so a
+    by-reference shard served later hashes the same."""
 
-    def __init__(self, folder: Path, size: int, copy: bool):
-        self.folder, self.size, self.copy = folder, size, copy
-        self.shards: list[dict] = []
-        self._fh = None
-        self._open = False
-        self._count = 0
+    def __init__(self, name: str, path: Optional[Path]):
+        self.entry = {"url": name, "nsamples": 0}
+        self._fh = open(path, "wb") if path is not None else None
+        self._sha, self._md5, self._len = hashlib.sha256(), hashlib.md5(), 0
 
-    def add(self, key: str, ext: str, data: bytes, meta: bytes) -> str:
-        if not self._open or self._count >= self.size:
-            self._close()
-            name = f"transfer-{len(self.shards):05d}.tar"
-            self._fh = open(self.folder / name, "wb") if self.copy else None
-            self._sha, self._md5, self._len, self._open = hashlib.sha256(), hashlib.md5(), 0, True
-            self.shards.append({"url": name, "nsamples": 0})
-            self._count = 0
-        for seg in sample_segments(key, ext, data, len(data), meta):
-            self._emit(seg)
-        self._count += 1
-        self.shards[-1]["nsamples"] += 1
-        return self.shards[-1]["url"]
+    def add(self, key: str, ext: str, data: bytes, meta: bytes) -> None:
+        self._emit(b"".join(sample_segments(key, ext, data, len(data), meta)))  # one update per sample
+        self.entry["nsamples"] += 1
 
     def _emit(self, data: bytes) -> None:
         self._sha.update(data)
@@ -72,17 +61,108 @@ class _ShardWriter:
         if self._fh is not None:
             self._fh.write(data)
 
-    def _close(self) -> None:
-        if self._open:
-            self._emit(end_of_archive(self._len))
-            if self._fh is not None:
-                self._fh.close()
-            self.shards[-1].update(filesize=self._len, sha256=self._sha.hexdigest(), md5sum=self._md5.hexdigest())
-            self._open, self._fh = False, None
+    def close(self) -> dict:
+        self._emit(end_of_archive(self._len))
+        if self._fh is not None:
+            self._fh.close()
+        return dict(self.entry, filesize=self._len, sha256=self._sha.hexdigest(), md5sum=self._md5.hexdigest())
 
-    def close(self) -> list[dict]:
-        self._close()
-        return self.shards
+
+#: Below this many samples a set is written in this process; above, shards are written by a pool of
+#: processes (per-sample work is mostly Python, so threads would share one core's worth of it).
+PROCESS_MIN_SAMPLES = 20_000
+#: At most this many writer processes (and never more than the cores or the shards).
+MAX_WRITE_PROCESSES = 8
+
+
+@dataclass
+class _ShardJob:
+    """One shard's work, self-contained so that another process can do it."""
+    n: int
+    start: int             # the selection position of its first sample: keys are positions
+    rows: list[dict]       # its pool items' rows
+    picks: list[tuple]     # per sample: query id, query label, rank, score
+    folder: str
+    copy: bool
+
+
+def _write_shard(job: _ShardJob, stop: Callable[[], bool] = lambda: False) -> tuple[dict, list[tuple], int]:
+    """(its manifest entry, its samples.parquet rows, how many samples were unreadable). A pool file
+    changed or gone since indexing leaves its sample out, never different bytes in."""
+    name = f"transfer-{job.n:05d}.tar"
+    writer = _ShardWriter(name, Path(job.folder) / name if job.copy else None)
+    samples, missing = [], 0
+    for i, (row, (qid, qlabel, rank, score)) in enumerate(zip(job.rows, job.picks)):
+        if stop():
+            raise InterruptedError("cancelled")
+        try:
+            data = read_range(row["source"], row["offset"], row["size"])
+        except OSError:
+            missing += 1
+            continue
+        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+            missing += 1
+            continue
+        key, ext = f"{job.start + i:08d}", image_extension(row["key"], row["source"], data)
+        writer.add(key, ext, data, sample_meta({"pool_id": row["id"], "pool_key": row["key"], "query_id": qid,
+                                                 "query_label": qlabel, "rank": rank, "similarity": score,
+                                                 "caption": row["caption"]}))
+        samples.append((key, name, row["id"], row["key"], row["source"], qid, qlabel, rank, score, row["sha256"],
+                        row["caption"], ext, row["offset"], row["size"]))
+    return writer.close(), samples, missing
+
+
+def _shard_jobs(items: pa.Table, selection, query_ids: list[str], query_labels: list[Optional[str]], folder: Path,
+                copy: bool, shard_size: int) -> Iterator[_ShardJob]:
+    """The selection cut into shards, each job made only as it is handed out (rows are read per shard)."""
+    for n, start in enumerate(range(0, len(selection.ids), shard_size)):
+        span = slice(start, start + shard_size)
+        rows = items.take(pa.array(selection.ids[span], type=pa.int64())).to_pylist()
+        picks = [(query_ids[q], query_labels[q], int(r), float(sc))
+                 for q, r, sc in zip(selection.query[span], selection.rank[span], selection.score[span])]
+        yield _ShardJob(n, start, rows, picks, str(folder), copy)
+
+
+def _write_shards(jobs: Iterator[_ShardJob], total: int, n_shards: int, progress: Callable[[float], None],
+                  cancelled: Callable[[], bool]) -> list[tuple[dict, list[tuple], int]]:
+    """Every shard's result, in shard order: here for a small set, else by a process pool fed a few
+    shards ahead (memory stays a few shards' rows), asked ``cancelled`` between shards."""
+    workers = min(MAX_WRITE_PROCESSES, os.cpu_count() or 1, n_shards)
+    if total < PROCESS_MIN_SAMPLES or workers < 2:
+        done = []
+        for job in jobs:
+            done.append(_write_shard(job, cancelled))
+            progress(len(done) / max(1, n_shards))
+        return done
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    results: dict[int, tuple] = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: dict = {}
+        try:
+            for job in jobs:
+                while len(pending) >= 2 * workers:
+                    _collect(pending, results, wait(pending, return_when=FIRST_COMPLETED).done)
+                    progress(len(results) / n_shards)
+                if cancelled():
+                    raise InterruptedError("cancelled")
+                pending[pool.submit(_write_shard, job)] = job.n
+            while pending:
+                _collect(pending, results, wait(pending, return_when=FIRST_COMPLETED).done)
+                progress(len(results) / n_shards)
+                if cancelled():
+                    raise InterruptedError("cancelled")
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return [results[n] for n in sorted(results)]
+
+
+def _collect(pending: dict, results: dict, finished) -> None:
+    for future in finished:
+        results[pending.pop(future)] = future.result()  # a shard's error is raised here
 
 
 def image_extension(key: str, source: str, data: bytes) -> str:
@@ -111,35 +191,21 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
         raise CuratorError(f"transfer set {final} already exists")
     t_write = time.perf_counter()
     with staged_folder(final) as tmp:
-        rows = items.take(pa.array(selection.ids, type=pa.int64())).to_pylist() if len(selection.ids) else []
-        writer = _ShardWriter(tmp, shard_size, copy=manifest.params.materialize == "copy")
-        samples, missing = [], 0
-        for n, (row, q, rank, score) in enumerate(zip(rows, selection.query, selection.rank, selection.score)):
-            if cancelled():
-                raise InterruptedError("cancelled")
-            try:
-                data = read_range(row["source"], row["offset"], row["size"])
-            except OSError:
-                missing += 1
-                continue
-            if hashlib.sha256(data).hexdigest() != row["sha256"]:
-                missing += 1
-                continue
-            key, ext = f"{len(samples):08d}", image_extension(row["key"], row["source"], data)
-            meta = {"pool_id": row["id"], "pool_key": row["key"], "query_id": query_ids[q],
-                    "query_label": query_labels[q], "rank": int(rank), "similarity": float(score),
-                    "caption": row["caption"]}
-            shard = writer.add(key, ext, data, sample_meta(meta))
-            samples.append((key, shard, row["id"], row["key"], row["source"], query_ids[q], query_labels[q],
-                            int(rank), float(score), row["sha256"], row["caption"], ext, row["offset"],
-                            row["size"]))
-            if n % 256 == 0:
-                progress(n / max(1, len(rows)))
-        shards = writer.close()
-        cols = list(zip(*samples)) if samples else [[] for _ in SAMPLES_SCHEMA]
-        # one row group per shard: serving a shard by reference reads only its own rows
-        pq.write_table(pa.table({f.name: list(c) for f, c in zip(SAMPLES_SCHEMA, cols)}, schema=SAMPLES_SCHEMA),
-                       tmp / SAMPLES_FILE, row_group_size=shard_size)
+        n_shards = -(-len(selection.ids) // shard_size)
+        jobs = _shard_jobs(items, selection, query_ids, query_labels, tmp, manifest.params.materialize == "copy",
+                           shard_size)
+        done = _write_shards(jobs, len(selection.ids), n_shards, progress, cancelled)
+        shards = [entry for entry, _, _ in done if entry["nsamples"]]
+        samples = [sample for _, rows_, _ in done for sample in rows_]
+        missing = sum(m for _, _, m in done)
+        for entry, _, _ in done:
+            if not entry["nsamples"] and (tmp / entry["url"]).exists():
+                (tmp / entry["url"]).unlink()  # every sample of it vanished from the pool
+        with pq.ParquetWriter(tmp / SAMPLES_FILE, SAMPLES_SCHEMA) as parquet:
+            for _, rows_, _ in done:  # one row group per shard: serving a shard reads only its own rows
+                if rows_:
+                    parquet.write_table(pa.table({f.name: list(c) for f, c in zip(SAMPLES_SCHEMA, zip(*rows_))},
+                                                 schema=SAMPLES_SCHEMA))
         for name, table in (tables or {}).items():
             pq.write_table(table, tmp / name)
         manifest = manifest.model_copy(update={

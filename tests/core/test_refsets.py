@@ -2,6 +2,7 @@
 byte, whether assembled from the pool, materialized later, or copied at curation time."""
 import hashlib
 import tarfile
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -97,3 +98,48 @@ def test_headers_are_the_standard_librarys_byte_for_byte(name, size):
     assert header(name, size) == _stdlib_header(name, size)
     with pytest.raises(ValueError):
         header("x" * 120, size)
+
+
+def test_samples_unreadable_at_curation_are_left_out_and_both_modes_still_agree(tiny_clip_spec, tmp_path):
+    """Shards are written in parallel, each on its own: a pool file changed or gone after indexing
+    leaves its sample out (counted), keys stay the sample's place in the selection, a shard left with
+    nothing is not listed, and by-reference bytes still equal the copy's."""
+    make_image_folder(tmp_path / "pool", 12, classes=1, seed=97)
+    build_index([str(tmp_path / "pool")], tmp_path / "index", BuildConfig(encoder=tiny_clip_spec, workers=0,
+                                                                           progress=False))
+    pool = PoolIndex.open(tmp_path / "index")
+    queries = load_queries(tmp_path / "pool")[:1]
+    params = dict(per_query=12, shard_size=2, dedup=1.0, exclude_threshold=1.0)
+    curate(pool, queries, CurateParams(**params), tmp_path / "probe", set_id="p")  # the order items are taken in
+    sources = pq.read_table(tmp_path / "probe" / "p" / "samples.parquet").column("source").to_pylist()
+    Path(sources[2]).write_bytes(b"changed")
+    Path(sources[3]).unlink()  # shard 1 (samples 2 and 3) loses both
+    Path(sources[6]).unlink()
+    ref = curate(pool, queries, CurateParams(**params), tmp_path / "ref", set_id="s")
+    copy = curate(pool, queries, CurateParams(**params, materialize="copy"), tmp_path / "copy", set_id="s")
+    assert ref.shardlist == copy.shardlist and ref.counts.unreadable == 3 and ref.counts.emitted == 9
+    assert "transfer-00001.tar" not in {s.url for s in ref.shardlist}
+    keys = pq.read_table(tmp_path / "ref" / "s" / "samples.parquet").column("key").to_pylist()
+    assert keys == [f"{i:08d}" for i in range(12) if i not in (2, 3, 6)]
+    assert pq.ParquetFile(tmp_path / "ref" / "s" / "samples.parquet").metadata.num_row_groups == len(ref.shardlist)
+    for shard in ref.shardlist:
+        data = b"".join(read_segments(shard_path_or_layout(tmp_path / "ref" / "s", shard.url)))
+        assert data == (tmp_path / "copy" / "s" / shard.url).read_bytes()
+        with tarfile.open(tmp_path / "copy" / "s" / shard.url) as tar:
+            assert len(tar.getnames()) == 2 * shard.nsamples
+
+
+def test_a_large_set_written_by_a_process_pool_has_the_same_bytes(sets, monkeypatch):
+    """Above PROCESS_MIN_SAMPLES shards are written by spawned processes: the same set, byte for byte."""
+    import curator.transfer as transfer
+
+    monkeypatch.setattr(transfer, "PROCESS_MIN_SAMPLES", 0)
+    monkeypatch.setattr(transfer.os, "cpu_count", lambda: 2)
+    pool, queries = PoolIndex.open(sets / "index"), load_queries(sets / "queries")
+    params = dict(per_query=9, shard_size=4, dedup=1.0, exclude_threshold=1.0, materialize="copy")
+    manifest = curate(pool, queries, CurateParams(**params), sets / "pooled", set_id="s")
+    assert manifest.shardlist == read_manifest(sets / "copy" / "s").shardlist
+    for shard in manifest.shardlist:
+        assert (sets / "pooled" / "s" / shard.url).read_bytes() == (sets / "copy" / "s" / shard.url).read_bytes()
+    assert (pq.read_table(sets / "pooled" / "s" / "samples.parquet") ==
+            pq.read_table(sets / "copy" / "s" / "samples.parquet"))
