@@ -11,6 +11,7 @@ the copy writes them again as shards, the reference writes a row per sample.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -19,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_curate import make_index  # noqa: E402
 from curator.curate import curate  # noqa: E402
 from curator.formats import CurateParams  # noqa: E402
 from curator.pool import list_folder_images  # noqa: E402
@@ -27,6 +27,7 @@ from curator.queries import Query  # noqa: E402
 from curator.refshards import read_segments  # noqa: E402
 from curator.retrieval import PoolIndex  # noqa: E402
 from curator.samples import fetch_samples  # noqa: E402
+from curator import transfer  # noqa: E402
 from curator.transfer import shard_path_or_layout  # noqa: E402
 from report import command, commit, machine, update_section  # noqa: E402
 from synthetic import ClusteredVectors  # noqa: E402
@@ -38,13 +39,20 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
-def run(pool: PoolIndex, qv, per_query: int, out: Path, mode: str) -> tuple[dict, float, int]:
-    shutil.rmtree(out / mode, ignore_errors=True)
+def run(pool: PoolIndex, qv, per_query: int, out: Path, mode: str, one_process: bool = False) -> tuple[dict, float, int]:
+    """One curation; ``one_process``: every shard written in this process (the writer before its pool)."""
+    name = mode + ("-1proc" if one_process else "")
+    shutil.rmtree(out / name, ignore_errors=True)
     queries = [Query(f"q{i}") for i in range(len(qv))]
-    t0 = time.perf_counter()
-    m = curate(pool, queries, CurateParams(per_query=per_query, materialize=mode), out, query_vectors=qv,
-               set_id=mode)
-    return m, time.perf_counter() - t0, folder_bytes(out / mode)
+    saved = transfer.PROCESS_MIN_SAMPLES
+    transfer.PROCESS_MIN_SAMPLES = 10**12 if one_process else saved
+    try:
+        t0 = time.perf_counter()
+        m = curate(pool, queries, CurateParams(per_query=per_query, materialize=mode), out, query_vectors=qv,
+                   set_id=name)
+        return m, time.perf_counter() - t0, folder_bytes(out / name)
+    finally:
+        transfer.PROCESS_MIN_SAMPLES = saved
 
 
 def serve_shard(folder: Path, name: str) -> tuple[float, int]:
@@ -70,11 +78,14 @@ def main() -> None:
     src = fetch_samples(["openclipart"], ROOT / ".cache" / "samples")["openclipart"]
     files = [f for f in (Path(src) / f for f in list_folder_images(str(src))) if f.stat().st_size < 2_000_000]
     gen = ClusteredVectors()
+    from bench_curate import make_index  # heavy (torch): not at the top, which every writer process re-imports
+
     index_dir, _ = make_index(args.work, args.n, None, gen.sample(args.n, seed=0), files)
     qv = gen.sample(args.queries, seed=321)
     pool = PoolIndex.open(index_dir)
     out = args.work / "refsets"
-    rows = {mode: run(pool, qv, args.per_query, out, mode) for mode in ("copy", "reference")}
+    rows = {"reference (one process)": run(pool, qv, args.per_query, out, "reference", one_process=True)}
+    rows.update({mode: run(pool, qv, args.per_query, out, mode) for mode in ("copy", "reference")})
     shardlist = rows["copy"][0].shardlist
     shard = shardlist[len(shardlist) // 2].url
     served = {mode: serve_shard(out / mode, shard) for mode in ("copy", "reference")}
@@ -102,8 +113,20 @@ writes them again. Shard lists (names, sizes, sha256, md5) identical in both man
 |---|---|---|---|---|---|---|
 {line("copy")}
 {line("reference")}
+{line("reference (one process)")}
 
 By reference / copy: wall {wr / wc:.2f}x, write phase {mr.timings['write'] / max(1e-9, mc.timings['write']):.2f}x.
+Shards written by {min(transfer.MAX_WRITE_PROCESSES, os.cpu_count() or 1)} spawned processes against all in this process
+(the writer before, the baseline of this run): write phase
+{rows["reference (one process)"][0].timings['write'] / max(1e-9, mr.timings['write']):.2f}x faster. The floor here is
+hashing: every sample's bytes are hashed three times (its sha256 check, the shard's sha256 and md5), about
+6.3 s of one core for these {mc.counts.emitted:,} samples at this machine's 1.5 GB/s (sha256) and 0.66 GB/s
+(md5); the rest is per-sample Python (opening the file, tar headers, JSON), which is why threads did not help
+and processes do.
+**Target (issue 14): < 5 s end to end, query embedding excluded. Not met on 2 cores: {wr:.1f} s by reference**
+(search {mr.timings['search']:.1f}, select {mr.timings['select']:.1f}, write {mr.timings['write']:.1f}); the
+hashing alone is ~3.2 s of both cores. The write phase scales with cores (up to {transfer.MAX_WRITE_PROCESSES}
+writer processes); selection does not yet (near-duplicate cells and the walk are one core).
 
 Serving shard `{shard}` ({served['copy'][1] / 1e6:.1f} MB), finding it included: from its file {served['copy'][0]:.2f} s;
 assembled from the pool with every sample sha256-checked {served['reference'][0]:.2f} s (its rows are one row group

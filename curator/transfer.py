@@ -69,7 +69,9 @@ class _ShardWriter:
 
 
 #: Below this many samples a set is written in this process; above, shards are written by a pool of
-#: processes (per-sample work is mostly Python, so threads would share one core's worth of it).
+#: processes (per-sample work is mostly Python, so threads would share one core's worth of it). Spawned
+#: processes re-import the program's main module: ``curator``'s CLI is light, a script calling
+#: ``curate`` should keep heavy imports (torch) out of its top level, or each writer pays for them.
 PROCESS_MIN_SAMPLES = 20_000
 #: At most this many writer processes (and never more than the cores or the shards).
 MAX_WRITE_PROCESSES = 8
