@@ -48,7 +48,7 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildConfig, *, embedd
     base = _check_append(out, opts)
     if embeddings:
         planned = [t for root in inputs for t in plan_embedding_tasks(root)]
-        resolved = [str(Path(root).resolve()) for root in inputs]
+        resolved = [root if "://" in root else str(Path(root).resolve()) for root in inputs]
     else:
         for spec in inputs:
             input_kind(spec)  # a missing path or an unreadable kind names itself here

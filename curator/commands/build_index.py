@@ -25,9 +25,13 @@ def add_parser(sub) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", "-i", nargs="+", metavar="PATH", help="pool inputs (any mix)")
     source.add_argument("--embeddings", nargs="+", metavar="DIR",
-                        help="precomputed embeddings folder(s): img_emb/*.npy + metadata/*.parquet, or a curator "
-                             "build folder; --encoder must name the model that computed them")
-    p.add_argument("--out", "-o", required=True, help="output folder (index, embeddings, metadata, report)")
+                        help="precomputed embeddings folder(s) or fsspec URL(s) (s3://, gs://, hf://, where fsspec "
+                             "has the driver; their npy files are downloaded): img_emb/*.npy + metadata/*.parquet, "
+                             "or a curator build folder; --encoder must name the model that computed them")
+    p.add_argument("--out", "-o", required=True,
+                   help="output folder (index, embeddings, metadata, report): a local disk or a shared mount such "
+                        "as NFS, which Ray workers on other nodes also see; the index and vectors are "
+                        "memory-mapped from it, so it cannot be an object store")
     add_model_flags(p, BuildConfig, FLAGS)
     p.add_argument("--json", action="store_true", help="print the build report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")

@@ -76,6 +76,29 @@ def test_embeddings_of_the_wrong_dimension_name_the_encoder_flag(tmp_path, tiny_
         build_index([str(tmp_path)], tmp_path / "idx2", opts(tiny_clip_spec), embeddings=True)
 
 
+def test_embeddings_from_an_fsspec_url_are_downloaded_and_indexed_the_same(tmp_path, tiny_clip_spec):
+    """A non-local filesystem (fsspec's in-memory one here; s3://, gs://, hf:// where their drivers are
+    installed): the npy files are downloaded into shards/, not linked, and the index is the local one's."""
+    import fsspec
+
+    src = write_embeddings(tmp_path / "laion", [1500, 1000])
+    np.save(src / "img_emb" / "img_emb_1.npy", 3 * np.load(src / "img_emb" / "img_emb_1.npy").astype(np.float32))
+    mem = fsspec.filesystem("memory")
+    for f in sorted(src.rglob("*.*")):
+        mem.pipe(f"/laion-url/{f.relative_to(src)}", f.read_bytes())
+    local = build_index([str(src)], tmp_path / "local", opts(tiny_clip_spec), embeddings=True)
+    remote = build_index(["memory://laion-url"], tmp_path / "remote", opts(tiny_clip_spec), embeddings=True)
+    assert remote.items == local.items == 2500
+    assert not (tmp_path / "remote" / "shards" / "00000.npy").is_symlink()  # downloaded, then kept as it is
+    assert not list((tmp_path / "remote" / "shards").glob(".*download"))
+    a, b = PoolIndex.open(tmp_path / "local"), PoolIndex.open(tmp_path / "remote")
+    ids = np.arange(0, 2500, 97)
+    assert np.array_equal(a.vectors(ids), b.vectors(ids)) and a.items.equals(b.items)
+    with pytest.raises(CuratorError, match="--embeddings nosuchscheme://"):
+        build_index(["nosuchscheme://bucket/x"], tmp_path / "bad", opts(tiny_clip_spec), embeddings=True)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_on_disk_index_returns_the_in_memory_neighbours(tmp_path, tiny_clip_spec):
     src = write_embeddings(tmp_path / "emb", [12000, 8000])
     common = dict(index_factory="IVF64,Flat", index_workers=2, max_build_memory="2G")
