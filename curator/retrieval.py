@@ -23,6 +23,7 @@ import logging
 from pydantic import BaseModel
 
 from .errors import CuratorError
+from .cells import ItemCells
 from .faiss_support import import_faiss, native_stdout_to_stderr
 from .formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc
 from .images import DEFAULT_MAX_PIXELS, decode_image
@@ -50,6 +51,7 @@ class PoolIndex:
         self._encoder = None
         self._lock = threading.Lock()
         self._shards: dict[str, np.ndarray] = {}
+        self._cells: Optional[ItemCells] = None
         # shard ids as small integer codes: one Python string per item would cost seconds and
         # gigabytes at service start on a pool of tens of millions
         self._shard_of, self._shard_names = shard_codes(items)
@@ -146,12 +148,23 @@ class PoolIndex:
         wanted = math.ceil(8 * k * nlist / max(1, self.ntotal))  # lists holding ~8x k items on average
         return faiss.SearchParametersIVF(nprobe=min(nlist, max(self.manifest.nprobe, wanted)))
 
-    def cells(self, vectors: np.ndarray, n: int) -> Optional[np.ndarray]:
-        """The ``n`` nearest IVF cells of each vector (the index's own coarse quantizer)."""
+    def cells(self, vectors: np.ndarray, n: int, ids: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """The ``n`` nearest IVF cells of each vector (the index's own coarse quantizer). With the pool
+        ``ids`` of the vectors, from the lists they are stored in and those lists' neighbours
+        (``curator.cells``) instead of a search against every centroid."""
         ivf = self._ivf()
         if ivf is None:
             return None
-        return ivf.quantizer.search(self._pre_transformed(vectors), n)[1]
+        x = self._pre_transformed(vectors)
+        if ids is not None and self._item_cells(ivf).available():
+            return self._item_cells(ivf).top(np.asarray(ids, dtype=np.int64), x, n)
+        return ivf.quantizer.search(x, n)[1]
+
+    def _item_cells(self, ivf) -> ItemCells:
+        with self._lock:
+            if self._cells is None:
+                self._cells = ItemCells(ivf, self.ntotal)
+            return self._cells
 
     def _pre_transformed(self, vectors: np.ndarray) -> np.ndarray:
         """Vectors in the IVF layer's space: through the index's pre-transforms (PCA, OPQ), if any."""
