@@ -52,7 +52,9 @@ class ItemCells:
                 continue
             near = self.near[primary[group[0]]]
             sims = x[group] @ self.centroids[near].T
-            out[group] = near[np.argsort(-sims, axis=1, kind="stable")[:, :n]]
+            best = np.argpartition(-sims, n - 1, axis=1)[:, :n] if sims.shape[1] > n else np.argsort(-sims, axis=1)
+            order = np.argsort(-np.take_along_axis(sims, best, axis=1), axis=1, kind="stable")
+            out[group] = near[np.take_along_axis(best, order, axis=1)[:, :n]]
         return out
 
     def _build(self) -> None:

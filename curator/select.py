@@ -66,7 +66,7 @@ DEDUP_BLOCK = 2048
 
 
 def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[Callable[..., np.ndarray]] = None,
-                         ids: Optional[np.ndarray] = None) -> list[np.ndarray]:
+                         ids: Optional[np.ndarray] = None) -> Adjacency:
     """For each vector, the indices of the others within cosine ``threshold``.
 
     Up to EXACT_DEDUP_MAX vectors: exact range search. Beyond: each vector goes into its 2
@@ -78,7 +78,7 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[
     faiss = import_faiss()
     n, d = vectors.shape
     if threshold >= 1.0 or n == 0:
-        return [np.empty(0, np.int64)] * n
+        return _adjacency(n, np.empty(0, np.int64), np.empty(0, np.int64))
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if n <= EXACT_DEDUP_MAX:
         index = faiss.IndexFlatIP(d)
@@ -105,19 +105,35 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[
             pairs_i.append(group[a[upper]])
             pairs_j.append(group[b[upper]])
     if not pairs_i:
-        return [np.empty(0, np.int64)] * n
+        return _adjacency(n, np.empty(0, np.int64), np.empty(0, np.int64))
     i, j = np.concatenate(pairs_i), np.concatenate(pairs_j)
-    both = np.unique(np.stack([np.concatenate([i, j]), np.concatenate([j, i])], axis=1), axis=0)
-    return _adjacency(n, both[:, 0], both[:, 1])
+    both = np.unique(np.concatenate([i * n + j, j * n + i]))  # a pair found in both its cells counts once
+    return _adjacency(n, both // n, both % n)
 
 
-def _adjacency(n: int, rows: np.ndarray, cols: np.ndarray) -> list[np.ndarray]:
-    """Per-row neighbour arrays from (row, col) pairs, self-pairs dropped."""
+class Adjacency:
+    """Each candidate's near-duplicates, as one CSR array pair rather than a small array per candidate
+    (hundreds of thousands of those took longer to make than to find the pairs)."""
+
+    def __init__(self, n: int, indptr: np.ndarray, indices: np.ndarray):
+        self.n, self.indptr, self.indices = n, indptr, indices
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        return self.indices[self.indptr[j]:self.indptr[j + 1]]
+
+    def __iter__(self):
+        return (self[j] for j in range(self.n))
+
+
+def _adjacency(n: int, rows: np.ndarray, cols: np.ndarray) -> Adjacency:
+    """Per-row neighbours from (row, col) pairs, self-pairs dropped."""
     keep = rows != cols
     rows, cols = rows[keep], cols[keep]
     order = np.argsort(rows, kind="stable")
-    rows, cols = rows[order], cols[order]
-    return np.split(cols, np.searchsorted(rows, np.arange(1, n)))
+    return Adjacency(n, np.searchsorted(rows[order], np.arange(n + 1)), cols[order])
 
 
 def _kmeans_cells(x: np.ndarray, nprobe: int) -> np.ndarray:
@@ -141,7 +157,7 @@ def contaminated(vectors: np.ndarray, forbidden: np.ndarray, threshold: float) -
 
 
 def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, excluded: np.ndarray,
-         dups: list[np.ndarray], cancelled: Callable[[], bool] = lambda: False) -> tuple[list, dict, list[int]]:
+         dups: Adjacency, cancelled: Callable[[], bool] = lambda: False) -> tuple[list, dict, list[int]]:
     """Round-robin quota filling. Returns (taken rows, counts, queries whose list ran out).
 
     ``candidates`` is sorted (np.unique's), so list ids become candidate positions in one vectorised
@@ -150,7 +166,7 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, exclude
     positions = [np.searchsorted(candidates, ids).tolist() for ids, _ in lists]
     ids_of = [ids.tolist() for ids, _ in lists]
     scores_of = [scores.tolist() for _, scores in lists]
-    blocked = excluded.tolist()
+    blocked, bounds = excluded.tolist(), dups.indptr.tolist()
     state = bytearray(len(candidates))                   # 0 free, 1 taken, 2 dup-blocked
     ptr, got, want = [0] * len(lists), [0] * len(lists), [int(q) for q in quotas]
     taken, dry = [], set()
@@ -173,8 +189,8 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, exclude
                                         "contamination" if blocked[j] else "near-duplicate"))
                 elif state[j] == 0:
                     state[j] = 1
-                    if len(dups[j]):
-                        for other in dups[j].tolist():
+                    if bounds[j + 1] > bounds[j]:
+                        for other in dups.indices[bounds[j]:bounds[j + 1]].tolist():
                             if state[other] == 0:
                                 state[other] = 2
                     taken.append((ids_of[q][r - 1], q, r - 1, scores_of[q][r - 1]))
@@ -245,7 +261,7 @@ def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], own
     return _selection(taken, np.zeros(n_queries, dtype=np.int64), counts, [], k)
 
 
-def _take_in_order(order: list[int], excluded: np.ndarray, dups: list[np.ndarray],
+def _take_in_order(order: list[int], excluded: np.ndarray, dups: Adjacency,
                    budget: Optional[int]) -> tuple[list[int], list[tuple[int, str]]]:
     """Walk candidate positions in ``order``, skipping contamination and near-duplicates of
     what was taken, up to ``budget``. Returns (taken positions, [(dropped position, reason)])."""
