@@ -31,7 +31,6 @@ from .embeddings import import_shard, plan_embedding_tasks
 from .generation import append_generation, build_generation, current, up_to_date
 from .ingest import download_url_list
 from .runners import Runner, make_runner
-from .vectors import release_arrow_memory
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,6 @@ def _embed(pending: list[ShardTask], dones: dict, out: Path, encoder, opts: Buil
         if embeddings:
             for task in pending:
                 done = import_shard(task, out, encoder.dim, opts.encoder)
-                release_arrow_memory()
                 dones[task.shard_id] = done
                 n += done.n_items
                 bar.update(1)

@@ -33,6 +33,7 @@ from curator.errors import CuratorError
 from curator.formats import ITEM_SCHEMA, ShardDone, ShardTask
 
 from .embed import shard_paths
+from .vectors import releasing_arrow_memory
 
 #: Tolerance on |v| - 1 for vectors linked as they are (float16 rounding is ~1e-3).
 NORM_TOLERANCE = 1e-2
@@ -90,6 +91,7 @@ def _pairs(npys: list[Path], meta_dir: Path, pattern: str) -> list[tuple[Path, P
     return [(p, meta_dir / pattern.format(n=str(_number(p)))) for p in npys]
 
 
+@releasing_arrow_memory
 def import_shard(task: ShardTask, out: Path, dim: int, encoder: str) -> ShardDone:
     """Bring one embeddings file and its metadata into ``out/shards`` (atomic, marker last)."""
     t0 = time.perf_counter()

@@ -99,9 +99,8 @@ def train_size_for(index, n: int) -> int:
     return min(n, max(TRAIN_POINTS_PER_CENTROID * lists, 10_000))
 
 
-def fill_index(index, train: np.ndarray, chunks: VectorSource,
-               progress: Optional[Callable[[int], None]] = None):
-    """Train on ``train`` then add every chunk in order (ids are the running row count)."""
+def train_index(index, train: np.ndarray):
+    """Train the quantizer and codec on ``train`` (a sample of the pool); a no-op if already trained."""
     if not index.is_trained:
         log.info("training on %d vectors", len(train))
         ivf_lists = getattr(_ivf(index), "nlist", 0)
@@ -109,11 +108,22 @@ def fill_index(index, train: np.ndarray, chunks: VectorSource,
             raise CuratorError(f"{len(train)} vectors cannot train {ivf_lists} IVF lists; use fewer lists "
                                f"(or let curator choose the index)")
         index.train(np.ascontiguousarray(train, dtype=np.float32))
+    return index
+
+
+def add_chunks(index, chunks: VectorSource, progress: Optional[Callable[[int], None]] = None):
+    """Add every chunk in order (ids are the running row count)."""
     for chunk in chunks():
         index.add(np.ascontiguousarray(chunk, dtype=np.float32))
         if progress:
             progress(len(chunk))
     return index
+
+
+def fill_index(index, train: np.ndarray, chunks: VectorSource,
+               progress: Optional[Callable[[int], None]] = None):
+    """Train on ``train`` then add every chunk."""
+    return add_chunks(train_index(index, train), chunks, progress)
 
 
 def _ivf(index):

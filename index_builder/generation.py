@@ -30,7 +30,7 @@ from curator.retrieval import read_faiss_index, shard_codes
 
 from . import faiss_index, ondisk
 from .runners import Runner
-from .vectors import DEDUP_BYTES_PER_ITEM, ShardVectors, keep_masks, release_arrow_memory, seen_keys, write_items
+from .vectors import DEDUP_BYTES_PER_ITEM, ShardVectors, keep_masks, seen_keys, write_items
 
 log = logging.getLogger(__name__)
 #: An append warns (and suggests --retrain) once the pool is this many times its training pool.
@@ -83,7 +83,6 @@ def build_generation(out: Path, tasks: list[ShardTask], encoder: EncoderInfo, op
     if not opts.keep_duplicates:
         _check_dedup_memory(_count_rows(out, tasks), opts)
     keep, dups = keep_masks(out, tasks, opts.keep_duplicates)
-    release_arrow_memory()
     vectors = ShardVectors(out, tasks, keep, chunk_rows=ondisk.chunk_rows_for(opts.max_build_memory, encoder.dim))
     n, d = vectors.n, encoder.dim
     if n == 0:
@@ -97,12 +96,11 @@ def build_generation(out: Path, tasks: list[ShardTask], encoder: EncoderInfo, op
     train_size = faiss_index.train_size_for(index, n)
     _check_train_memory(train_size, d, opts)
     train = vectors.gather(np.sort(rng.choice(n, train_size, replace=False)))
-    faiss_index.fill_index(index, train, lambda: iter(()))
+    faiss_index.train_index(index, train)
     del train
     faiss = import_faiss()
     atomic.write_with(gdir / "trained.faiss", lambda p: faiss.write_index(index, str(p)))
     write_items(gdir / "items.arrow", out, tasks, keep)
-    release_arrow_memory()
     index = _fill(index, gdir, vectors, layout, opts, runner)
     manifest = _finish(out, gdir, index, vectors, opts, rng, dict(
         encoder=encoder, dim=d, index_factory=factory, ntotal=n, n_duplicates=dups, train_size=train_size,
@@ -126,7 +124,6 @@ def append_generation(out: Path, tasks: list[ShardTask], base: IndexManifest, op
     gen, gdir = _new_gen_dir(out, base)
     added = ShardVectors(out, new, keep, chunk_rows=ondisk.chunk_rows_for(opts.max_build_memory, base.dim))
     n = write_items(gdir / "items.arrow", out, new, keep, previous=out / base.items_file)
-    release_arrow_memory()
     shutil.copyfile(out / base.trained_file, gdir / "trained.faiss")
     layout = base.layout
     if layout == "memory" and opts.layout != "memory":  # the grown index may no longer fit
@@ -231,7 +228,7 @@ def _fill(index, gdir: Path, vectors: ShardVectors, layout: str, opts: BuildConf
         return _fill_ondisk(gdir, vectors, opts, runner)
     faiss = import_faiss()
     with progress_bar(total=vectors.n, desc="index", unit="vec", enabled=opts.progress) as bar:
-        faiss_index.fill_index(index, np.zeros((0, vectors.dim), np.float32), vectors.chunks, progress=bar.update)
+        faiss_index.add_chunks(index, vectors.chunks, progress=bar.update)
     atomic.write_with(gdir / "index.faiss", lambda p: faiss.write_index(index, str(p)))
     return index
 

@@ -7,6 +7,7 @@ not from a set of strings.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -77,6 +78,25 @@ def _sha_keys(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pairs[:, 0], pairs[:, 1], has
 
 
+def release_arrow_memory() -> None:
+    """Hand Arrow's freed buffers back to the OS: its allocator keeps them otherwise, and they count
+    against --max-build-memory like anything else."""
+    pa.default_memory_pool().release_unused()
+
+
+def releasing_arrow_memory(fn):
+    """``fn``, then Arrow's freed buffers back to the OS (its tables are gone once it returns): every
+    step that reads tables of the whole pool says so once, here, rather than at each call site."""
+    @functools.wraps(fn)
+    def step(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_arrow_memory()
+    return step
+
+
+@releasing_arrow_memory
 def keep_masks(out: Path, tasks: list[ShardTask], keep_duplicates: bool = False,
                seen: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[dict[str, np.ndarray], int]:
     """Per-shard masks of the items to index (the first of each exact duplicate), and the count
@@ -110,6 +130,7 @@ def seen_keys(items_path: Path) -> tuple[np.ndarray, np.ndarray]:
     return hi[has], lo[has]
 
 
+@releasing_arrow_memory
 def write_items(path: Path, out: Path, tasks: list[ShardTask], keep: dict[str, np.ndarray], *,
                 previous: Optional[Path] = None) -> int:
     """Stream ``items.arrow``: the rows of ``previous`` (an append's base), then each shard's kept
@@ -131,9 +152,3 @@ def write_items(path: Path, out: Path, tasks: list[ShardTask], keep: dict[str, n
             writer.write_table(table.cast(INDEX_ITEM_SCHEMA), max_chunksize=65536)
             n += table.num_rows
     return n
-
-
-def release_arrow_memory() -> None:
-    """Hand Arrow's freed buffers back to the OS: its allocator keeps them otherwise, and they count
-    against --max-build-memory like anything else."""
-    pa.default_memory_pool().release_unused()
