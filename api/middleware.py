@@ -11,7 +11,6 @@ import json
 import time
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
 
 from .metrics import Metrics
 from .settings import Settings

@@ -97,8 +97,8 @@ class Store:
         """Hand the oldest claimable job to replica ``worker`` under a lease, atomically; a job whose
         replicas died MAX_ATTEMPTS times is failed instead."""
         now = time.time()
-        self.db.execute(f"UPDATE jobs SET state = 'failed', updated_at = ?, error = ? WHERE state = 'running' "
-                        f"AND (lease_expires IS NULL OR lease_expires < ?) AND attempts >= ?",
+        self.db.execute("UPDATE jobs SET state = 'failed', updated_at = ?, error = ? WHERE state = 'running' "
+                        "AND (lease_expires IS NULL OR lease_expires < ?) AND attempts >= ?",
                         (now, f"the server running this job stopped {MAX_ATTEMPTS} times; submit it again", now,
                          MAX_ATTEMPTS))
         row = self._claim("jobs", "", (), worker, lease_seconds, now)

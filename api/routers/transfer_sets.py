@@ -48,7 +48,7 @@ def get_set(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep) -
 @router.delete("/transfer-sets/{set_id}", response_model=SetSummary)
 def delete_set(set_id: str, key: CurateKey, store: StoreDep, settings: SettingsDep) -> SetSummary:
     """Remove a set (its owner or an admin): the row first, so it is never served half-deleted."""
-    folder = set_folder(set_id, store, settings)
+    set_folder(set_id, store, settings)  # 404 for a set that is not there
     row = store.get_transfer_set(set_id)
     check_owner(key, row, f"transfer set {set_id!r}")
     remove_set(store, settings.sets_dir, set_id)
