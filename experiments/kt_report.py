@@ -1,4 +1,4 @@
-"""``bench kt``'s human outputs: results.md (table + paired differences) and chart.png (Pillow only)."""
+"""``bench kt``'s human outputs: results.md (table + paired differences) and chart.png (matplotlib)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,32 +40,30 @@ def _paired_text(pair: dict) -> str:
 
 
 def bar_chart(doc: KtResults, path: Path) -> None:
-    """Test accuracy per arm with ±1 std error bars, as a PNG."""
-    from PIL import Image, ImageDraw
+    """Test accuracy per arm, mean with ±1 std error bars over seeds, as a PNG (matplotlib, Agg: no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     results = dump_doc(doc)
     arms = list(results["arms"])
-    w, h, left, bottom, top = 160 * len(arms) + 80, 420, 60, 60, 40
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    plot_h = h - bottom - top
-
-    def y(v: float) -> float:
-        return h - bottom - v * plot_h
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        d.line([(left, y(tick)), (w - 20, y(tick))], fill=(225, 225, 225))
-        d.text((10, y(tick) - 6), f"{tick:.2f}", fill="black")
-    colours = [(150, 150, 150), (120, 160, 210), (240, 170, 90), (60, 150, 90), (110, 90, 170)]
-    for i, arm in enumerate(arms):
-        s = results["arms"][arm]["test_accuracy"]
-        x0 = left + 20 + i * 160
-        d.rectangle([x0, y(s["mean"]), x0 + 100, y(0)], fill=colours[i % len(colours)])
-        lo, hi = max(0.0, s["mean"] - s["std"]), min(1.0, s["mean"] + s["std"])
-        d.line([(x0 + 50, y(lo)), (x0 + 50, y(hi))], fill="black", width=2)
-        for v in (lo, hi):
-            d.line([(x0 + 40, y(v)), (x0 + 60, y(v))], fill="black", width=2)
-        d.text((x0 + 30, y(s["mean"]) - 22), f"{s['mean']:.3f}", fill="black")
-        for j, part in enumerate(arm.replace("task-oriented-", "task-oriented\n").split("\n")):
-            d.text((x0, h - bottom + 8 + 14 * j), part, fill="black")
-    d.text((left, 12), "test accuracy (mean ± std over seeds)", fill="black")
-    atomic.write_with(path, lambda p: img.save(p, format="PNG"))
+    means = [results["arms"][a]["test_accuracy"]["mean"] for a in arms]
+    stds = [results["arms"][a]["test_accuracy"]["std"] for a in arms]
+    fig, ax = plt.subplots(figsize=(1.6 * len(arms) + 2.5, 4.2), dpi=110)
+    try:
+        colours = plt.get_cmap("tab10").colors
+        bars = ax.bar(range(len(arms)), means, yerr=stds, capsize=6, color=[colours[i % 10] for i in range(len(arms))],
+                      label=arms)
+        ax.bar_label(bars, labels=[f"{m:.3f}" for m in means], padding=3, fontsize=8)
+        ax.set_xticks(range(len(arms)), [a.replace("task-oriented-", "task-oriented\n") for a in arms], fontsize=8)
+        ax.set_ylim(0, min(1.0, max(m + s for m, s in zip(means, stds)) * 1.25 + 0.02))
+        ax.set_ylabel("test accuracy")
+        ax.set_xlabel("arm")
+        ax.set_title(f"test accuracy, mean ± std over {results['config']['seeds']} seeds", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        atomic.write_with(path, lambda p: fig.savefig(p, format="png"))
+    finally:
+        plt.close(fig)
