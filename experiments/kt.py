@@ -3,7 +3,8 @@
 One seeded split of the target (few labels per class + val; the rest is test) drives five
 arms that share the student, its schedule and the transfer-set size:
 
-1. ``supervised``: the student on the labelled images alone;
+1. ``supervised``: the student on the labelled images alone (with ``--student-init imagenet``, the paper's
+   "ImageNet pretraining" baseline, run beside ``supervised-scratch``, the same student from scratch);
 2. ``task-agnostic``: features matched to the frozen teacher on the retrieved set, then finetune;
 3. ``task-oriented-random``: the method on a uniform pool draw of the same size;
 4. ``task-oriented-retrieved``: the method on the query-balanced retrieved set (the paper);
@@ -47,9 +48,25 @@ KT_TARGET = "tuxpaint"
 SKIPPED_FILE = "skipped.json"
 ARMS = ("supervised", "task-agnostic", "task-oriented-random", "task-oriented-retrieved", "teacher")
 #: (method, transfer set) of each trained arm; the teacher arm is read from arm 4's reports
-RUNS = {"supervised": ("supervised", None), "task-agnostic": ("task-agnostic", "retrieved"),
-        "task-oriented-random": ("task-oriented", "random"),
+RUNS = {"supervised": ("supervised", None), "supervised-scratch": ("supervised", None),
+        "task-agnostic": ("task-agnostic", "retrieved"), "task-oriented-random": ("task-oriented", "random"),
         "task-oriented-retrieved": ("task-oriented", "retrieved")}
+
+
+def arms_for(cfg: KTConfig) -> tuple[str, ...]:
+    """The arms this bench runs. A student that starts from ImageNet makes ``supervised`` the paper's
+    "ImageNet pretraining" baseline; the same student trained from scratch on the labels then runs
+    beside it (``supervised-scratch``), as the paper's from-scratch baseline."""
+    if cfg.student_init == "imagenet":
+        return ARMS[:1] + ("supervised-scratch",) + ARMS[1:]
+    return ARMS
+
+
+def arm_label(cfg: KTConfig, arm: str) -> str:
+    """The paper's name for an arm, where it has one, for results.md and the chart."""
+    if arm == "supervised" and cfg.student_init == "imagenet":
+        return "ImageNet pretraining"
+    return {"supervised-scratch": "supervised from scratch"}.get(arm, arm)
 
 
 def write_split(cfg: KTConfig, out: Path) -> Path:
@@ -117,7 +134,8 @@ def run_arm(cfg: KTConfig, arm: str, seed: int, split: Path, out: Path) -> Disti
     steps_c = cfg.steps_c + (cfg.steps_b if method == "supervised" else 0)
     dc = DistillConfig(labelled=str(split), transfer=str(out / "sets" / transfer) if transfer else None,
                        out=str(run_dir), method=method, teacher=cfg.teacher, teacher_mode=cfg.teacher_mode,
-                       student=cfg.student, student_init=cfg.student_init, student_size=cfg.student_size,
+                       student=cfg.student, student_size=cfg.student_size,
+                       student_init="scratch" if arm == "supervised-scratch" else cfg.student_init,
                        steps_a=cfg.steps_a, steps_b=cfg.steps_b,
                        steps_c=steps_c, mix_labelled=cfg.mix_labelled, batch_size=cfg.batch_size, lr_student=cfg.lr_student,
                        lr_finetune=cfg.lr_finetune, temperature=cfg.temperature,
@@ -243,9 +261,10 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
     sets = curate_sets(cfg, split, out)
     if not sets["retrieved"].counts.emitted:
         raise CuratorError("retrieval returned no images: is the pool index empty?")
-    reports: dict[str, list[DistillReport]] = {arm: [] for arm in ARMS}
+    arms = arms_for(cfg)
+    reports: dict[str, list[DistillReport]] = {arm: [] for arm in arms}
     for seed in range(cfg.seeds):
-        for arm in RUNS:
+        for arm in (a for a in arms if a in RUNS):
             reports[arm].append(run_arm(cfg, arm, seed, split, out))
         reports["teacher"].append(reports["task-oriented-retrieved"][-1])
     results = summarise(cfg, reports, sets, time.perf_counter() - t0, command)

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from curator import atomic
-from curator.formats import KtResults, dump_doc
+from curator.formats import KTConfig, KtResults, dump_doc
 
 
 def markdown(doc: KtResults, command: Optional[str] = None) -> str:
@@ -15,7 +15,7 @@ def markdown(doc: KtResults, command: Optional[str] = None) -> str:
     for arm, r in results["arms"].items():
         def fmt(s):
             return f"{s['mean']:.3f} ± {s['std']:.3f}"
-        rows.append(f"| {arm} | {fmt(r['test_accuracy'])} | {fmt(r['test_mean_per_class_accuracy'])} "
+        rows.append(f"| {_label(results, arm)} | {fmt(r['test_accuracy'])} | {fmt(r['test_mean_per_class_accuracy'])} "
                     f"| {fmt(r['val_accuracy'])} | {r['teacher_forward_passes'] if r['teacher_forward_passes'] is not None else '–'} "
                     f"| {r['student_steps']} | {r['wall_seconds'] if r['wall_seconds'] is not None else '–'} |")
     checks = "\n".join(f"- {k}: {'holds' if v else '**does not hold**'} in the mean; {_paired_text(d)}"
@@ -29,6 +29,14 @@ def markdown(doc: KtResults, command: Optional[str] = None) -> str:
     skipped = "".join(f"\n- skipped target image `{s['key']}`: {s['reason']} ({s['detail']})"
                       for s in results.get("skipped_images", []))
     return f"{head}{cmd}\n\n" + "\n".join(rows) + "\n\n" + checks + "\n" + (skipped[1:] + "\n" if skipped else "")
+
+
+def _label(results: dict, arm: str) -> str:
+    """The arm's key, and the paper's name for it where it has one."""
+    from .kt import arm_label
+
+    name = arm_label(KTConfig.model_validate(results["config"]), arm)
+    return arm if name == arm else f"{arm} ({name})"
 
 
 def _paired_text(pair: dict) -> str:
@@ -54,9 +62,10 @@ def bar_chart(doc: KtResults, path: Path) -> None:
     try:
         colours = plt.get_cmap("tab10").colors
         bars = ax.bar(range(len(arms)), means, yerr=stds, capsize=6, color=[colours[i % 10] for i in range(len(arms))],
-                      label=arms)
+                      label=[_label(results, a) for a in arms])
         ax.bar_label(bars, labels=[f"{m:.3f}" for m in means], padding=3, fontsize=8)
-        ax.set_xticks(range(len(arms)), [a.replace("task-oriented-", "task-oriented\n") for a in arms], fontsize=8)
+        ax.set_xticks(range(len(arms)), [_label(results, a).replace("task-oriented-", "task-oriented\n")
+                                         .replace(" (", "\n(") for a in arms], fontsize=8)
         ax.set_ylim(0, min(1.0, max(m + s for m, s in zip(means, stds)) * 1.25 + 0.02))
         ax.set_ylabel("test accuracy")
         ax.set_xlabel("arm")
