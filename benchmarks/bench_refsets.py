@@ -11,7 +11,6 @@ the copy writes them again as shards, the reference writes a row per sample.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -116,7 +115,7 @@ writes them again. Shard lists (names, sizes, sha256, md5) identical in both man
 {line("reference (one process)")}
 
 By reference / copy: wall {wr / wc:.2f}x, write phase {mr.timings['write'] / max(1e-9, mc.timings['write']):.2f}x.
-Shards written by {min(transfer.MAX_WRITE_PROCESSES, os.cpu_count() or 1)} spawned processes against all in this process
+Shards written by {min(transfer.MAX_WRITE_PROCESSES, transfer.usable_cpus())} spawned processes against all in this process
 (the writer before, the baseline of this run): write phase
 {rows["reference (one process)"][0].timings['write'] / max(1e-9, mr.timings['write']):.2f}x faster. The floor here is
 hashing: every sample's bytes are hashed three times (its sha256 check, the shard's sha256 and md5), about

@@ -114,6 +114,14 @@ def _write_shard(job: _ShardJob, stop: Callable[[], bool] = lambda: False) -> tu
     return writer.close(), samples, missing
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _shard_jobs(items: pa.Table, selection, query_ids: list[str], query_labels: list[Optional[str]], folder: Path,
                 copy: bool, shard_size: int) -> Iterator[_ShardJob]:
     """The selection cut into shards, each job made only as it is handed out: the selected rows are taken
@@ -132,7 +140,7 @@ def _write_shards(jobs: Iterator[_ShardJob], total: int, n_shards: int, progress
                   cancelled: Callable[[], bool]) -> list[tuple[dict, list[tuple], int]]:
     """Every shard's result, in shard order: here for a small set, else by a process pool fed a few
     shards ahead (memory stays a few shards' rows), asked ``cancelled`` between shards."""
-    workers = min(MAX_WRITE_PROCESSES, os.cpu_count() or 1, n_shards)
+    workers = min(MAX_WRITE_PROCESSES, usable_cpus(), n_shards)
     if total < PROCESS_MIN_SAMPLES or workers < 2:
         done = []
         for job in jobs:

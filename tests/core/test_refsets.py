@@ -134,7 +134,7 @@ def test_a_large_set_written_by_a_process_pool_has_the_same_bytes(sets, monkeypa
     import curator.transfer as transfer
 
     monkeypatch.setattr(transfer, "PROCESS_MIN_SAMPLES", 0)
-    monkeypatch.setattr(transfer.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(transfer, "usable_cpus", lambda: 2)
     pool, queries = PoolIndex.open(sets / "index"), load_queries(sets / "queries")
     params = dict(per_query=9, shard_size=4, dedup=1.0, exclude_threshold=1.0, materialize="copy")
     manifest = curate(pool, queries, CurateParams(**params), sets / "pooled", set_id="s")
