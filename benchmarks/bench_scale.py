@@ -248,6 +248,7 @@ def main() -> None:
                     help="the BENCHMARKS.md section to write (default: %(default)s; e.g. scale-20m for a bigger run "
                          "beside it)")
     args = ap.parse_args()
+    args.work = args.work.resolve()  # the subsets are symlinks: a relative target would not resolve from them
     args.work.mkdir(parents=True, exist_ok=True)
     res = Results(args.work / "results.json")
     cfg = args.work / "enc512.json"
