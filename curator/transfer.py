@@ -147,11 +147,12 @@ def _write_shards(jobs: Iterator[_ShardJob], total: int, n_shards: int, progress
             done.append(_write_shard(job, cancelled))
             progress(len(done) / max(1, n_shards))
         return done
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from .processes import spawn_pool
 
     results: dict[int, tuple] = {}
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with spawn_pool(workers) as pool:
         pending: dict = {}
         try:
             for job in jobs:

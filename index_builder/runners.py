@@ -9,15 +9,15 @@ and a killed worker's shard or part is retried.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol
 
 from curator.encoders import Encoder
 from curator.errors import CuratorError
 from curator.formats import BuildConfig, ShardDone, ShardTask
+from curator.processes import spawn_pool
 
 from .embed import EmbedOptions, embed_shards
 from .ondisk import fill_part
@@ -61,7 +61,7 @@ class LocalRunner:
                 yield fill_part(*job, threads=_threads(1))
             return
         # spawn, not fork: the parent holds faiss's OpenMP pool and maybe torch threads
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with spawn_pool(workers) as pool:
             futures = [pool.submit(fill_part, *job, threads=_threads(workers)) for job in jobs]
             for future in as_completed(futures):
                 yield future.result()
