@@ -176,14 +176,10 @@ class Store:
 
     def finish_distill_job(self, job_id: str, token: str, key: Optional[str], state: str, **fields: Any) -> bool:
         """Record the result of a lease still held: an expired lease is refused, as a heartbeat is."""
-        if "report" in fields and fields["report"] is not None:
-            fields["report"] = json.dumps(fields["report"])
-        now = time.time()
-        fields.update(state=state, updated_at=now)
-        cols = ", ".join(f"{k} = ?" for k in fields)
+        cols, args = _assignments(dict(fields, state=state))
         cur = self.db.execute(f"UPDATE distill_jobs SET {cols} WHERE id = ? AND lease_token = ? AND "
-                                   "lease_key IS NOT DISTINCT FROM ? AND state = 'running' AND lease_expires >= ?",
-                                   (*fields.values(), job_id, _hash(token), key, now))
+                              "lease_key IS NOT DISTINCT FROM ? AND state = 'running' AND lease_expires >= ?",
+                              (*args, job_id, _hash(token), key, time.time()))
         return cur.rowcount == 1
 
     def fail_distill_job(self, job_id: str, error: str) -> None:
@@ -260,9 +256,11 @@ def _where(*conditions: tuple[str, Optional[str]]) -> tuple[str, tuple]:
 
 
 def _assignments(fields: dict[str, Any]) -> tuple[str, tuple]:
-    """``SET`` text and its values; counts are stored as JSON, and every write stamps ``updated_at``."""
-    if fields.get("counts") is not None:
-        fields["counts"] = json.dumps(fields["counts"])
+    """``SET`` text and its values; the dict columns (counts, report) are stored as JSON, and every write
+    stamps ``updated_at``."""
+    for column in ("counts", "report"):
+        if fields.get(column) is not None:
+            fields[column] = json.dumps(fields[column])
     fields["updated_at"] = time.time()
     return ", ".join(f"{k} = ?" for k in fields), tuple(fields.values())
 
