@@ -5,7 +5,7 @@ quantizer for those costs a search of every candidate against every centroid (mo
 curation's selection time on 1M items). But an item's nearest cell is already known: it is the list
 the index stored it in. Its second nearest is, in practice, among the centroids nearest to that one,
 so each candidate is compared with its own list's centroid and that centroid's nearest
-centroids only (a sixteenth of them, at least 64): about a sixteenth of the work. On clustered
+centroids only (a sixteenth of them, 64 to 128): about a sixteenth of the work. On clustered
 32-d test vectors over 128 lists the second cell is the quantizer's for 99% of items; either way the
 nearest is the same, and the near-duplicate pairs found were identical.
 """
@@ -18,8 +18,10 @@ import numpy as np
 
 from .faiss_support import import_faiss
 
-#: Centroids each item is compared with besides its own list's: this fraction of them, at least the minimum.
-NEIGHBOUR_FRACTION, MIN_NEIGHBOURS = 1 / 16, 64
+#: Centroids each item is compared with besides its own list's: this fraction of them, within the bounds.
+#: The cap matters at large nlist: 512 neighbours of 8,192 lists made this a 4M x 513 product for a deep
+#: curation, and an item's second cell is among its own list's 128 nearest all but never.
+NEIGHBOUR_FRACTION, MIN_NEIGHBOURS, MAX_NEIGHBOURS = 1 / 16, 64, 128
 #: Above this many items the item-to-list map (4 bytes an item) is not built: the quantizer is asked.
 MAX_MAPPED_ITEMS = 250_000_000
 
@@ -76,8 +78,8 @@ class ItemCells:
         if (list_of < 0).any():  # ids that are not 0..ntotal-1: the map cannot say
             return
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self.near = _nearest_centroids(self.centroids, min(nlist - 1, max(MIN_NEIGHBOURS,
-                                                                           int(nlist * NEIGHBOUR_FRACTION))))
+        wanted = min(MAX_NEIGHBOURS, max(MIN_NEIGHBOURS, int(nlist * NEIGHBOUR_FRACTION)))
+        self.near = _nearest_centroids(self.centroids, min(nlist - 1, wanted))
         self.list_of = list_of
 
 

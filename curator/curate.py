@@ -7,6 +7,7 @@ control); write the shards. Deterministic for the same index, queries, parameter
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -90,7 +91,7 @@ def select_items(pool: PoolIndex, vecs: np.ndarray, owner: np.ndarray, labels: l
         return result
 
     t = time.perf_counter()
-    rules = dict(vectors_of=pool.vectors, forbidden=forbidden, ntotal=pool.ntotal, dedup=params.dedup,
+    rules = dict(vectors_of=partial(pool.vectors, dtype=np.float16), forbidden=forbidden, ntotal=pool.ntotal, dedup=params.dedup,
                  exclude_threshold=params.exclude_threshold, cells=pool.cells)
     selection = select(Request(search, vecs, owner, labels, rules, cancelled), params)
     timings["search"] = search_seconds[0]

@@ -60,9 +60,16 @@ def merge_views(scores: np.ndarray, ids: np.ndarray, owner: np.ndarray, n_querie
     return lists
 
 
-#: Rows of a cell compared at once in near-duplicate detection: a 2,048 x cell-size float32 block (at a
-#: cell of 100k candidates, 0.8 GB) instead of the whole cell-size squared matrix (40 GB).
+#: Rows of a cell compared at once in near-duplicate detection: a 2,048 x cell-size float32 block
+#: instead of the whole cell-size squared matrix.
 DEDUP_BLOCK = 2048
+#: A cell holding more candidates than this is split again by a small k-means into sub-cells of about
+#: SUBCELL_SIZE (each candidate in its 2 nearest). The cost of comparing within cells is
+#: candidates x cell size, and 100 queries x 20,000 neighbours crowd ~4M candidates into a few hundred
+#: IVF cells of thousands each: the split makes that a few seconds instead of many minutes.
+SPLIT_ABOVE, SUBCELL_SIZE = 1024, 256
+#: Candidates whose cells are asked for at once: the IVF layer's float32 copy of them stays bounded.
+CELL_BLOCK = 262_144
 
 
 def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[Callable[..., np.ndarray]] = None,
@@ -71,44 +78,76 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[
 
     Up to EXACT_DEDUP_MAX vectors: exact range search. Beyond: each vector goes into its 2
     nearest coarse cells (the pool index's own IVF cells when given, found from the pool ``ids``
-    where it can, else k-means on the vectors) and pairs are compared within cells by dense matrix products. Pairs this
-    close (cosine >= 0.95) essentially always share a cell, and the cost is ~n * cell size
-    instead of n^2: on 180k candidates, 34 s of range search became ~1 s.
+    where it can, else k-means on the vectors), crowded cells are split again the same way, and pairs
+    are compared within cells by dense matrix products. Pairs this close (cosine >= 0.95) essentially
+    always share a cell (tests compare with exact search), and the cost is ~n * cell size instead of
+    n^2. ``vectors`` may be float16: only one cell at a time is made float32.
     """
     faiss = import_faiss()
     n, d = vectors.shape
     if threshold >= 1.0 or n == 0:
         return _adjacency(n, np.empty(0, np.int64), np.empty(0, np.int64))
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
     if n <= EXACT_DEDUP_MAX:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
         index = faiss.IndexFlatIP(d)
         index.add(x)
         lims, _, found = index.range_search(x, threshold)
         rows = np.repeat(np.arange(n), np.diff(lims.astype(np.int64)))
         return _adjacency(n, rows, found.astype(np.int64))
-    assign = cells(x, 2, ids) if cells is not None else None
-    if assign is None:
-        assign = _kmeans_cells(x, 2)
-    order = np.argsort(assign.ravel(), kind="stable")
-    members = np.tile(np.arange(n), (2, 1)).T.ravel()[order]
-    bounds = np.flatnonzero(np.diff(assign.ravel()[order])) + 1
+    assign = _coarse_cells(vectors, cells, ids)
     pairs_i, pairs_j = [], []
-    for group in np.split(members, bounds):
+    for group in _groups(assign):
         if len(group) < 2:
             continue
-        gx = x[group]
-        for start in range(0, len(group), DEDUP_BLOCK):  # a block of rows at a time: memory stays bounded
-            sims = gx[start:start + DEDUP_BLOCK] @ gx.T    # when thousands of candidates share one cell
-            a, b = np.nonzero(sims >= threshold)
-            a += start
-            upper = b > a
-            pairs_i.append(group[a[upper]])
-            pairs_j.append(group[b[upper]])
+        gx = np.ascontiguousarray(vectors[group], dtype=np.float32)
+        subgroups = _groups(_split_cells(gx, 2)) if len(group) > SPLIT_ABOVE else [np.arange(len(group))]
+        for sub in subgroups:
+            if len(sub) > 1:
+                a, b = _close_pairs(gx[sub], threshold)
+                pairs_i.append(group[sub[a]])
+                pairs_j.append(group[sub[b]])
     if not pairs_i:
         return _adjacency(n, np.empty(0, np.int64), np.empty(0, np.int64))
     i, j = np.concatenate(pairs_i), np.concatenate(pairs_j)
-    both = np.unique(np.concatenate([i * n + j, j * n + i]))  # a pair found in both its cells counts once
+    both = np.unique(np.concatenate([i * n + j, j * n + i]))  # a pair found in several cells counts once
     return _adjacency(n, both // n, both % n)
+
+
+def _coarse_cells(vectors: np.ndarray, cells: Optional[Callable[..., np.ndarray]],
+                  ids: Optional[np.ndarray]) -> np.ndarray:
+    """Each vector's 2 nearest coarse cells: the pool index's (a block at a time), else k-means."""
+    if cells is not None:
+        blocks = []
+        for s in range(0, len(vectors), CELL_BLOCK):
+            part = cells(np.asarray(vectors[s:s + CELL_BLOCK], dtype=np.float32), 2,
+                         None if ids is None else ids[s:s + CELL_BLOCK])
+            if part is None:
+                break
+            blocks.append(part)
+        else:
+            return np.concatenate(blocks)
+    return _split_cells(np.ascontiguousarray(vectors, dtype=np.float32), 2, size=64)
+
+
+def _groups(assign: np.ndarray) -> list[np.ndarray]:
+    """The rows in each cell, from a (rows, m) cell assignment: a row appears in each of its m cells."""
+    n, m = assign.shape
+    flat = assign.ravel()
+    order = np.argsort(flat, kind="stable")
+    members = np.repeat(np.arange(n), m)[order]
+    return np.split(members, np.flatnonzero(np.diff(flat[order])) + 1)
+
+
+def _close_pairs(gx: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs (a < b) of ``gx`` within cosine ``threshold``, a block of rows at a time."""
+    found_a, found_b = [], []
+    for start in range(0, len(gx), DEDUP_BLOCK):
+        a, b = np.nonzero(gx[start:start + DEDUP_BLOCK] @ gx.T >= threshold)
+        a += start
+        upper = b > a
+        found_a.append(a[upper])
+        found_b.append(b[upper])
+    return np.concatenate(found_a), np.concatenate(found_b)
 
 
 class Adjacency:
@@ -136,11 +175,12 @@ def _adjacency(n: int, rows: np.ndarray, cols: np.ndarray) -> Adjacency:
     return Adjacency(n, np.searchsorted(rows[order], np.arange(n + 1)), cols[order])
 
 
-def _kmeans_cells(x: np.ndarray, nprobe: int) -> np.ndarray:
+def _split_cells(x: np.ndarray, nprobe: int, size: int = SUBCELL_SIZE) -> np.ndarray:
+    """Each row's ``nprobe`` nearest of ~len(x)/size spherical k-means cells (trained on a sample)."""
     faiss = import_faiss()
     n, d = x.shape
-    ncells = max(16, n // 64)
-    km = faiss.Kmeans(d, ncells, niter=8, spherical=True, seed=0, verbose=False)
+    ncells = max(2, n // size)
+    km = faiss.Kmeans(d, ncells, niter=8, spherical=True, seed=0, verbose=False, max_points_per_centroid=64)
     km.train(x[np.random.default_rng(0).choice(n, min(n, 40 * ncells), replace=False)])
     return km.index.search(x, nprobe)[1]
 
@@ -151,9 +191,13 @@ def contaminated(vectors: np.ndarray, forbidden: np.ndarray, threshold: float) -
 
     if len(forbidden) == 0 or len(vectors) == 0 or threshold >= 1.0:
         return np.zeros(len(vectors), dtype=bool)
-    best, _ = faiss.knn(np.ascontiguousarray(vectors, np.float32), np.ascontiguousarray(forbidden, np.float32), 1,
-                        metric=faiss.METRIC_INNER_PRODUCT)
-    return best[:, 0] >= threshold
+    forbidden = np.ascontiguousarray(forbidden, np.float32)
+    out = np.empty(len(vectors), dtype=bool)
+    for s in range(0, len(vectors), CELL_BLOCK):  # float16 candidates are made float32 a block at a time
+        best, _ = faiss.knn(np.ascontiguousarray(vectors[s:s + CELL_BLOCK], np.float32), forbidden, 1,
+                            metric=faiss.METRIC_INNER_PRODUCT)
+        out[s:s + CELL_BLOCK] = best[:, 0] >= threshold
+    return out
 
 
 def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, excluded: np.ndarray,
