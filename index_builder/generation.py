@@ -24,7 +24,8 @@ import pyarrow as pa
 from curator import atomic
 from curator.errors import CuratorError
 from curator.faiss_support import import_faiss
-from curator.formats import INDEX_MANIFEST_NAME, BuildConfig, EncoderInfo, IndexManifest, ShardTask, load_doc
+from curator.formats import (INDEX_MANIFEST_NAME, BuildConfig, EncoderInfo, GenerationStart, IndexManifest, ShardTask,
+                             load_doc, save_doc)
 from curator.progress import progress_bar
 from curator.retrieval import read_faiss_index, shard_codes
 
@@ -59,6 +60,10 @@ def up_to_date(old: Optional[IndexManifest], shard_ids: list[str], encoder: Enco
                 and (opts.layout == "auto" or opts.layout == old.layout))
 
 
+#: The first file of a full build's generation folder (curator.formats.GenerationStart).
+START_NAME = "started.json"
+
+
 def _new_gen_dir(out: Path, old: Optional[IndexManifest]) -> tuple[int, Path]:
     gen = old.generation + 1 if old else 0
     path = out / f"gen-{gen:05d}"
@@ -66,6 +71,44 @@ def _new_gen_dir(out: Path, old: Optional[IndexManifest]) -> tuple[int, Path]:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return gen, path
+
+
+def _resumable_gen_dir(out: Path, old: Optional[IndexManifest],
+                       start: GenerationStart) -> tuple[int, Path, GenerationStart]:
+    """The next generation's folder. One that a killed build began for the same inputs and settings is
+    kept, with its part plan; any other is removed (nothing points at it)."""
+    gen = old.generation + 1 if old else 0
+    path = out / f"gen-{gen:05d}"
+    begun = _started(path)
+    if begun is not None and begun.model_copy(update={"part_rows": None}) == start:
+        log.info("resuming the unfinished generation %s", path.name)
+        return gen, path, begun
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    save_doc(path / START_NAME, start)
+    return gen, path, start
+
+
+def _started(path: Path) -> Optional[GenerationStart]:
+    try:
+        return load_doc(path / START_NAME, GenerationStart)
+    except CuratorError:  # absent, or from another version: start afresh
+        return None
+
+
+def _trained(index, gdir: Path, vectors: ShardVectors, sample: np.ndarray, opts: BuildConfig):
+    """The trained, empty index: trained on ``sample`` now, or as a killed run of this generation saved it."""
+    faiss = import_faiss()
+    path = gdir / "trained.faiss"
+    if path.exists():
+        return faiss.read_index(str(path))
+    _check_train_memory(len(sample), vectors.dim, opts)
+    train = vectors.gather(sample)
+    faiss_index.train_index(index, train)
+    del train
+    atomic.write_with(path, lambda p: faiss.write_index(index, str(p)))
+    return index
 
 
 def _prune_generations(out: Path, keep: set[str]) -> None:
@@ -90,18 +133,17 @@ def build_generation(out: Path, tasks: list[ShardTask], encoder: EncoderInfo, op
     choice = faiss_index.choose_index(n, d, opts.max_index_memory)
     factory = opts.index_factory or choice.factory
     layout = _layout(factory, choice.bytes_estimate, d, opts)
-    gen, gdir = _new_gen_dir(out, old)
     index = faiss_index.new_index(factory, d, opts.device)
     rng = np.random.default_rng(opts.seed)
     train_size = faiss_index.train_size_for(index, n)
-    _check_train_memory(train_size, d, opts)
-    train = vectors.gather(np.sort(rng.choice(n, train_size, replace=False)))
-    faiss_index.train_index(index, train)
-    del train
-    faiss = import_faiss()
-    atomic.write_with(gdir / "trained.faiss", lambda p: faiss.write_index(index, str(p)))
-    write_items(gdir / "items.arrow", out, tasks, keep)
-    index = _fill(index, gdir, vectors, layout, opts, runner)
+    sample = np.sort(rng.choice(n, train_size, replace=False))  # drawn on resume too: _finish's draw follows
+    gen, gdir, start = _resumable_gen_dir(out, old, GenerationStart(
+        index_factory=factory, layout=layout, ntotal=n, dim=d, train_size=train_size, seed=opts.seed,
+        keep_duplicates=opts.keep_duplicates, embedding_shards=[t.shard_id for t in tasks]))
+    index = _trained(index, gdir, vectors, sample, opts)
+    if not (gdir / "items.arrow").exists():
+        write_items(gdir / "items.arrow", out, tasks, keep)
+    index = _fill(index, gdir, vectors, layout, opts, runner, start)
     manifest = _finish(out, gdir, index, vectors, opts, rng, dict(
         encoder=encoder, dim=d, index_factory=factory, ntotal=n, n_duplicates=dups, train_size=train_size,
         trained_ntotal=n, max_index_memory=opts.max_index_memory, embedding_shards=[t.shard_id for t in tasks],
@@ -223,9 +265,12 @@ def _layout(factory: str, estimate: int, d: int, opts: BuildConfig) -> str:
     return "on-disk" if ivf and need > 0.75 * opts.max_build_memory else "memory"
 
 
-def _fill(index, gdir: Path, vectors: ShardVectors, layout: str, opts: BuildConfig, runner: Runner):
+def _fill(index, gdir: Path, vectors: ShardVectors, layout: str, opts: BuildConfig, runner: Runner,
+          start: GenerationStart):
+    if (gdir / "index.faiss").exists():  # filled (and merged) before the run was killed: written last, atomically
+        return read_faiss_index(gdir / "index.faiss", layout)
     if layout == "on-disk":
-        return _fill_ondisk(gdir, vectors, opts, runner)
+        return _fill_ondisk(gdir, vectors, opts, runner, start=start)
     faiss = import_faiss()
     with progress_bar(total=vectors.n, desc="index", unit="vec", enabled=opts.progress) as bar:
         faiss_index.add_chunks(index, vectors.chunks, progress=bar.update)
@@ -234,22 +279,33 @@ def _fill(index, gdir: Path, vectors: ShardVectors, layout: str, opts: BuildConf
 
 
 def _fill_ondisk(gdir: Path, vectors: ShardVectors, opts: BuildConfig, runner: Runner, *,
-                 first_id: int = 0, base: Optional[tuple[str, str]] = None):
-    """Parts filled in parallel within --max-build-memory, merged into ``gdir/lists.ivfdata``."""
+                 first_id: int = 0, base: Optional[tuple[str, str]] = None, start: Optional[GenerationStart] = None):
+    """Parts filled in parallel within --max-build-memory, merged into ``gdir/lists.ivfdata``. With
+    ``start`` (a full build), the part size is kept in the generation's start file and parts already
+    filled by a killed run are kept: each is written atomically, so one that exists is whole."""
     faiss = import_faiss()
     trained = faiss.read_index(str(gdir / "trained.faiss"))
     code = faiss.extract_index_ivf(trained).code_size
     del trained
     plan = ondisk.plan_fill(max(1, vectors.n), vectors.dim, code, opts.max_build_memory,
                             runner.fill_workers(opts.index_workers), ondisk.rss_bytes())
-    parts = ondisk.split_parts([str(f) for f in vectors.files], vectors.rows, plan.part_rows, first_id)
-    log.info("filling %d parts of <= %d vectors with %d processes", len(parts), plan.part_rows, plan.workers)
+    part_rows, workers = plan.part_rows, plan.workers
+    if start is not None and start.part_rows:  # resumed: the parts must line up; bigger parts, fewer processes
+        part_rows, workers = start.part_rows, max(1, plan.workers * plan.part_rows // start.part_rows)
+    elif start is not None:
+        save_doc(gdir / START_NAME, start.model_copy(update={"part_rows": part_rows}))
+    parts = ondisk.split_parts([str(f) for f in vectors.files], vectors.rows, part_rows, first_id)
     part_dir = gdir / "parts"
     part_dir.mkdir(exist_ok=True)
     jobs = [(str(gdir / "trained.faiss"), p, str(part_dir / f"part-{i:05d}.faiss"), plan.chunk_rows)
             for i, p in enumerate(parts)]
+    done = [Path(j[2]).exists() for j in jobs]
+    todo = [j for j, was in zip(jobs, done) if not was]
+    log.info("filling %d parts of <= %d vectors with %d processes (%d filled before)", len(todo), part_rows,
+             workers, len(jobs) - len(todo))
     with progress_bar(total=vectors.n, desc="index", unit="vec", enabled=opts.progress) as bar:
-        for added in runner.fill(jobs, plan.workers):
+        bar.update(sum(j[1].n for j, was in zip(jobs, done) if was))
+        for added in runner.fill(todo, workers):
             bar.update(added)
     ondisk.merge_parts(str(gdir / "trained.faiss"), [j[2] for j in jobs], gdir, base=base)
     shutil.rmtree(part_dir)

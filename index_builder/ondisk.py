@@ -112,6 +112,7 @@ def merge_parts(trained: str, parts: list[str], dest: Path, base: tuple[str, str
     sources = [faiss.read_index(p, faiss.IO_FLAG_MMAP) for p in parts]
     if base:
         sources.insert(0, read_faiss_index(base[0], base[1]))
+    (dest / LISTS_NAME).unlink(missing_ok=True)  # half-merged by a killed run: merged again from the parts
     lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(dest / LISTS_NAME))
     pointers = faiss.InvertedListsPtrVector()
     for src in sources:

@@ -6,9 +6,10 @@ from .curate import (JOB_INPUTS_FORMAT, MAX_IMAGES, TRANSFER_FORMAT, CurateParam
                      QueryEntry, ShardEntry, TransferCounts, TransferManifest)
 from .distill import (MACHINE_FIELDS, REPORT_FORMAT as DISTILL_REPORT_FORMAT, DataSummary, DistillConfig,
                       DistillReport, Method, Scores, StageReport, StudentReport, TeacherReport)
-from .index import (INDEX_FORMAT, INDEX_ITEM_SCHEMA, INDEX_MANIFEST_NAME, ITEM_SCHEMA, PLAN_FORMAT,
+from .index import (GENERATION_START_FORMAT, INDEX_FORMAT, INDEX_ITEM_SCHEMA, INDEX_MANIFEST_NAME, ITEM_SCHEMA, PLAN_FORMAT,
                     REPORT_FORMAT, SHARD_FORMAT, BuildConfig, BuildPlan, BuildReport, EncoderInfo, IndexManifest,
-                    ShardDone, ShardTask, SkippedItem, default_workers, parse_bytes)
+                    GenerationStart, ShardDone, ShardTask, SkippedItem, default_workers,
+                    parse_bytes)
 from .service import Limits
 from .kt import RESULTS_FORMAT, ArmResult, KTConfig, KtResults, Paired, Stats
 from .view import MAP_FORMAT, VIEW_FORMAT, MapPoint, SetMap, SetView, ViewItem, ViewQuery
@@ -19,7 +20,7 @@ __all__ = [
     "ShardEntry", "TransferCounts", "TransferManifest",
     "MACHINE_FIELDS", "DISTILL_REPORT_FORMAT", "DataSummary", "DistillConfig", "DistillReport", "Method", "Scores",
     "StageReport", "StudentReport", "TeacherReport",
-    "INDEX_FORMAT", "INDEX_ITEM_SCHEMA", "INDEX_MANIFEST_NAME", "ITEM_SCHEMA", "PLAN_FORMAT", "REPORT_FORMAT",
+    "GENERATION_START_FORMAT", "GenerationStart", "INDEX_FORMAT", "INDEX_ITEM_SCHEMA", "INDEX_MANIFEST_NAME", "ITEM_SCHEMA", "PLAN_FORMAT", "REPORT_FORMAT",
     "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "ShardDone", "ShardTask",
     "SkippedItem",
     "RESULTS_FORMAT", "ArmResult", "KTConfig", "KtResults", "Paired", "Stats",

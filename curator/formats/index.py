@@ -18,6 +18,7 @@ PLAN_FORMAT = "curator.build-plan/1"
 SHARD_FORMAT = "curator.embedding-shard/1"
 INDEX_FORMAT = "curator.index/1"
 REPORT_FORMAT = "curator.build-report/1"
+GENERATION_START_FORMAT = "curator.generation-start/1"
 #: The file that marks a complete index folder (written last).
 INDEX_MANIFEST_NAME = "index.json"
 
@@ -126,6 +127,24 @@ class IndexManifest(Doc):
     #: Where the vectors came from: ``images`` (embedded here) or ``embeddings`` (imported, --embeddings).
     source_kind: Literal["images", "embeddings"] = "images"
     created_at: str = Field(default_factory=utcnow)
+
+
+class GenerationStart(Doc):
+    """Written first into a new generation folder: what it is being built for. A killed build that is
+    run again with the same inputs and settings resumes that folder (its trained quantizer, item table
+    and finished index parts) instead of starting the hours-long fill of a large pool over; anything
+    else it asks for starts the folder afresh."""
+    format: Literal["curator.generation-start/1"] = GENERATION_START_FORMAT
+    index_factory: str
+    layout: Literal["memory", "on-disk"]
+    ntotal: int
+    dim: int
+    train_size: int
+    seed: int
+    keep_duplicates: bool
+    embedding_shards: list[str]
+    #: Rows per index part, fixed when the fill first starts, so that resumed parts line up.
+    part_rows: Optional[int] = None
 
 
 class BuildReport(Doc):

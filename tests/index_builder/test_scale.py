@@ -141,6 +141,37 @@ def test_on_disk_index_returns_the_in_memory_neighbours(tmp_path, tiny_clip_spec
     assert (PoolIndex.open(moved).search(queries, 10)[1] == i1).all()
 
 
+def test_a_build_killed_while_filling_keeps_the_parts_it_finished(tmp_path, tiny_clip_spec, monkeypatch):
+    """At a billion vectors the fill is hours: a killed build run again fills only the parts it had not
+    finished (with the part size it chose first, whatever this run would choose) and ends with the index
+    an uninterrupted build makes."""
+    from index_builder import ondisk, runners
+
+    src = write_embeddings(tmp_path / "emb", [6000])
+    cfg = opts(tiny_clip_spec, layout="on-disk", index_factory="IVF32,Flat", index_workers=1)
+    monkeypatch.setattr(ondisk, "plan_fill", lambda *a: ondisk.FillPlan(1, 2500, 1024))
+    build_index([str(src)], tmp_path / "ref", cfg, embeddings=True)
+    real, filled = runners.fill_part, []
+
+    def killed_at_the_second_part(*args, **kw):
+        if filled:
+            raise KeyboardInterrupt  # as a SIGINT would, between parts
+        filled.append(Path(args[2]).name)
+        return real(*args, **kw)
+    monkeypatch.setattr(runners, "fill_part", killed_at_the_second_part)
+    with pytest.raises(KeyboardInterrupt):
+        build_index([str(src)], tmp_path / "idx", cfg, embeddings=True)
+    assert filled == ["part-00000.faiss"] and not (tmp_path / "idx" / "index.json").exists()
+    monkeypatch.setattr(ondisk, "plan_fill", lambda *a: ondisk.FillPlan(1, 4000, 1024))  # another machine's plan
+    monkeypatch.setattr(runners, "fill_part", lambda *a, **kw: filled.append(Path(a[2]).name) or real(*a, **kw))
+    build_index([str(src)], tmp_path / "idx", cfg, embeddings=True)
+    assert filled == ["part-00000.faiss", "part-00001.faiss", "part-00002.faiss"]
+    ref, resumed = PoolIndex.open(tmp_path / "ref"), PoolIndex.open(tmp_path / "idx")
+    queries = ClusteredVectors(d=32, clusters=256, seed=7).sample(50, seed=5)
+    assert resumed.manifest.nprobe == ref.manifest.nprobe and resumed.ntotal == ref.ntotal == 6000
+    assert (resumed.search(queries, 10)[1] == ref.search(queries, 10)[1]).all()
+
+
 @pytest.mark.network_local
 def test_append_adds_a_generation_that_a_running_service_switches_to(tmp_path, tiny_clip_spec):
     base = write_embeddings(tmp_path / "a", [6000], name="a")
