@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curator import atomic
 from curator.formats import INDEX_ITEM_SCHEMA, ShardTask
 
 from .embed import shard_paths
@@ -134,9 +135,11 @@ def seen_keys(items_path: Path) -> tuple[np.ndarray, np.ndarray]:
 def write_items(path: Path, out: Path, tasks: list[ShardTask], keep: dict[str, np.ndarray], *,
                 previous: Optional[Path] = None) -> int:
     """Stream ``items.arrow``: the rows of ``previous`` (an append's base), then each shard's kept
-    items, ids running on (row i is faiss id i). Returns the row count written."""
+    items, ids running on (row i is faiss id i). Returns the row count written. Atomic: a resumed
+    build trusts an ``items.arrow`` that exists."""
     n = 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, INDEX_ITEM_SCHEMA) as writer:
+    with atomic.atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+            pa.ipc.new_file(sink, INDEX_ITEM_SCHEMA) as writer:
         if previous is not None:
             reader = pa.ipc.open_file(pa.memory_map(str(previous), "r"))
             for b in range(reader.num_record_batches):
