@@ -20,6 +20,9 @@ sys.path[:0] = [str(HERE)]
 
 from report import command, commit, machine, update_section  # noqa: E402
 
+CHANGED_SINCE_D803745 = ("near-duplicate cells come from the list each item is stored in and that list's "
+                         "neighbouring centroids instead of a search against all 2,048 centroids; near-duplicates "
+                         "are one CSR array; the round-robin walk runs on plain Python lists.")
 RUN = textwrap.dedent("""
     import json, sys, time
     import numpy as np
@@ -53,6 +56,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="d803745", help="the commit to compare with (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each (default: %(default)s)")
+    ap.add_argument("--section", default="select", help="the BENCHMARKS.md section to write (default: %(default)s)")
+    ap.add_argument("--changed", default=CHANGED_SINCE_D803745,
+                    help="what the current code changed since the baseline, for the write-up")
     ap.add_argument("--index", type=Path, default=ROOT / "bench-out" / "curate" / "index-auto",
                     help="a 1M-vector pool index (benchmarks/bench_curate.py makes it)")
     args = ap.parse_args()
@@ -91,11 +97,9 @@ bench_curate's pool, each checkout in its own process, alternating, after one wa
 
 **Current / baseline: {best('current', 'select') / best('baseline', 'select'):.2f}x the selection time**, with identical
 output: **{same}** (selected ids, their queries, ranks and scores, and every item left out; {times['current'][0]['n']:,}
-selected, {times['current'][0]['dropped']} left out). What changed: near-duplicate cells come from the list each
-item is stored in and that list's neighbouring centroids instead of a search against all 2,048 centroids;
-near-duplicates are one CSR array; the round-robin walk runs on plain Python lists.
+selected, {times['current'][0]['dropped']} left out). What changed: {args.changed}
 """
-    update_section("select", body)
+    update_section(args.section, body)
     print(body)
 
 

@@ -64,12 +64,27 @@ def merge_views(scores: np.ndarray, ids: np.ndarray, owner: np.ndarray, n_querie
 #: instead of the whole cell-size squared matrix.
 DEDUP_BLOCK = 2048
 #: A cell holding more candidates than this is split again by a small k-means into sub-cells of about
-#: SUBCELL_SIZE (each candidate in its 2 nearest). The cost of comparing within cells is
-#: candidates x cell size, and 100 queries x 20,000 neighbours crowd ~4M candidates into a few hundred
-#: IVF cells of thousands each: the split makes that a few seconds instead of many minutes.
-SPLIT_ABOVE, SUBCELL_SIZE = 1024, 256
+#: SUBCELL_SIZE (each candidate in its SUBCELL_PROBE nearest). The cost of comparing within cells is
+#: candidates x cell size, and 100 queries x 20,000 neighbours crowd 3.6M candidates into IVF cells of
+#: tens of thousands. Below the limit cells are compared whole: splitting a 1M pool's cells of ~1,000
+#: cost more in k-means than it saved, and loses a few borderline pairs at dedup 0.9.
+SPLIT_ABOVE, SUBCELL_SIZE = 4096, 512
+#: Sub-cells each candidate of a split cell joins. Within one dense cluster k-means cells are close
+#: calls: with 2, one of 150 planted pairs at cosine 0.9997 landed in disjoint sub-cells.
+SUBCELL_PROBE = 3
 #: Candidates whose cells are asked for at once: the IVF layer's float32 copy of them stays bounded.
 CELL_BLOCK = 262_144
+#: Candidate vectors are made float32 once when that copy is at most this big; above it (a deep
+#: curation's millions) they stay float16 and each cell or block is converted as it is used.
+FLOAT32_WORKING_BYTES = 2 << 30
+
+
+def _working(vectors: np.ndarray) -> np.ndarray:
+    """Candidates as float32 when that fits FLOAT32_WORKING_BYTES (numpy's float16 conversion is slow,
+    and each candidate is used in several cells), else as they are."""
+    if vectors.dtype == np.float32 or vectors.size * 4 > FLOAT32_WORKING_BYTES:
+        return vectors
+    return vectors.astype(np.float32)
 
 
 def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[Callable[..., np.ndarray]] = None,
@@ -78,7 +93,7 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[
 
     Up to EXACT_DEDUP_MAX vectors: exact range search. Beyond: each vector goes into its 2
     nearest coarse cells (the pool index's own IVF cells when given, found from the pool ``ids``
-    where it can, else k-means on the vectors), crowded cells are split again the same way, and pairs
+    where it can, else k-means on the vectors), crowded cells are split again (each candidate in its 3 nearest sub-cells), and pairs
     are compared within cells by dense matrix products. Pairs this close (cosine >= 0.95) essentially
     always share a cell (tests compare with exact search), and the cost is ~n * cell size instead of
     n^2. ``vectors`` may be float16: only one cell at a time is made float32.
@@ -100,7 +115,8 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[
         if len(group) < 2:
             continue
         gx = np.ascontiguousarray(vectors[group], dtype=np.float32)
-        subgroups = _groups(_split_cells(gx, 2)) if len(group) > SPLIT_ABOVE else [np.arange(len(group))]
+        crowded = len(group) > SPLIT_ABOVE
+        subgroups = _groups(_split_cells(gx, SUBCELL_PROBE)) if crowded else [np.arange(len(group))]
         for sub in subgroups:
             if len(sub) > 1:
                 a, b = _close_pairs(gx[sub], threshold)
@@ -264,7 +280,7 @@ def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owne
         scores, ids = search(k)
         lists = merge_views(scores, ids, owner, n_queries)
         candidates = np.unique(np.concatenate([lst[0] for lst in lists]))
-        vecs = vectors_of(candidates)
+        vecs = _working(vectors_of(candidates))
         excluded = contaminated(vecs, forbidden, exclude_threshold)
         dups = near_duplicate_pairs(vecs, dedup, cells, candidates)
         taken, counts, dry = walk(lists, quotas, candidates, excluded, dups, cancelled)
@@ -295,7 +311,7 @@ def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], own
     order = sorted(best, key=lambda pid: (-best[pid][2], pid))
     candidates = np.array(sorted(best), dtype=np.int64)
     pos = {pid: j for j, pid in enumerate(candidates)}
-    vecs = vectors_of(candidates)
+    vecs = _working(vectors_of(candidates))
     excluded = contaminated(vecs, forbidden, exclude_threshold)
     dups = near_duplicate_pairs(vecs, dedup, cells, candidates)
     picked, dropped = _take_in_order([pos[pid] for pid in order], excluded, dups, budget)
@@ -333,7 +349,7 @@ def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: 
     n = min(ntotal, 2 * budget + 64)
     while True:
         candidates = np.sort(order[:n])
-        vecs = vectors_of(candidates)
+        vecs = _working(vectors_of(candidates))
         excluded = contaminated(vecs, forbidden, exclude_threshold)
         dups = near_duplicate_pairs(vecs, dedup, cells, candidates)
         pos = {int(pid): j for j, pid in enumerate(candidates)}

@@ -233,7 +233,7 @@ def test_cell_bucketed_dedup_matches_exact(monkeypatch):
 
 def test_crowded_cells_are_split_and_still_find_every_pair(monkeypatch):
     """A deep curation crowds thousands of candidates into one coarse cell; such a cell is split again by
-    k-means (each candidate in its 2 nearest sub-cells) and must find the same pairs as exact search,
+    k-means (each candidate in its 3 nearest sub-cells) and must find the same pairs as exact search,
     from float16 candidates as the pool stores them."""
     from curator import select
 

@@ -30,7 +30,7 @@ TEACHER = "packaged:efficientnet-lite0"
 @pytest.fixture(scope="module")
 def kt_task(samples_root, tmp_path_factory):
     """The Tux Paint categories with >= 12 stamps (up to 30 each), split 5 train / 2 val / rest test;
-    a pool of every 40th openclipart PNG (~200 images); a balanced set retrieved for the train images."""
+    a pool of every 60th openclipart PNG (~135 images); a balanced set retrieved for the train images."""
     from curator.pool import list_folder_images
     from curator.samples import fetch_samples
 
@@ -44,7 +44,7 @@ def kt_task(samples_root, tmp_path_factory):
     clipart = fetch_samples(["openclipart"], samples_root.parent)["openclipart"]
     pool = root / "pool"
     pool.mkdir()
-    for i, rel in enumerate(list_folder_images(str(clipart))[::40]):  # category folders are symlinks
+    for i, rel in enumerate(list_folder_images(str(clipart))[::60]):  # category folders are symlinks
         (pool / f"{i:05d}.png").symlink_to((clipart / rel).resolve())
     build_index([str(pool)], root / "index", BuildConfig(encoder=TEACHER, workers=1, batch_size=32, progress=False))
     data = load_labelled(root / "target", labels_per_class=5, val_per_class=2, seed=0)
