@@ -93,8 +93,8 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[
 
     Up to EXACT_DEDUP_MAX vectors: exact range search. Beyond: each vector goes into its 2
     nearest coarse cells (the pool index's own IVF cells when given, found from the pool ``ids``
-    where it can, else k-means on the vectors), crowded cells are split again (each candidate in its 3 nearest sub-cells), and pairs
-    are compared within cells by dense matrix products. Pairs this close (cosine >= 0.95) essentially
+    where it can, else k-means on the vectors), crowded cells are split again (each candidate in its
+    3 nearest sub-cells), and pairs are compared within cells by dense matrix products. Pairs this close (cosine >= 0.95) essentially
     always share a cell (tests compare with exact search), and the cost is ~n * cell size instead of
     n^2. ``vectors`` may be float16: only one cell at a time is made float32.
     """

@@ -78,14 +78,11 @@ def _resumable_gen_dir(out: Path, old: Optional[IndexManifest],
     """The next generation's folder. One that a killed build began for the same inputs and settings is
     kept, with its part plan; any other is removed (nothing points at it)."""
     gen = old.generation + 1 if old else 0
-    path = out / f"gen-{gen:05d}"
-    begun = _started(path)
+    begun = _started(out / f"gen-{gen:05d}")
     if begun is not None and begun.model_copy(update={"part_rows": None}) == start:
-        log.info("resuming the unfinished generation %s", path.name)
-        return gen, path, begun
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+        log.info("resuming the unfinished generation gen-%05d", gen)
+        return gen, out / f"gen-{gen:05d}", begun
+    gen, path = _new_gen_dir(out, old)
     save_doc(path / START_NAME, start)
     return gen, path, start
 
