@@ -120,7 +120,8 @@ def finish(ctx: RunContext, world: int, elapsed: float) -> DistillReport:
     exported: Optional[str] = None
     if dist.is_main():
         torch.save(student.state_dict(), ctx.out / "student.pt")
-        exported = export_student(student, cfg.student_size, ctx.out / "student.pt2")
+        if cfg.export:
+            exported = export_student(student, cfg.student_size, ctx.out / "student.pt2")
     report = DistillReport(
         config=cfg.model_copy(update={"token": None}),
         data=DataSummary(**ctx.data.describe(), transfer_images=len(ctx.transfer) if ctx.transfer else None),

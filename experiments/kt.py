@@ -24,7 +24,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from curator import atomic
 from curator.curate import curate
@@ -141,7 +141,7 @@ def run_arm(cfg: KTConfig, arm: str, seed: int, split: Path, out: Path) -> Disti
                        lr_finetune=cfg.lr_finetune, temperature=cfg.temperature,
                        cache_teacher=cfg.cache_views if method != "supervised" else 0,
                        cache_dir=str(out / "cache"), seed=seed, ckpt_every=max(50, cfg.steps_b // 8),
-                       device=cfg.device, workers=cfg.workers,
+                       device=cfg.device, workers=cfg.workers, export=False,
                        progress=cfg.progress)
     return run_distill(dc, label=f"{arm} seed {seed}: ")
 
@@ -182,9 +182,10 @@ def summarise(cfg: KTConfig, reports: dict[str, list[DistillReport]], sets: dict
     """results.json: per arm, test (and val) accuracy over seeds, and what each arm cost."""
     arms = {arm: _arm(cfg, arm, runs, sets) for arm, runs in reports.items()}
     mean = {a: arms[a].test_accuracy.mean for a in arms}
-    paper, others = "task-oriented-retrieved", ("supervised", "task-agnostic", "task-oriented-random")
+    paper = "task-oriented-retrieved"
+    others = [a for a in ("supervised", "task-agnostic", "task-oriented-random") if a in arms]
     metrics = ("test_accuracy", "test_mean_per_class_accuracy")
-    student, teacher = reports["supervised"][0].student, reports["task-oriented-retrieved"][0].teacher
+    student, teacher = next(iter(reports.values()))[0].student, reports[paper][0].teacher
     return KtResults(
         config=cfg, arms=arms, command=command, wall_seconds=round(wall, 1),
         orderings={f"{paper} > {other}": mean[paper] > mean[other] for other in others},
@@ -247,8 +248,11 @@ def check_models(cfg: KTConfig) -> None:
     Student(cfg.student, 2, cfg.student_size, cfg.student_init)
 
 
-def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
-    """The whole bench; returns results.json's content (also written with results.md, chart.png)."""
+def run_kt(cfg: KTConfig, command: Optional[str] = None, only: Optional[Sequence[str]] = None) -> KtResults:
+    """The whole bench; returns results.json's content (also written with results.md, chart.png).
+
+    ``only``: the trained arms to run (a curve compares two), besides ``task-oriented-retrieved``, the
+    paper's arm every comparison is against, and the teacher that comes with it; default all."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
     saved = out / "kt-config.json"
@@ -261,7 +265,7 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
     sets = curate_sets(cfg, split, out)
     if not sets["retrieved"].counts.emitted:
         raise CuratorError("retrieval returned no images: is the pool index empty?")
-    arms = arms_for(cfg)
+    arms = tuple(a for a in arms_for(cfg) if only is None or a in (*only, "task-oriented-retrieved", "teacher"))
     reports: dict[str, list[DistillReport]] = {arm: [] for arm in arms}
     for seed in range(cfg.seeds):
         for arm in (a for a in arms if a in RUNS):

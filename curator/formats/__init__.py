@@ -11,7 +11,8 @@ from .index import (GENERATION_START_FORMAT, INDEX_FORMAT, INDEX_ITEM_SCHEMA, IN
                     GenerationStart, ShardDone, ShardTask, SkippedItem, default_workers,
                     parse_bytes)
 from .service import Limits
-from .kt import RESULTS_FORMAT, ArmResult, KTConfig, KtResults, Paired, Stats
+from .kt import (CURVE_FORMAT, CURVE_VALUES, RESULTS_FORMAT, ArmResult, CurveConfig, CurvePoint, CurveResults,
+                 KTConfig, KtResults, Paired, Stats)
 from .view import MAP_FORMAT, VIEW_FORMAT, MapPoint, SetMap, SetView, ViewItem, ViewQuery
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "ShardDone", "ShardTask",
     "SkippedItem",
     "RESULTS_FORMAT", "ArmResult", "KTConfig", "KtResults", "Paired", "Stats",
+    "CURVE_FORMAT", "CURVE_VALUES", "CurveConfig", "CurvePoint", "CurveResults",
     "MAP_FORMAT", "VIEW_FORMAT", "MapPoint", "SetMap", "SetView", "ViewItem", "ViewQuery",
 ]

@@ -19,7 +19,8 @@ REPORT_FORMAT = "curator.distill-report/1"
 Method = Literal["task-oriented", "task-agnostic", "supervised"]
 #: Fields a run's machine chooses (paths, hardware, credentials): a distill job may not set them,
 #: and resuming a run on other hardware is not a change of config.
-MACHINE_FIELDS = frozenset({"labelled", "transfer", "out", "token", "progress", "cache_dir", "device", "workers", "amp"})
+MACHINE_FIELDS = frozenset({"labelled", "transfer", "out", "token", "progress", "cache_dir", "device", "workers", "amp",
+                            "export"})
 
 
 class ModelChoice(Doc):
@@ -62,6 +63,8 @@ class DistillConfig(ModelChoice):
     amp: bool = Field(True, description="bf16 autocast and channels_last on CUDA (no effect on CPU)")
     ckpt_every: int = Field(50, ge=1, description="checkpoint every N steps")
     token: Optional[str] = Field(None, description="API key for a transfer-set URL")
+    export: bool = Field(True, description="also write the student as a torch.export program (student.pt2); a "
+                                           "bench's many runs skip it, their student.pt is kept")
     progress: bool = True
 
     def settings(self) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from ..specs import SMALL_ENCODER
 from .base import Doc, FiniteFloat, utcnow
@@ -15,6 +15,10 @@ from .distill import ModelChoice
 from .index import SkippedItem
 
 RESULTS_FORMAT = "curator.kt-bench/1"
+CURVE_FORMAT = "curator.kt-curve/1"
+#: Each curve's points when --values is not given: transfer-set sizes from 400 up, the paper's labels per
+#: class, and distillation steps around the bench's default of 500.
+CURVE_VALUES = {"size": [400, 800, 1600, 3200], "labels": [2, 5, 10, 25], "compute": [125, 250, 500, 1000]}
 
 
 class KTConfig(ModelChoice):
@@ -83,3 +87,51 @@ class KtResults(Doc):
     command: Optional[str] = None
     skipped_images: list[SkippedItem] = Field(default_factory=list,
                                               description="target images left out of the split (undecodable), why")
+
+
+class CurveConfig(KTConfig):
+    """A curve: one kt bench per value of one knob (``OUT/<axis>-<value>``), every other knob shared."""
+    axis: Literal["size", "labels", "compute"] = Field(
+        description="size: transfer-set size, retrieved vs random; labels: labelled images per class, task-oriented "
+                    "vs supervised; compute: distillation steps, as pretraining FLOPs, task-oriented vs task-agnostic")
+    values: Optional[list[PositiveInt]] = Field(
+        None, description="the knob's values (default per axis: size " + " ".join(map(str, CURVE_VALUES["size"]))
+        + "; labels " + " ".join(map(str, CURVE_VALUES["labels"])) + "; compute "
+        + " ".join(map(str, CURVE_VALUES["compute"])) + " distillation steps)")
+    out: str = Field("bench-out/curves", description="working folder; the three axes can share it (and its index)")
+
+    @field_validator("values")
+    @classmethod
+    def _two_or_more(cls, values: Optional[list[int]]) -> Optional[list[int]]:
+        if values is not None and len(set(values)) < 2:
+            raise ValueError("a curve needs at least two different values")
+        return sorted(set(values)) if values is not None else None
+
+    @model_validator(mode="after")
+    def _axis_values(self) -> "CurveConfig":
+        """No --values: the axis' own defaults."""
+        if self.values is None:
+            self.values = list(CURVE_VALUES[self.axis])
+        return self
+
+
+class CurvePoint(Doc):
+    """One bench of the curve: each arm's test accuracy over seeds at its x (the knob's value, the
+    transfer set's actual size, or pretraining GFLOPs), and the paper's arm minus the other, paired."""
+    value: int
+    x: dict[str, float]
+    arms: dict[str, Stats]
+    paired: dict[str, Paired]
+
+
+class CurveResults(Doc):
+    format: Literal["curator.kt-curve/1"] = CURVE_FORMAT
+    created_at: str = Field(default_factory=utcnow)
+    config: CurveConfig
+    x_label: str
+    points: list[CurvePoint]
+    compute_ratio: Optional[float] = Field(
+        None, description="compute axis: at best, how many times the pretraining FLOPs task-agnostic distillation "
+                          "needs to match task-oriented's accuracy (None: it never does, or another axis)")
+    wall_seconds: float
+    command: Optional[str] = None

@@ -16,7 +16,7 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
                                                                            progress=False))
     args = ["bench", "kt", "--target", str(tmp_path / "target"), "--pool", str(tmp_path / "pool"),
             "--index", str(tmp_path / "index"), "--out", str(tmp_path / "out"), "--teacher", tiny_clip_spec,
-            "--student", "resnet18", "--student-size", "32", "--budget", "24", "--seeds", "1",
+            "--student", "test_efficientnet", "--student-size", "32", "--budget", "24", "--seeds", "1",
             "--labels-per-class", "3", "--val-per-class", "1", "--steps-a", "4", "--steps-b", "6",
             "--steps-c", "4", "--batch-size", "8", "--json"]
     bad = [a if a != tiny_clip_spec else "packaged:efficientnet-lite9" for a in args]

@@ -1,0 +1,139 @@
+"""``curator bench curve``: the paper's three curves, each a row of ``bench kt`` runs that differ in one knob.
+
+- ``size``: accuracy against transfer-set size, the retrieved set against a random draw of the same size;
+- ``labels``: accuracy against labelled images per class, task-oriented transfer against the student trained
+  on the labels alone (the paper finds the margin largest with few labels);
+- ``compute``: accuracy against pretraining compute, task-oriented against task-agnostic distillation, with
+  the compute ratio at equal accuracy (the paper: up to 9x less).
+
+Each point is a whole kt bench in ``OUT/<axis>-<value>`` that runs only the arms its curve compares, so a
+point resumes, and more ``--seeds`` extend every point, exactly as ``bench kt`` does. The three axes can share
+one ``--out`` and so one pool index.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from curator import atomic
+from curator.formats import CurveConfig, CurvePoint, CurveResults, KTConfig, KtResults, save_doc
+
+from .curve_report import line_chart, markdown
+from .kt import run_kt
+
+PAPER_ARM = "task-oriented-retrieved"
+
+
+@dataclass(frozen=True)
+class Axis:
+    knob: str                 # the KTConfig field each point sets
+    other: str                # the arm the paper's arm is compared with
+    x_label: str
+    same_sets: bool = False   # every point curates the same split and sets (the knob is a training one)
+
+
+AXES = {
+    "size": Axis("budget", "task-oriented-random", "transfer-set size (images)"),
+    "labels": Axis("labels_per_class", "supervised", "labelled images per class"),
+    "compute": Axis("steps_b", "task-agnostic", "pretraining compute (GFLOPs: teacher adaptation + distillation)",
+                    same_sets=True),
+}
+#: What points with the same sets share: the split, the transfer sets and the teacher's outputs on them.
+SHARED = ("split.csv", "skipped.json", "sets", "cache")
+
+
+def pretraining_gflops(cfg: KTConfig, results: KtResults, arm: str) -> float:
+    """What an arm spends before finetuning on the labels, counted as the paper does (teacher finetuning
+    plus distillation): the teacher's adaptation steps (task-oriented only; backward too when it is
+    finetuned), one teacher forward pass per cached transfer view, and the student's distillation steps
+    (forward + backward, 3x its forward FLOPs)."""
+    teacher, student = results.teacher.get("flops") or 0, results.student.get("flops") or 0
+    passes = results.arms[arm].teacher_forward_passes or 0
+    flops = passes * teacher + cfg.steps_b * cfg.batch_size * 3 * student
+    if arm.startswith("task-oriented"):
+        flops += cfg.steps_a * cfg.batch_size * teacher * (3 if cfg.teacher_mode == "finetune" else 1)
+    return flops / 1e9
+
+
+def point_config(cfg: CurveConfig, value: int) -> KTConfig:
+    """The kt bench of one point: the curve's knobs, the axis' knob set to ``value``, its own folder."""
+    base = cfg.model_dump(exclude={"axis", "values"})
+    return KTConfig.model_validate({**base, AXES[cfg.axis].knob: value, "out": str(Path(cfg.out) / f"{cfg.axis}-{value}")})
+
+
+def point(cfg: CurveConfig, value: int, results: KtResults) -> CurvePoint:
+    """One point of the curve from its bench's results."""
+    other = AXES[cfg.axis].other
+    arms = (other, PAPER_ARM)
+    if cfg.axis == "size":
+        x = {a: float(results.transfer_sets["retrieved"]["images"] or 0) for a in arms}
+    elif cfg.axis == "compute":
+        x = {a: round(pretraining_gflops(point_config(cfg, value), results, a), 3) for a in arms}
+    else:
+        x = {a: float(value) for a in arms}
+    pair = results.paired[f"{PAPER_ARM} - {other}"]
+    return CurvePoint(value=value, x=x, arms={a: results.arms[a].test_accuracy for a in arms},
+                      paired={"test_accuracy": pair["test_accuracy"],
+                              "test_mean_per_class_accuracy": pair["test_mean_per_class_accuracy"]})
+
+
+def compute_ratio(points: list[CurvePoint], fast: str = PAPER_ARM, slow: str = "task-agnostic") -> Optional[float]:
+    """At best over ``fast``'s points: the compute ``slow`` needs to reach that point's accuracy, over the
+    point's own compute. ``slow``'s curve is read as the best accuracy reached with at most that compute,
+    interpolated linearly in log compute. None when ``slow`` never reaches any of ``fast``'s accuracies."""
+    curve = sorted((p.x[slow], p.arms[slow].mean) for p in points)
+    envelope, best = [], -math.inf
+    for c, acc in curve:
+        best = max(best, acc)
+        envelope.append((c, best))
+    ratios = []
+    for p in points:
+        need = _compute_to_reach(envelope, p.arms[fast].mean)
+        if need is not None and p.x[fast] > 0:
+            ratios.append(need / p.x[fast])
+    return round(max(ratios), 2) if ratios else None
+
+
+def _compute_to_reach(envelope: list[tuple[float, float]], accuracy: float) -> Optional[float]:
+    if not envelope or envelope[0][1] >= accuracy:
+        return envelope[0][0] if envelope else None
+    for (c0, a0), (c1, a1) in zip(envelope, envelope[1:]):
+        if a1 >= accuracy > a0:
+            t = (accuracy - a0) / (a1 - a0)
+            return math.exp(math.log(c0) + t * (math.log(c1) - math.log(c0)))
+    return None
+
+
+def _share_sets(first: Path, folder: Path) -> None:
+    """Link a point's split, sets and teacher cache to the first point's (which has run), rather than
+    curate the same sets and run the teacher over them again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SHARED:
+        src, dst = first / name, folder / name
+        if src.exists() and not os.path.lexists(dst):
+            dst.symlink_to(os.path.relpath(src, folder))
+
+
+def run_curve(cfg: CurveConfig, command: Optional[str] = None) -> CurveResults:
+    """Every point's bench (each resumes), then ``curve-<axis>.json``, ``.md`` and ``.png`` in ``--out``."""
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    points = []
+    for value in cfg.values:
+        point_cfg = point_config(cfg, value)
+        if AXES[cfg.axis].same_sets and value != cfg.values[0]:
+            _share_sets(Path(point_config(cfg, cfg.values[0]).out), Path(point_cfg.out))
+        results = run_kt(point_cfg, only=(AXES[cfg.axis].other,))
+        points.append(point(cfg, value, results))
+    doc = CurveResults(config=cfg, x_label=AXES[cfg.axis].x_label, points=points, command=command,
+                       compute_ratio=compute_ratio(points) if cfg.axis == "compute" else None,
+                       wall_seconds=round(time.perf_counter() - t0, 1))
+    stem = out / f"curve-{cfg.axis}"
+    save_doc(stem.with_suffix(".json"), doc)
+    atomic.write_text(stem.with_suffix(".md"), markdown(doc))
+    line_chart(doc, stem.with_suffix(".png"))
+    return doc
