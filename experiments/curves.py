@@ -62,7 +62,8 @@ def pretraining_gflops(cfg: KTConfig, results: KtResults, arm: str) -> float:
 def point_config(cfg: CurveConfig, value: int) -> KTConfig:
     """The kt bench of one point: the curve's knobs, the axis' knob set to ``value``, its own folder."""
     base = cfg.model_dump(exclude={"axis", "values"})
-    return KTConfig.model_validate({**base, AXES[cfg.axis].knob: value, "out": str(Path(cfg.out) / f"{cfg.axis}-{value}")})
+    return KTConfig.model_validate({**base, AXES[cfg.axis].knob: value, "arms": [AXES[cfg.axis].other],
+                                    "out": str(Path(cfg.out) / f"{cfg.axis}-{value}")})
 
 
 def point(cfg: CurveConfig, value: int, results: KtResults) -> CurvePoint:
@@ -127,7 +128,7 @@ def run_curve(cfg: CurveConfig, command: Optional[str] = None) -> CurveResults:
         point_cfg = point_config(cfg, value)
         if AXES[cfg.axis].same_sets and value != cfg.values[0]:
             _share_sets(Path(point_config(cfg, cfg.values[0]).out), Path(point_cfg.out))
-        results = run_kt(point_cfg, only=(AXES[cfg.axis].other,))
+        results = run_kt(point_cfg)
         points.append(point(cfg, value, results))
     doc = CurveResults(config=cfg, x_label=AXES[cfg.axis].x_label, points=points, command=command,
                        compute_ratio=compute_ratio(points) if cfg.axis == "compute" else None,

@@ -24,7 +24,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from curator import atomic
 from curator.curate import curate
@@ -213,7 +213,7 @@ def target_digest(target: str) -> str:
 def settings(cfg: KTConfig) -> dict:
     """What makes two benches the same bench: the config less seeds (more seeds extend it), where
     things are (target path, out) and how progress shows, plus the target's content."""
-    mine = cfg.model_dump(exclude={"progress", "seeds", "target", "out"})
+    mine = cfg.model_dump(exclude={"progress", "seeds", "target", "out", "arms"})
     return {**mine, "target_digest": target_digest(cfg.target)}
 
 
@@ -248,11 +248,8 @@ def check_models(cfg: KTConfig) -> None:
     Student(cfg.student, 2, cfg.student_size, cfg.student_init)
 
 
-def run_kt(cfg: KTConfig, command: Optional[str] = None, only: Optional[Sequence[str]] = None) -> KtResults:
-    """The whole bench; returns results.json's content (also written with results.md, chart.png).
-
-    ``only``: the trained arms to run (a curve compares two), besides ``task-oriented-retrieved``, the
-    paper's arm every comparison is against, and the teacher that comes with it; default all."""
+def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
+    """The whole bench; returns results.json's content (also written with results.md, chart.png)."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
     saved = out / "kt-config.json"
@@ -265,7 +262,7 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None, only: Optional[Sequence
     sets = curate_sets(cfg, split, out)
     if not sets["retrieved"].counts.emitted:
         raise CuratorError("retrieval returned no images: is the pool index empty?")
-    arms = tuple(a for a in arms_for(cfg) if only is None or a in (*only, "task-oriented-retrieved", "teacher"))
+    arms = tuple(a for a in arms_for(cfg) if cfg.arms is None or a in (*cfg.arms, "task-oriented-retrieved", "teacher"))
     reports: dict[str, list[DistillReport]] = {arm: [] for arm in arms}
     for seed in range(cfg.seeds):
         for arm in (a for a in arms if a in RUNS):

@@ -54,8 +54,10 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], fie
         kwargs: dict[str, Any] = dict(dest=name, default=None, help=text, required=name in required)
         if get_origin(kind) is Literal:
             kwargs["choices"] = list(get_args(kind))
-        elif get_origin(kind) is list:  # e.g. --values 400 800 1600
-            kwargs.update(nargs="+", type=_base_type(get_args(kind)[0]), metavar="N")
+        elif get_origin(kind) is list:  # e.g. --values 400 800 1600, --arms task-agnostic supervised
+            item = _base_type(get_args(kind)[0])
+            kwargs.update(nargs="+", **({"choices": list(get_args(item))} if get_origin(item) is Literal
+                                        else {"type": item, "metavar": "N"}))
         elif (info.json_schema_extra or {}).get("bytes"):
             kwargs["metavar"] = "BYTES"  # "4G", "512M" or a number, parsed by the model
         elif kind in (int, float):

@@ -47,6 +47,9 @@ class KTConfig(ModelChoice):
                                                                          "val/test image")
     device: str = Field("cpu", description="where every arm trains: cpu, cuda, cuda:N")
     workers: int = Field(0, ge=0, description="image-decoding processes per loader (0: in the training process)")
+    arms: Optional[list[Literal["supervised", "supervised-scratch", "task-agnostic", "task-oriented-random"]]] = Field(
+        None, description="trained arms to run beside task-oriented-retrieved (the paper's, which every comparison "
+                          "is against, with the teacher); default: all. A bench may run more arms later")
     progress: bool = True
 
 
