@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curator.errors import CuratorError
-from curator.formats import Method, TeacherReport
+from curator.formats import Method, TeacherReport, TeacherView
 
 from .cache import CachedViews
 from .context import RunContext
@@ -116,9 +116,32 @@ def task_oriented(ctx: RunContext) -> None:
         return loss if mixed is None else mix(loss, logits[len(t_logits):], labels, cfg.mix_labelled)
     res = run_stage("b-distill", {"student": student}, list(student.parameters()), ctx.with_labelled(kd),
                     forever(loader, ctx.device), cfg.steps_b, cfg.lr_student, **ctx.common)
+    view = None
+    if cache is not None:
+        logits = targets.float()
+        logits = teacher.logits_from_features(logits) if cfg.teacher_mode == "linear" else logits
+        view = teacher_view(logits, ctx.data.classes)
     ctx.record("b", res, teacher_forward_passes=res.images if cache is None else cache.passes,
-               teacher_cache=cache and cache.path)
+               teacher_cache=cache and cache.path, teacher_view=view)
     ctx.after_b = ctx.scores(student, ctx.evals_s)
+
+
+#: The teacher's top probability from which a view counts as on-task for the class it names.
+CONFIDENT = 0.5
+
+
+@torch.no_grad()
+def teacher_view(logits: torch.Tensor, classes: list[str]) -> TeacherView:
+    """The adapted teacher's reading of every cached transfer view: whether retrieval found images the
+    teacher recognises as the task's classes, measured against a random draw (``bench kt`` reports both)."""
+    probs = F.softmax(logits.float(), dim=1)
+    top, cls = probs.max(dim=1)
+    sure = top >= CONFIDENT
+    n = max(1, len(cls))
+    return TeacherView(mean_confidence=round(float(top.mean()), 4), confident_share=round(float(sure.float().mean()), 4),
+                       class_share={c: round(int((cls == i).sum()) / n, 4) for i, c in enumerate(classes)},
+                       confident_class_share={c: round(int(((cls == i) & sure).sum()) / n, 4)
+                                              for i, c in enumerate(classes)})
 
 
 @register_method("task-agnostic")

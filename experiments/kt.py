@@ -30,7 +30,7 @@ from curator import atomic
 from curator.curate import curate
 from curator.errors import CuratorError
 from curator.formats import (ArmResult, CurateParams, DistillConfig, DistillReport, KTConfig, KtResults, Paired,
-                             SkippedItem, Stats, TransferManifest, load_doc, save_doc)
+                             SkippedItem, Stats, TeacherView, TransferManifest, load_doc, save_doc)
 from curator.pipeline import ImagePipeline, Skip
 from curator.queries import Query, embed_queries
 from curator.retrieval import PoolIndex
@@ -177,6 +177,28 @@ def _arm(cfg: KTConfig, arm: str, runs: list[DistillReport], sets: dict[str, Tra
                      val_accuracy=_stats([f["val"].accuracy for f in finals]), **compute)
 
 
+def on_task(reports: dict[str, list[DistillReport]]) -> dict[str, TeacherView]:
+    """Per transfer set, the adapted teacher's reading of its views (``TeacherView``), averaged over the
+    seeds of the task-oriented arm on it: is the retrieved set more on-task than a random draw, per class?"""
+    out = {}
+    for arm, (method, transfer) in RUNS.items():
+        views = [r.stages["b"].teacher_view for r in reports.get(arm, []) if method == "task-oriented"
+                 and "b" in r.stages and r.stages["b"].teacher_view is not None]
+        if views:
+            out[transfer] = _mean_view(views)
+    return out
+
+
+def _mean_view(views: list[TeacherView]) -> TeacherView:
+    def avg(values) -> float:
+        return round(statistics.fmean(values), 4)
+    return TeacherView(mean_confidence=avg(v.mean_confidence for v in views),
+                       confident_share=avg(v.confident_share for v in views),
+                       class_share={c: avg(v.class_share[c] for v in views) for c in views[0].class_share},
+                       confident_class_share={c: avg(v.confident_class_share[c] for v in views)
+                                              for c in views[0].confident_class_share})
+
+
 def summarise(cfg: KTConfig, reports: dict[str, list[DistillReport]], sets: dict[str, TransferManifest],
               wall: float, command: Optional[str] = None) -> KtResults:
     """results.json: per arm, test (and val) accuracy over seeds, and what each arm cost."""
@@ -193,6 +215,7 @@ def summarise(cfg: KTConfig, reports: dict[str, list[DistillReport]], sets: dict
                                        for m in metrics} for other in others},
         transfer_sets={name: {"images": m.counts.emitted, "excluded": m.counts.excluded, "deduped": m.counts.deduped}
                        for name, m in sets.items()},
+        on_task=on_task(reports),
         student=student.model_dump(include={"name", "size", "params", "flops", "latency_ms_cpu_batch1"}),
         teacher=teacher.model_dump(include={"spec", "mode", "params", "flops", "latency_ms_batch1", "latency_device"}))
 

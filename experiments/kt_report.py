@@ -28,7 +28,24 @@ def markdown(doc: KtResults, command: Optional[str] = None) -> str:
     cmd = f"\n\n```\n{command}\n```" if command else ""
     skipped = "".join(f"\n- skipped target image `{s['key']}`: {s['reason']} ({s['detail']})"
                       for s in results.get("skipped_images", []))
-    return f"{head}{cmd}\n\n" + "\n".join(rows) + "\n\n" + checks + "\n" + (skipped[1:] + "\n" if skipped else "")
+    return (f"{head}{cmd}\n\n" + "\n".join(rows) + "\n\n" + checks + "\n" + on_task_table(results)
+            + (skipped[1:] + "\n" if skipped else ""))
+
+
+def on_task_table(results: dict) -> str:
+    """Per class, the share of each set's views the adapted teacher is sure (p >= 0.5) belong to it."""
+    views = results.get("on_task") or {}
+    if not views:
+        return ""
+    sets = list(views)
+    rows = ["", "What the adapted teacher makes of each transfer set's views (mean over seeds): the share it is "
+                "sure (top probability >= 0.5) show each class.", "",
+            "| class | " + " | ".join(sets) + " |", "|---" * (1 + len(sets)) + "|"]
+    rows.append("| all classes (mean confidence) | " + " | ".join(
+        f"{views[s]['confident_share']:.3f} ({views[s]['mean_confidence']:.3f})" for s in sets) + " |")
+    for c in views[sets[0]]["confident_class_share"]:
+        rows.append(f"| {c} | " + " | ".join(f"{views[s]['confident_class_share'][c]:.3f}" for s in sets) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def _label(results: dict, arm: str) -> str:

@@ -5,7 +5,7 @@ from .base import Doc, FiniteFloat, describe_errors, dump_doc, iso, load_doc, pa
 from .curate import (JOB_INPUTS_FORMAT, MAX_IMAGES, TRANSFER_FORMAT, CurateParams, IndexRef, JobInputs,
                      QueryEntry, ShardEntry, TransferCounts, TransferManifest)
 from .distill import (MACHINE_FIELDS, REPORT_FORMAT as DISTILL_REPORT_FORMAT, DataSummary, DistillConfig,
-                      DistillReport, Method, Scores, StageReport, StudentReport, TeacherReport)
+                      DistillReport, Method, Scores, StageReport, StudentReport, TeacherReport, TeacherView)
 from .index import (GENERATION_START_FORMAT, INDEX_FORMAT, INDEX_ITEM_SCHEMA, INDEX_MANIFEST_NAME, ITEM_SCHEMA, PLAN_FORMAT,
                     REPORT_FORMAT, SHARD_FORMAT, BuildConfig, BuildPlan, BuildReport, EncoderInfo, IndexManifest,
                     GenerationStart, ShardDone, ShardTask, SkippedItem, default_workers,
@@ -20,7 +20,7 @@ __all__ = [
     "JOB_INPUTS_FORMAT", "MAX_IMAGES", "TRANSFER_FORMAT", "CurateParams", "IndexRef", "JobInputs", "QueryEntry",
     "ShardEntry", "TransferCounts", "TransferManifest",
     "MACHINE_FIELDS", "DISTILL_REPORT_FORMAT", "DataSummary", "DistillConfig", "DistillReport", "Method", "Scores",
-    "StageReport", "StudentReport", "TeacherReport",
+    "StageReport", "StudentReport", "TeacherReport", "TeacherView",
     "GENERATION_START_FORMAT", "GenerationStart", "INDEX_FORMAT", "INDEX_ITEM_SCHEMA", "INDEX_MANIFEST_NAME", "ITEM_SCHEMA", "PLAN_FORMAT", "REPORT_FORMAT",
     "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "ShardDone", "ShardTask",
     "SkippedItem",

@@ -81,6 +81,15 @@ class Scores(Doc):
 Split = dict[str, Optional[Scores]]
 
 
+class TeacherView(Doc):
+    """What the adapted teacher makes of a transfer set's views: how sure it is, and of which classes.
+    A view it is sure of (top probability >= CONFIDENT) is on-task for the class it names."""
+    mean_confidence: float
+    confident_share: float
+    class_share: dict[str, float] = Field(description="share of views whose top class is this one")
+    confident_class_share: dict[str, float] = Field(description="share of views the teacher is sure are this class")
+
+
 class StageReport(Doc):
     steps: int
     seconds: float
@@ -88,6 +97,7 @@ class StageReport(Doc):
     resumed_from: int
     teacher_forward_passes: Optional[int] = None
     teacher_cache: Optional[str] = None
+    teacher_view: Optional[TeacherView] = None
 
 
 class TeacherReport(Doc):

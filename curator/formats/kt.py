@@ -11,7 +11,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from ..specs import SMALL_ENCODER
 from .base import Doc, FiniteFloat, utcnow
-from .distill import ModelChoice
+from .distill import ModelChoice, TeacherView
 from .index import SkippedItem
 
 RESULTS_FORMAT = "curator.kt-bench/1"
@@ -88,6 +88,8 @@ class KtResults(Doc):
     teacher: dict[str, Any]
     wall_seconds: float
     command: Optional[str] = None
+    on_task: dict[str, TeacherView] = Field(default_factory=dict, description="per transfer set, what the adapted "
+                                            "teacher makes of its views, averaged over the seeds' task-oriented runs")
     skipped_images: list[SkippedItem] = Field(default_factory=list,
                                               description="target images left out of the split (undecodable), why")
 

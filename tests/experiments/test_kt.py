@@ -1,6 +1,8 @@
 """`curator bench kt` in miniature: tiny models, generated images, one seed, every arm reported."""
 import json
 
+import pytest
+
 from PIL import Image
 
 from helpers import make_image_folder, png_header_only
@@ -42,10 +44,16 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     manifest = json.loads((tmp_path / "out" / "sets" / "retrieved" / "manifest.json").read_text())
     assert len(manifest["queries"]) == 9 and manifest["counts"]["exclude_vectors"] == 36 - 9
     md = (tmp_path / "out" / "results.md").read_text()
-    assert md.count("\n| ") == 6 and "```\ncurator bench kt" in md
+    assert md.count("\n| ") == 6 + 5 and "```\ncurator bench kt" in md  # arms table, then on-task (3 classes)
     with Image.open(tmp_path / "out" / "chart.png") as chart:
         assert chart.format == "PNG" and chart.size[0] > 400
     assert results["paired"]["task-oriented-retrieved - supervised"]["test_accuracy"]["seeds"] == 1
+    # what the adapted teacher makes of each set: shares of its views, per class, that add up
+    assert set(results["on_task"]) == {"retrieved", "random"}
+    for view in results["on_task"].values():
+        assert 0 <= view["confident_share"] <= 1 and abs(sum(view["class_share"].values()) - 1) < 0.01
+        assert sum(view["confident_class_share"].values()) == pytest.approx(view["confident_share"], abs=0.01)
+    assert "| all classes (mean confidence) |" in md
     assert [(s["key"].endswith("bomb.png"), s["reason"]) for s in results["skipped_images"]] == \
         [(True, "too_many_pixels")] and "bomb.png" in md
     # a second call reuses every finished run and set
