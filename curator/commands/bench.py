@@ -55,19 +55,24 @@ def _config(model, args):
     return build_model(model, args, target=target, index=index, progress=not args.json)
 
 
+def _report(args, doc, md: str, files: str) -> int:
+    """Print the document (--json) or its markdown and where its files are."""
+    if args.json:
+        print(json.dumps(dump_doc(doc), indent=2))
+        return 0
+    with open(md, encoding="utf-8") as fh:
+        print(fh.read())
+    print(files)
+    return 0
+
+
 def run_curve(args) -> int:
     from experiments.curves import run_curve as run
 
     cfg = _config(CurveConfig, args)
     doc = run(cfg, command="curator " + " ".join(map(shlex.quote, args.argv)))
-    if args.json:
-        print(json.dumps(dump_doc(doc), indent=2))
-        return 0
     stem = os.path.join(cfg.out, f"curve-{cfg.axis}")
-    with open(stem + ".md", encoding="utf-8") as fh:
-        print(fh.read())
-    print(f"results: {stem}.json, chart: {stem}.png")
-    return 0
+    return _report(args, doc, stem + ".md", f"results: {stem}.json, chart: {stem}.png")
 
 
 def run_kt(args) -> int:
@@ -75,10 +80,5 @@ def run_kt(args) -> int:
 
     cfg = _config(KTConfig, args)
     results = run(cfg, command="curator " + " ".join(map(shlex.quote, args.argv)))
-    if args.json:
-        print(json.dumps(dump_doc(results), indent=2))
-        return 0
-    with open(os.path.join(cfg.out, "results.md"), encoding="utf-8") as fh:
-        print(fh.read())
-    print(f"results: {os.path.join(cfg.out, 'results.json')}, chart: {os.path.join(cfg.out, 'chart.png')}")
-    return 0
+    return _report(args, results, os.path.join(cfg.out, "results.md"),
+                   f"results: {os.path.join(cfg.out, 'results.json')}, chart: {os.path.join(cfg.out, 'chart.png')}")

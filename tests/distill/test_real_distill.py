@@ -66,7 +66,8 @@ def run(kt_task, method: str):
     return run_distill(DistillConfig(
         labelled=str(kt_task / "split.csv"), transfer=str(kt_task / "sets" / "retrieved"), out=str(kt_task / method),
         method=method, teacher=TEACHER, student="mobilenetv3_small_100", student_size=64, steps_a=40,
-        steps_b=20, steps_c=40, batch_size=32, cache_teacher=1, mix_labelled=0.25, seed=0, progress=False))
+        steps_b=20, steps_c=40, batch_size=32, cache_teacher=1, mix_labelled=0.25, seed=0, export=False,
+        progress=False))
 
 
 def test_adapted_teacher_beats_the_student_trained_on_the_same_labels(kt_task):

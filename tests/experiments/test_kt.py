@@ -56,6 +56,9 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     assert "| all classes (mean confidence) |" in md
     assert [(s["key"].endswith("bomb.png"), s["reason"]) for s in results["skipped_images"]] == \
         [(True, "too_many_pixels")] and "bomb.png" in md
+    # a bench keeps each run's student weights but does not export every one of them
+    runs = tmp_path / "out" / "runs"
+    assert len(list(runs.rglob("student.pt"))) == 4 and not list(runs.rglob("student.pt2"))
     # a second call reuses every finished run and set
     assert main(args) == 0
     again = json.loads(capsys.readouterr().out)
