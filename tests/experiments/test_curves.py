@@ -14,7 +14,7 @@ from index_builder import BuildConfig, build_index
 @pytest.fixture(scope="module")
 def bench(tiny_clip_spec, tmp_path_factory):
     root = tmp_path_factory.mktemp("curves")
-    make_image_folder(root / "target", 36, classes=3, seed=11)
+    make_image_folder(root / "target", 24, classes=3, seed=11)
     make_image_folder(root / "pool", 80, classes=3, seed=12)
     # real ImageNet features: the untrained tiny CLIP maps these images so close together that dedup
     # leaves a set of one, and a size curve needs sets that grow
