@@ -118,9 +118,8 @@ def task_oriented(ctx: RunContext) -> None:
                     forever(loader, ctx.device), cfg.steps_b, cfg.lr_student, **ctx.common)
     view = None
     if cache is not None:
-        logits = targets.float()
-        logits = teacher.logits_from_features(logits) if cfg.teacher_mode == "linear" else logits
-        view = teacher_view(logits, ctx.data.classes)
+        head = teacher.logits_from_features if cfg.teacher_mode == "linear" else (lambda t: t)
+        view = teacher_view(targets, head, ctx.data.classes)
     ctx.record("b", res, teacher_forward_passes=res.images if cache is None else cache.passes,
                teacher_cache=cache and cache.path, teacher_view=view)
     ctx.after_b = ctx.scores(student, ctx.evals_s)
@@ -130,18 +129,27 @@ def task_oriented(ctx: RunContext) -> None:
 CONFIDENT = 0.5
 
 
+#: Cached views read at once by ``teacher_view``: a large set's float copy would double the cache's memory.
+VIEW_BLOCK = 65_536
+
+
 @torch.no_grad()
-def teacher_view(logits: torch.Tensor, classes: list[str]) -> TeacherView:
-    """The adapted teacher's reading of every cached transfer view: whether retrieval found images the
-    teacher recognises as the task's classes, measured against a random draw (``bench kt`` reports both)."""
-    probs = F.softmax(logits.float(), dim=1)
-    top, cls = probs.max(dim=1)
-    sure = top >= CONFIDENT
-    n = max(1, len(cls))
-    return TeacherView(mean_confidence=round(float(top.mean()), 4), confident_share=round(float(sure.float().mean()), 4),
-                       class_share={c: round(int((cls == i).sum()) / n, 4) for i, c in enumerate(classes)},
-                       confident_class_share={c: round(int(((cls == i) & sure).sum()) / n, 4)
-                                              for i, c in enumerate(classes)})
+def teacher_view(targets: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor],
+                 classes: list[str]) -> TeacherView:
+    """The adapted teacher's reading of every cached transfer view (``head`` turns a cached target into
+    logits): whether retrieval found images the teacher recognises as the task's classes, measured
+    against a random draw (``bench kt`` reports both)."""
+    total, sure_total = torch.zeros(len(classes)), torch.zeros(len(classes))
+    confidence = 0.0
+    for start in range(0, len(targets), VIEW_BLOCK):
+        top, cls = F.softmax(head(targets[start:start + VIEW_BLOCK].float()), dim=1).max(dim=1)
+        confidence += float(top.sum())
+        total += torch.bincount(cls.cpu(), minlength=len(classes)).float()
+        sure_total += torch.bincount(cls[top >= CONFIDENT].cpu(), minlength=len(classes)).float()
+    n = max(1, len(targets))
+    return TeacherView(mean_confidence=round(confidence / n, 4), confident_share=round(float(sure_total.sum()) / n, 4),
+                       class_share={c: round(float(total[i]) / n, 4) for i, c in enumerate(classes)},
+                       confident_class_share={c: round(float(sure_total[i]) / n, 4) for i, c in enumerate(classes)})
 
 
 @register_method("task-agnostic")

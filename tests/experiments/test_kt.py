@@ -105,3 +105,18 @@ def test_an_imagenet_student_runs_the_papers_two_supervised_baselines(tmp_path, 
         kt.run_arm(cfg, arm, 0, tmp_path / "split.csv", tmp_path / "out")
     inits = {label.split(" ")[0]: dc.student_init for label, dc in seen.items()}
     assert inits == {"supervised": "imagenet", "supervised-scratch": "scratch"}
+
+
+def test_the_teachers_view_of_a_set_is_the_same_read_in_blocks(monkeypatch):
+    """A large cache is read a block at a time; the counts must not depend on the block size."""
+    import torch
+
+    from distill import methods
+
+    targets = torch.randn(1000, 4, dtype=torch.float16, generator=torch.Generator().manual_seed(0))
+    whole = methods.teacher_view(targets, lambda t: 3 * t, list("abcd"))
+    monkeypatch.setattr(methods, "VIEW_BLOCK", 97)
+    assert methods.teacher_view(targets, lambda t: 3 * t, list("abcd")) == whole
+    probs = torch.softmax(3 * targets.float(), dim=1).max(dim=1).values
+    assert whole.confident_share == round(float((probs >= 0.5).float().mean()), 4)
+    assert abs(sum(whole.class_share.values()) - 1) < 1e-3
