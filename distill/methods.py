@@ -102,24 +102,21 @@ def task_oriented(ctx: RunContext) -> None:
     # (b) distil task predictions on the same augmented views of the transfer set
     ctx.seed_stage(2)
     loader, cache, targets = ctx.transfer_cache("features" if cfg.teacher_mode == "linear" else "logits")
+    # a linear-probe teacher's cache holds backbone features: its predictions are its head on them
+    to_logits = teacher.logits_from_features if cfg.teacher_mode == "linear" else (lambda t: t)
 
     def kd(batch, mixed=None, labels=None):
         if cache is None:
             with torch.no_grad():
                 t_logits = teacher(batch[0])
         else:
-            t_logits = targets[batch[1]].float()
-            if cfg.teacher_mode == "linear":
-                t_logits = teacher.logits_from_features(t_logits)
+            t_logits = to_logits(targets[batch[1]].float())
         logits = student(joined(batch[0], mixed, cfg.student_size))
         loss = kd_loss(logits[:len(t_logits)], t_logits, cfg.temperature)
         return loss if mixed is None else mix(loss, logits[len(t_logits):], labels, cfg.mix_labelled)
     res = run_stage("b-distill", {"student": student}, list(student.parameters()), ctx.with_labelled(kd),
                     forever(loader, ctx.device), cfg.steps_b, cfg.lr_student, **ctx.common)
-    view = None
-    if cache is not None:
-        head = teacher.logits_from_features if cfg.teacher_mode == "linear" else (lambda t: t)
-        view = teacher_view(targets, head, ctx.data.classes)
+    view = teacher_view(targets, to_logits, ctx.data.classes) if cache is not None else None
     ctx.record("b", res, teacher_forward_passes=res.images if cache is None else cache.passes,
                teacher_cache=cache and cache.path, teacher_view=view)
     ctx.after_b = ctx.scores(student, ctx.evals_s)
