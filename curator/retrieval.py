@@ -24,6 +24,8 @@ from pydantic import BaseModel
 
 from .errors import CuratorError
 from .cells import ItemCells
+from .links import LinkTable
+from .select import Adjacency
 from .faiss_support import import_faiss, native_stdout_to_stderr
 from .formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc
 from .images import DEFAULT_MAX_PIXELS, decode_image
@@ -52,6 +54,7 @@ class PoolIndex:
         self._lock = threading.Lock()
         self._shards: dict[str, np.ndarray] = {}
         self._cells: Optional[ItemCells] = None
+        self._links: Optional[LinkTable] = None
         # shard ids as small integer codes: one Python string per item would cost seconds and
         # gigabytes at service start on a pool of tens of millions
         self._shard_of, self._shard_names = shard_codes(items)
@@ -160,6 +163,16 @@ class PoolIndex:
         if ids is not None and self._item_cells(ivf).available():
             return self._item_cells(ivf).top(np.asarray(ids, dtype=np.int64), x, n)
         return ivf.quantizer.search(x, n)[1]
+
+    def links(self, candidates: np.ndarray, threshold: float) -> Optional[Adjacency]:
+        """The candidates' near-duplicates from this generation's precomputed links (``curator.links``),
+        or None where it has none at this threshold or below."""
+        if self.manifest.links is None:
+            return None
+        with self._lock:
+            if self._links is None:
+                self._links = LinkTable(self.root, self.manifest.links)
+        return self._links.among(candidates, threshold)
 
     def _item_cells(self, ivf) -> ItemCells:
         with self._lock:

@@ -26,6 +26,9 @@ import numpy as np
 from .faiss_support import import_faiss
 
 log = logging.getLogger(__name__)
+#: The pool's precomputed near-duplicate links (``PoolIndex.links``): the candidates' adjacency at a
+#: threshold, or None where the pool has none that cover it.
+Links = Optional[Callable[[np.ndarray, float], Optional["Adjacency"]]]
 #: Above this many candidates, near-duplicate search uses an IVF index instead of exact.
 EXACT_DEDUP_MAX = 20_000
 
@@ -109,19 +112,14 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[
         lims, _, found = index.range_search(x, threshold)
         rows = np.repeat(np.arange(n), np.diff(lims.astype(np.int64)))
         return _adjacency(n, rows, found.astype(np.int64))
-    assign = _coarse_cells(vectors, cells, ids)
+    assign = coarse_cells(vectors, cells, ids)
     pairs_i, pairs_j = [], []
-    for group in _groups(assign):
+    for group in cell_groups(assign):
         if len(group) < 2:
             continue
-        gx = np.ascontiguousarray(vectors[group], dtype=np.float32)
-        crowded = len(group) > SPLIT_ABOVE
-        subgroups = _groups(_split_cells(gx, SUBCELL_PROBE)) if crowded else [np.arange(len(group))]
-        for sub in subgroups:
-            if len(sub) > 1:
-                a, b = _close_pairs(gx[sub], threshold)
-                pairs_i.append(group[sub[a]])
-                pairs_j.append(group[sub[b]])
+        a, b, _ = cell_pairs(np.ascontiguousarray(vectors[group], dtype=np.float32), threshold)
+        pairs_i.append(group[a])
+        pairs_j.append(group[b])
     if not pairs_i:
         return _adjacency(n, np.empty(0, np.int64), np.empty(0, np.int64))
     i, j = np.concatenate(pairs_i), np.concatenate(pairs_j)
@@ -129,7 +127,35 @@ def near_duplicate_pairs(vectors: np.ndarray, threshold: float, cells: Optional[
     return _adjacency(n, both // n, both % n)
 
 
-def _coarse_cells(vectors: np.ndarray, cells: Optional[Callable[..., np.ndarray]],
+def cell_pairs(gx: np.ndarray, threshold: float, split_above: int = SPLIT_ABOVE, size: int = SUBCELL_SIZE,
+               probe: int = SUBCELL_PROBE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row pairs (a < b) of one coarse cell's float32 vectors ``gx`` within cosine ``threshold``, with
+    their cosines. A cell of more than ``split_above`` is split again into sub-cells of about ``size``,
+    each row in its ``probe`` nearest; a pair in several of them appears once per sub-cell (callers
+    dedupe, as they must across coarse cells anyway)."""
+    if len(gx) <= split_above:
+        return close_pairs(gx, threshold)
+    found = []
+    for sub in cell_groups(_split_cells(gx, probe, size)):
+        if len(sub) > 1:
+            a, b, s = close_pairs(gx[sub], threshold)
+            found.append((sub[a], sub[b], s))
+    if not found:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return tuple(np.concatenate(part) for part in zip(*found))
+
+
+def find_duplicates(vectors: np.ndarray, threshold: float, candidates: np.ndarray,
+                    cells: Optional[Callable[..., np.ndarray]] = None,
+                    links: Links = None) -> Adjacency:
+    """The candidates' near-duplicates: looked up in the pool's precomputed links when it has them at
+    this threshold (a deep curation's millions of candidates then cost a gather, not a search), else
+    found by ``near_duplicate_pairs``."""
+    found = links(candidates, threshold) if links is not None and threshold < 1.0 else None
+    return found if found is not None else near_duplicate_pairs(vectors, threshold, cells, candidates)
+
+
+def coarse_cells(vectors: np.ndarray, cells: Optional[Callable[..., np.ndarray]],
                   ids: Optional[np.ndarray]) -> np.ndarray:
     """Each vector's 2 nearest coarse cells: the pool index's (a block at a time), else k-means."""
     if cells is not None:
@@ -145,7 +171,7 @@ def _coarse_cells(vectors: np.ndarray, cells: Optional[Callable[..., np.ndarray]
     return _split_cells(np.ascontiguousarray(vectors, dtype=np.float32), 2, size=64)
 
 
-def _groups(assign: np.ndarray) -> list[np.ndarray]:
+def cell_groups(assign: np.ndarray) -> list[np.ndarray]:
     """The rows in each cell, from a (rows, m) cell assignment: a row appears in each of its m cells."""
     n, m = assign.shape
     flat = assign.ravel()
@@ -154,16 +180,18 @@ def _groups(assign: np.ndarray) -> list[np.ndarray]:
     return np.split(members, np.flatnonzero(np.diff(flat[order])) + 1)
 
 
-def _close_pairs(gx: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Row pairs (a < b) of ``gx`` within cosine ``threshold``, a block of rows at a time."""
-    found_a, found_b = [], []
+def close_pairs(gx: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row pairs (a < b) of ``gx`` within cosine ``threshold`` and their cosines, a block of rows at a time."""
+    found_a, found_b, found_s = [], [], []
     for start in range(0, len(gx), DEDUP_BLOCK):
-        a, b = np.nonzero(gx[start:start + DEDUP_BLOCK] @ gx.T >= threshold)
-        a += start
-        upper = b > a
-        found_a.append(a[upper])
-        found_b.append(b[upper])
-    return np.concatenate(found_a), np.concatenate(found_b)
+        sims = gx[start:start + DEDUP_BLOCK] @ gx.T
+        a, b = np.nonzero(sims >= threshold)
+        upper = b > a + start
+        a, b = a[upper], b[upper]
+        found_s.append(sims[a, b])
+        found_a.append(a + start)
+        found_b.append(b)
+    return np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s)
 
 
 class Adjacency:
@@ -273,7 +301,7 @@ def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owne
                     quotas: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray,
                     ntotal: int, dedup: float, exclude_threshold: float,
                     cancelled: Callable[[], bool] = lambda: False,
-                    cells: Optional[Callable[..., np.ndarray]] = None) -> Selection:
+                    cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None) -> Selection:
     """Search deep enough for every quota, then walk; deepen for queries that ran dry."""
     k = min(ntotal, int(2 * quotas.max() + 16))
     while True:
@@ -282,7 +310,7 @@ def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owne
         candidates = np.unique(np.concatenate([lst[0] for lst in lists]))
         vecs = _working(vectors_of(candidates))
         excluded = contaminated(vecs, forbidden, exclude_threshold)
-        dups = near_duplicate_pairs(vecs, dedup, cells, candidates)
+        dups = find_duplicates(vecs, dedup, candidates, cells, links)
         taken, counts, dry = walk(lists, quotas, candidates, excluded, dups, cancelled)
         if not dry or k >= ntotal:
             break
@@ -294,7 +322,7 @@ def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owne
 def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owner: np.ndarray, n_queries: int,
                      threshold: float, budget: Optional[int], vectors_of: Callable[[np.ndarray], np.ndarray],
                      forbidden: np.ndarray, ntotal: int, dedup: float, exclude_threshold: float,
-                     cells: Optional[Callable[..., np.ndarray]] = None) -> Selection:
+                     cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None) -> Selection:
     """Every item above ``threshold`` for any query, best first, up to ``budget``."""
     k = min(ntotal, max(64, 2 * (budget or 0) // max(1, n_queries)))
     while True:
@@ -313,7 +341,7 @@ def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], own
     pos = {pid: j for j, pid in enumerate(candidates)}
     vecs = _working(vectors_of(candidates))
     excluded = contaminated(vecs, forbidden, exclude_threshold)
-    dups = near_duplicate_pairs(vecs, dedup, cells, candidates)
+    dups = find_duplicates(vecs, dedup, candidates, cells, links)
     picked, dropped = _take_in_order([pos[pid] for pid in order], excluded, dups, budget)
     taken = [(int(candidates[j]), *best[int(candidates[j])]) for j in picked]
     counts = {"candidates": int(len(candidates)), **_drop_counts(dropped),
@@ -342,7 +370,7 @@ def _take_in_order(order: list[int], excluded: np.ndarray, dups: Adjacency,
 def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: int,
                   vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray, ntotal: int,
                   dedup: float, exclude_threshold: float,
-                  cells: Optional[Callable[..., np.ndarray]] = None) -> Selection:
+                  cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None) -> Selection:
     """A seeded uniform draw of ``budget`` pool items (fewer only if the pool runs out)."""
     faiss = import_faiss()
     order = np.random.default_rng(seed).permutation(ntotal)
@@ -351,7 +379,7 @@ def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: 
         candidates = np.sort(order[:n])
         vecs = _working(vectors_of(candidates))
         excluded = contaminated(vecs, forbidden, exclude_threshold)
-        dups = near_duplicate_pairs(vecs, dedup, cells, candidates)
+        dups = find_duplicates(vecs, dedup, candidates, cells, links)
         pos = {int(pid): j for j, pid in enumerate(candidates)}
         picked, dropped = _take_in_order([pos[int(pid)] for pid in order[:n]], excluded, dups, budget)
         if len(picked) >= budget or n >= ntotal:

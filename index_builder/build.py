@@ -6,7 +6,8 @@ Steps, each restartable on its own:
 2. embed: every shard without a valid done-marker is embedded (index_builder.embed) on the
    chosen runner (index_builder.runners), or imported with ``--embeddings``;
 3. index: a new generation is built or appended (index_builder.generation) and switched in
-   by writing ``index.json`` last.
+   by writing ``index.json`` last;
+4. links (``--dedup-links``): the generation's near-duplicate links (index_builder.links).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .embed import EmbedOptions, read_done
 from .embeddings import import_shard, plan_embedding_tasks
 from .generation import append_generation, build_generation, current, up_to_date
 from .ingest import download_url_list
+from .links import build_links
 from .runners import Runner, make_runner
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,8 @@ def _build(out: Path, tasks: list[ShardTask], encoder, opts: BuildConfig, runner
         gen = None
     else:
         gen = build_generation(out, tasks, info, opts, runner, "embeddings" if embeddings else "images")
+    if opts.dedup_links is not None:
+        build_links(out, opts.dedup_links, progress=opts.progress)
     index_seconds = time.perf_counter() - t_index
     old_report = out / "build-report.json"
     if gen is None and not pending and old_report.exists():

@@ -7,7 +7,7 @@ from .curate import (JOB_INPUTS_FORMAT, MAX_IMAGES, TRANSFER_FORMAT, CurateParam
 from .distill import (MACHINE_FIELDS, REPORT_FORMAT as DISTILL_REPORT_FORMAT, DataSummary, DistillConfig,
                       DistillReport, Method, Scores, StageReport, StudentReport, TeacherReport, TeacherView)
 from .index import (GENERATION_START_FORMAT, INDEX_FORMAT, INDEX_ITEM_SCHEMA, INDEX_MANIFEST_NAME, ITEM_SCHEMA, PLAN_FORMAT,
-                    REPORT_FORMAT, SHARD_FORMAT, BuildConfig, BuildPlan, BuildReport, EncoderInfo, IndexManifest,
+                    REPORT_FORMAT, SHARD_FORMAT, BuildConfig, BuildPlan, BuildReport, EncoderInfo, IndexManifest, LinksInfo,
                     GenerationStart, ShardDone, ShardTask, SkippedItem, default_workers,
                     parse_bytes)
 from .service import Limits
@@ -22,7 +22,7 @@ __all__ = [
     "MACHINE_FIELDS", "DISTILL_REPORT_FORMAT", "DataSummary", "DistillConfig", "DistillReport", "Method", "Scores",
     "StageReport", "StudentReport", "TeacherReport", "TeacherView",
     "GENERATION_START_FORMAT", "GenerationStart", "INDEX_FORMAT", "INDEX_ITEM_SCHEMA", "INDEX_MANIFEST_NAME", "ITEM_SCHEMA", "PLAN_FORMAT", "REPORT_FORMAT",
-    "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "ShardDone", "ShardTask",
+    "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "LinksInfo", "ShardDone", "ShardTask",
     "SkippedItem",
     "RESULTS_FORMAT", "ArmResult", "KTConfig", "KtResults", "Paired", "Stats",
     "CURVE_FORMAT", "CURVE_VALUES", "CurveConfig", "CurvePoint", "CurveResults",

@@ -95,6 +95,23 @@ class EncoderInfo(Doc):
     preprocess: dict = Field(default_factory=dict)
 
 
+class LinksInfo(Doc):
+    """Every pool item's near-duplicates at cosine >= ``threshold``, found once at build time
+    (``curator build-index --dedup-links``) so that curations with ``--dedup`` at or above it look
+    them up instead of searching for them. One CSR table of memory-mapped ``.npy`` files:
+    ``indptr`` (ntotal + 1 offsets) into ``neighbours`` (pool ids) and ``cosines`` (float32, so a
+    pair just under a curation's threshold is never rounded over it)."""
+    threshold: FiniteFloat = Field(gt=0, lt=1)
+    indptr_file: str
+    neighbours_file: str
+    cosines_file: str
+    links: int                 # stored links: each near-duplicate pair twice, once from each end
+    #: Of a sample's pairs found comparing whole cells (as a curation does), the share the links hold:
+    #: large pools are split into finer sub-cells at build time to bound its cost.
+    recall: FiniteFloat = 1.0
+    seconds: float
+
+
 class IndexManifest(Doc):
     format: Literal["curator.index/1"] = INDEX_FORMAT
     encoder: EncoderInfo
@@ -126,6 +143,8 @@ class IndexManifest(Doc):
     embedding_shards: list[str]
     #: Where the vectors came from: ``images`` (embedded here) or ``embeddings`` (imported, --embeddings).
     source_kind: Literal["images", "embeddings"] = "images"
+    #: Precomputed near-duplicate links of this generation, if built (``--dedup-links``).
+    links: Optional[LinksInfo] = None
     created_at: str = Field(default_factory=utcnow)
 
 
@@ -227,6 +246,11 @@ class BuildConfig(Doc):
                                                            "default: chosen from the pool size and --max-index-memory")
     keep_duplicates: bool = Field(False, description="index exact duplicates (same bytes) as separate items, e.g. one "
                                                      "image with several captions")
+    dedup_links: Optional[FiniteFloat] = Field(
+        None, gt=0, lt=1, description="also find every item's near-duplicates at this cosine or above (e.g. 0.95, "
+                                      "curate's default --dedup): curations with --dedup at or above it look them "
+                                      "up instead of searching, most of a deep curation's time; costs about one "
+                                      "more pass over the pool")
     recall_queries: int = Field(1000, ge=1, description="pool vectors used to measure recall@10")
     seed: int = Field(0, ge=0, description="seed of the training sample and the recall queries")
     overwrite: bool = Field(False, description="discard an earlier build in --out")

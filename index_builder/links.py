@@ -1,0 +1,133 @@
+"""``--dedup-links``: every pool item's near-duplicates, found once after the index is built.
+
+Items are grouped as a curation groups its candidates: each into its 2 nearest IVF cells. Within a
+cell, pairs are compared by dense products; a cell is first split into small sub-cells (each item
+in its 3 nearest), because at build time every cell is full (~5,000 items at 20M over 8,192
+lists) and comparing whole cells would cost an hour of 2 cores. The work goes in parts of cells,
+each saved when done, so a killed build resumes; the parts are merged into one CSR table
+(``curator.links``) recorded in ``index.json`` last. The share of pairs the sub-cells keep against
+comparing whole cells is measured on a sample and recorded (``LinksInfo.recall``).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from curator import atomic
+from curator.formats import INDEX_MANIFEST_NAME, IndexManifest
+from curator.links import write_links
+from curator.progress import progress_bar
+from curator.retrieval import PoolIndex
+from curator.select import CELL_BLOCK, EXACT_DEDUP_MAX, cell_groups, cell_pairs, close_pairs, coarse_cells
+
+log = logging.getLogger(__name__)
+#: Sub-cells at build time: cells over SPLIT_ABOVE items are split into sub-cells of about SIZE, each
+#: item in its PROBE nearest. The cost is ~ items x PROBE^2 x SIZE against items x cell size whole.
+SPLIT_ABOVE, SIZE, PROBE = 1024, 128, 3
+#: Cells per saved part: a killed build loses at most one part's work.
+PART_CELLS = 128
+#: Items whose pairs are also found by comparing their whole cells, to measure what the sub-cells keep.
+RECALL_SAMPLE = 2000
+
+
+def build_links(out: Path, threshold: float, *, progress: bool = True) -> IndexManifest:
+    """Find the current generation's near-duplicate links at ``threshold`` (kept when already there)."""
+    manifest = IndexManifest.model_validate_json((out / INDEX_MANIFEST_NAME).read_text())
+    if manifest.links is not None and manifest.links.threshold == threshold:
+        return manifest
+    t0 = time.perf_counter()
+    pool = PoolIndex.open(out)
+    gdir = out / Path(manifest.index_file).parent
+    if pool.ntotal <= EXACT_DEDUP_MAX:
+        i, j, cos = close_pairs(pool.vectors(np.arange(pool.ntotal)), threshold)
+        recall = 1.0
+    else:
+        groups = cell_groups(_assign(pool, progress))
+        parts = gdir / f"links-{threshold:g}.parts"
+        i, j, cos = _merge(_parts(pool, groups, threshold, parts, progress))
+        recall = _recall(pool, groups, threshold, i, j)
+    info = write_links(gdir, out, pool.ntotal, i, j, cos, threshold, time.perf_counter() - t0)
+    manifest = manifest.model_copy(update={"links": info.model_copy(update={"recall": recall})})
+    atomic.write_json(out / INDEX_MANIFEST_NAME, manifest.model_dump())
+    if pool.ntotal > EXACT_DEDUP_MAX:
+        shutil.rmtree(gdir / f"links-{threshold:g}.parts", ignore_errors=True)
+    log.info("near-duplicate links at %g: %d in %.1f s", threshold, info.links, info.seconds)
+    return manifest
+
+
+def _assign(pool: PoolIndex, progress: bool) -> np.ndarray:
+    """Every item's 2 nearest coarse cells: the index's own, a block of items at a time."""
+    blocks = []
+    with progress_bar(total=pool.ntotal, desc="links: cells", unit="item", enabled=progress) as bar:
+        for start in range(0, pool.ntotal, CELL_BLOCK):
+            ids = np.arange(start, min(pool.ntotal, start + CELL_BLOCK))
+            part = pool.cells(pool.vectors(ids), 2, ids)
+            if part is None:  # a flat index has no cells: it is small enough to hold, so cluster it whole
+                return coarse_cells(pool.vectors(np.arange(pool.ntotal)), None, None)
+            blocks.append(part)
+            bar.update(len(ids))
+    return np.concatenate(blocks)
+
+
+def _parts(pool: PoolIndex, groups: list[np.ndarray], threshold: float, parts: Path,
+           progress: bool) -> Iterator[Path]:
+    """Each part's pairs file, found now or by an earlier, killed run."""
+    parts.mkdir(exist_ok=True)
+    with progress_bar(total=len(groups), desc="links: pairs", unit="cell", enabled=progress) as bar:
+        for p, start in enumerate(range(0, len(groups), PART_CELLS)):
+            path = parts / f"part-{p:05d}.npz"
+            if not path.exists():
+                found = [_pairs(pool, g, threshold) for g in groups[start:start + PART_CELLS] if len(g) > 1]
+                i, j, cos = (np.concatenate(x) for x in zip(*found)) if found else _empty()
+                atomic.write_with(path, lambda tmp: _save(tmp, i, j, cos))
+            bar.update(min(PART_CELLS, len(groups) - start))
+            yield path
+
+
+def _pairs(pool: PoolIndex, group: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a, b, cos = cell_pairs(pool.vectors(group), threshold, SPLIT_ABOVE, SIZE, PROBE)
+    return group[a], group[b], cos
+
+
+def _save(tmp: Path, i: np.ndarray, j: np.ndarray, cos: np.ndarray) -> None:
+    with open(tmp, "wb") as f:  # a handle: np.savez would add ".npz" to a path that lacks it
+        np.savez(f, i=i, j=j, cos=cos)
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+
+
+def _merge(paths: Iterator[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    loaded = []
+    for path in paths:
+        with np.load(path) as z:
+            loaded.append((z["i"], z["j"], z["cos"]))
+    return tuple(np.concatenate(x) for x in zip(*loaded)) if loaded else _empty()
+
+
+def _recall(pool: PoolIndex, groups: list[np.ndarray], threshold: float, i: np.ndarray, j: np.ndarray) -> float:
+    """Of a sample of items' pairs found by comparing whole cells, the share the links hold."""
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(pool.ntotal, min(RECALL_SAMPLE, pool.ntotal), replace=False))
+    linked = set(zip(*_sample_links(sample, i, j)))
+    whole = set()
+    for g in groups:
+        mine = g[np.isin(g, sample)]
+        if not len(mine) or len(g) < 2:
+            continue
+        sims = pool.vectors(mine) @ pool.vectors(g).T
+        a, b = np.nonzero(sims >= threshold)
+        whole.update((int(x), int(y)) for x, y in zip(mine[a], g[b]) if x != y)
+    return 1.0 if not whole else len(whole & linked) / len(whole)
+
+
+def _sample_links(sample: np.ndarray, i: np.ndarray, j: np.ndarray) -> tuple[list, list]:
+    rows, cols = np.concatenate([i, j]), np.concatenate([j, i])
+    mine = np.isin(rows, sample)
+    return rows[mine].tolist(), cols[mine].tolist()
