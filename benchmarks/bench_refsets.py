@@ -38,9 +38,10 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
-def run(pool: PoolIndex, qv, per_query: int, out: Path, mode: str, one_process: bool = False) -> tuple[dict, float, int]:
+def run(pool: PoolIndex, qv, per_query: int, out: Path, mode: str, one_process: bool = False,
+        name: str = "") -> tuple[dict, float, int]:
     """One curation; ``one_process``: every shard written in this process (the writer before its pool)."""
-    name = mode + ("-1proc" if one_process else "")
+    name = name or mode + ("-1proc" if one_process else "")
     shutil.rmtree(out / name, ignore_errors=True)
     queries = [Query(f"q{i}") for i in range(len(qv))]
     saved = transfer.PROCESS_MIN_SAMPLES
@@ -66,6 +67,15 @@ def serve_shard(folder: Path, name: str) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
+def add_links(index_dir: Path) -> tuple[float, PoolIndex]:
+    """The index's near-duplicate links at curate's default dedup (``build-index --dedup-links``), timed."""
+    from index_builder.links import build_links
+
+    t0 = time.perf_counter()
+    build_links(index_dir, CurateParams().dedup, progress=False)
+    return time.perf_counter() - t0, PoolIndex.open(index_dir)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -82,22 +92,25 @@ def main() -> None:
     index_dir, _ = make_index(args.work, args.n, None, gen.sample(args.n, seed=0), files)
     qv = gen.sample(args.queries, seed=321)
     pool = PoolIndex.open(index_dir)
+    pool = PoolIndex(pool.root, pool.manifest.model_copy(update={"links": None}), pool.index, pool.items)  # searched
     out = args.work / "refsets"
     rows = {"reference (one process)": run(pool, qv, args.per_query, out, "reference", one_process=True)}
     rows.update({mode: run(pool, qv, args.per_query, out, mode) for mode in ("copy", "reference")})
+    links_s, pool = add_links(index_dir)
+    rows["reference, links"] = run(pool, qv, args.per_query, out, "reference", name="reference-links")
     shardlist = rows["copy"][0].shardlist
     shard = shardlist[len(shardlist) // 2].url
     served = {mode: serve_shard(out / mode, shard) for mode in ("copy", "reference")}
-    write(args, rows, served, shard)
+    write(args, rows, served, shard, links_s)
 
 
-def write(args, rows, served, shard) -> None:
+def write(args, rows, served, shard, links_s) -> None:
     def line(mode):
         m, wall, size = rows[mode]
         t = m.timings
         return (f"| {mode} | {wall:.1f} | {t['search']:.2f} | {t['select']:.2f} | {t['write']:.1f} | "
                 f"{size / 1e6:,.1f} | {size / max(1, m.counts.emitted):,.0f} |")
-    (mc, wc, _), (mr, wr, _) = rows["copy"], rows["reference"]
+    (mc, wc, _), (mr, wr, _), (ml, wl, _) = rows["copy"], rows["reference"], rows["reference, links"]
     same = mc.shardlist == mr.shardlist
     body = f"""## Transfer sets by reference vs copies: {args.queries} queries x {args.per_query:,} on {args.n:,} pool vectors
 
@@ -113,6 +126,7 @@ writes them again. Shard lists (names, sizes, sha256, md5) identical in both man
 {line("copy")}
 {line("reference")}
 {line("reference (one process)")}
+{line("reference, links")}
 
 By reference / copy: wall {wr / wc:.2f}x, write phase {mr.timings['write'] / max(1e-9, mc.timings['write']):.2f}x.
 Shards written by {min(transfer.MAX_WRITE_PROCESSES, transfer.usable_cpus())} spawned processes against all in this process
@@ -126,6 +140,11 @@ and processes do.
 (search {mr.timings['search']:.1f}, select {mr.timings['select']:.1f}, write {mr.timings['write']:.1f}); the
 hashing alone is ~3.2 s of both cores. The write phase scales with cores (up to {transfer.MAX_WRITE_PROCESSES}
 writer processes); selection does not yet (near-duplicate cells and the walk are one core).
+
+**With near-duplicate links** (`build-index --dedup-links {CurateParams().dedup}` on this index, {links_s:.0f} s once):
+the same reference curation looks its candidates' near-duplicates up instead of searching for them: select
+{ml.timings['select']:.2f} s against {mr.timings['select']:.2f} s searched, {wl:.1f} s in all against {wr:.1f} s. Same
+selection and shard list: **{ml.shardlist == mr.shardlist}**. Target {'met' if wl < 5 else 'not met'} with the links.
 
 Serving shard `{shard}` ({served['copy'][1] / 1e6:.1f} MB), finding it included: from its file {served['copy'][0]:.2f} s;
 assembled from the pool with every sample sha256-checked {served['reference'][0]:.2f} s (its rows are one row group

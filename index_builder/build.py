@@ -12,6 +12,7 @@ Steps, each restartable on its own:
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import shutil
 import time
@@ -89,7 +90,8 @@ def _build(out: Path, tasks: list[ShardTask], encoder, opts: BuildConfig, runner
     else:
         gen = build_generation(out, tasks, info, opts, runner, "embeddings" if embeddings else "images")
     if opts.dedup_links is not None:
-        build_links(out, opts.dedup_links, progress=opts.progress)
+        workers = max(1, min(opts.index_workers, os.cpu_count() or 1))  # links run here, whatever the runner
+        build_links(out, opts.dedup_links, workers=workers, progress=opts.progress)
     index_seconds = time.perf_counter() - t_index
     old_report = out / "build-report.json"
     if gen is None and not pending and old_report.exists():

@@ -11,8 +11,11 @@ comparing whole cells is measured on a sample and recorded (``LinksInfo.recall``
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
+from concurrent.futures import as_completed
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +24,7 @@ import numpy as np
 from curator import atomic
 from curator.formats import INDEX_MANIFEST_NAME, IndexManifest
 from curator.links import write_links
+from curator.processes import spawn_pool
 from curator.progress import progress_bar
 from curator.retrieval import PoolIndex
 from curator.select import CELL_BLOCK, EXACT_DEDUP_MAX, cell_groups, cell_pairs, close_pairs, coarse_cells
@@ -35,7 +39,7 @@ PART_CELLS = 128
 RECALL_SAMPLE = 2000
 
 
-def build_links(out: Path, threshold: float, *, progress: bool = True) -> IndexManifest:
+def build_links(out: Path, threshold: float, *, workers: int = 1, progress: bool = True) -> IndexManifest:
     """Find the current generation's near-duplicate links at ``threshold`` (kept when already there)."""
     manifest = IndexManifest.model_validate_json((out / INDEX_MANIFEST_NAME).read_text())
     if manifest.links is not None and manifest.links.threshold == threshold:
@@ -49,7 +53,7 @@ def build_links(out: Path, threshold: float, *, progress: bool = True) -> IndexM
     else:
         groups = cell_groups(_assign(pool, progress))
         parts = gdir / f"links-{threshold:g}.parts"
-        i, j, cos = _merge(_parts(pool, groups, threshold, parts, progress))
+        i, j, cos = _merge(_parts(out, groups, threshold, parts, workers, progress))
         recall = _recall(pool, groups, threshold, i, j)
     info = write_links(gdir, out, pool.ntotal, i, j, cos, threshold, time.perf_counter() - t0)
     manifest = manifest.model_copy(update={"links": info.model_copy(update={"recall": recall})})
@@ -74,19 +78,55 @@ def _assign(pool: PoolIndex, progress: bool) -> np.ndarray:
     return np.concatenate(blocks)
 
 
-def _parts(pool: PoolIndex, groups: list[np.ndarray], threshold: float, parts: Path,
-           progress: bool) -> Iterator[Path]:
-    """Each part's pairs file, found now or by an earlier, killed run."""
+def _parts(out: Path, groups: list[np.ndarray], threshold: float, parts: Path, workers: int,
+           progress: bool) -> list[Path]:
+    """Each part's pairs file, found now (in ``workers`` spawned processes) or by an earlier, killed run."""
     parts.mkdir(exist_ok=True)
+    paths = [parts / f"part-{p:05d}.npz" for p in range(-(-len(groups) // PART_CELLS))]
+    todo = [p for p, path in enumerate(paths) if not path.exists()]
     with progress_bar(total=len(groups), desc="links: pairs", unit="cell", enabled=progress) as bar:
-        for p, start in enumerate(range(0, len(groups), PART_CELLS)):
-            path = parts / f"part-{p:05d}.npz"
-            if not path.exists():
-                found = [_pairs(pool, g, threshold) for g in groups[start:start + PART_CELLS] if len(g) > 1]
-                i, j, cos = (np.concatenate(x) for x in zip(*found)) if found else _empty()
-                atomic.write_with(path, lambda tmp: _save(tmp, i, j, cos))
-            bar.update(min(PART_CELLS, len(groups) - start))
-            yield path
+        bar.update(len(groups) - sum(len(_part(groups, p)) for p in todo))
+        if workers <= 1:
+            for p in todo:
+                bar.update(find_part(str(out), _part(groups, p), threshold, str(paths[p])))
+            return paths
+        with spawn_pool(min(workers, len(todo) or 1)) as pool:
+            with _blas_threads(max(1, (os.cpu_count() or 1) // workers)):  # the workers start at the first submit
+                futures = [pool.submit(find_part, str(out), _part(groups, p), threshold, str(paths[p])) for p in todo]
+            for future in as_completed(futures):
+                bar.update(future.result())
+    return paths
+
+
+def _part(groups: list[np.ndarray], p: int) -> list[np.ndarray]:
+    return groups[p * PART_CELLS:(p + 1) * PART_CELLS]
+
+
+@contextmanager
+def _blas_threads(n: int) -> Iterator[None]:
+    """Threads of each spawned worker's BLAS and OpenMP: read from the environment when they start, so
+    two workers on two cores do not run four threads."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: str(n) for k in names})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+_OPEN: dict[str, PoolIndex] = {}
+
+
+def find_part(root: str, groups: list[np.ndarray], threshold: float, path: str) -> int:
+    """One part's pairs, saved atomically (a worker opens the pool once); returns the cells done."""
+    if root not in _OPEN:
+        _OPEN[root] = PoolIndex.open(root)
+    found = [_pairs(_OPEN[root], g, threshold) for g in groups if len(g) > 1]
+    i, j, cos = (np.concatenate(x) for x in zip(*found)) if found else _empty()
+    atomic.write_with(Path(path), lambda tmp: _save(tmp, i, j, cos))
+    return len(groups)
 
 
 def _pairs(pool: PoolIndex, group: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,7 +143,7 @@ def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
 
 
-def _merge(paths: Iterator[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _merge(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     loaded = []
     for path in paths:
         with np.load(path) as z:

@@ -85,3 +85,16 @@ def test_a_bad_dedup_links_value_names_the_flag(tmp_path):
                           "--out", str(tmp_path / "idx"), "--dedup-links", "1.5"], capture_output=True, text=True)
     assert run.returncode != 0 and "--dedup-links" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "idx").exists()
+
+
+def test_links_found_by_worker_processes_are_the_same(pool_dir, tiny_clip_spec, monkeypatch):
+    """Parts found in 2 spawned processes: the same table as one process finds."""
+    monkeypatch.setattr(links_mod, "EXACT_DEDUP_MAX", 0)
+    monkeypatch.setattr(links_mod, "PART_CELLS", 8)
+    idx, _ = pool_dir
+    tables = []
+    for workers in (1, 2):
+        links_mod.build_links(idx, 0.95 if workers == 1 else 0.96, workers=workers, progress=False)
+        pool = PoolIndex.open(idx)
+        tables.append(pool.links(np.arange(20000), 0.96))
+    assert [list(r) for r in tables[0]] == [list(r) for r in tables[1]] and sum(len(r) for r in tables[1]) >= 400
