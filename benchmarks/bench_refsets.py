@@ -11,6 +11,7 @@ the copy writes them again as shards, the reference writes a row per sample.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -72,7 +73,7 @@ def add_links(index_dir: Path) -> tuple[float, PoolIndex]:
     from index_builder.links import build_links
 
     t0 = time.perf_counter()
-    build_links(index_dir, CurateParams().dedup, progress=False)
+    build_links(index_dir, CurateParams().dedup, workers=os.cpu_count() or 1, progress=False)
     return time.perf_counter() - t0, PoolIndex.open(index_dir)
 
 

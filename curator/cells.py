@@ -53,10 +53,7 @@ class ItemCells:
             if not len(group):
                 continue
             near = self.near[primary[group[0]]]
-            sims = x[group] @ self.centroids[near].T
-            best = np.argpartition(-sims, n - 1, axis=1)[:, :n] if sims.shape[1] > n else np.argsort(-sims, axis=1)
-            order = np.argsort(-np.take_along_axis(sims, best, axis=1), axis=1, kind="stable")
-            out[group] = near[np.take_along_axis(best, order, axis=1)[:, :n]]
+            out[group] = near[_best(x[group] @ self.centroids[near].T, n)]
         return out
 
     def _build(self) -> None:
@@ -81,6 +78,19 @@ class ItemCells:
         wanted = min(MAX_NEIGHBOURS, max(MIN_NEIGHBOURS, int(nlist * NEIGHBOUR_FRACTION)))
         self.near = _nearest_centroids(self.centroids, min(nlist - 1, wanted))
         self.list_of = list_of
+
+
+def _best(sims: np.ndarray, n: int) -> np.ndarray:
+    """Per row, the columns of the ``n`` largest values, largest first: ``n`` passes of argmax, which for
+    the 2 a near-duplicate search asks is several times faster than a partition of every row."""
+    if n >= sims.shape[1]:
+        return np.argsort(-sims, axis=1, kind="stable")[:, :n]
+    rows, cols = np.arange(len(sims)), []
+    for _ in range(n):
+        col = np.argmax(sims, axis=1)
+        sims[rows, col] = -np.inf
+        cols.append(col)
+    return np.stack(cols, axis=1)
 
 
 def _nearest_centroids(c: np.ndarray, m: int, block: int = 1024) -> np.ndarray:

@@ -164,6 +164,11 @@ class PoolIndex:
             return self._item_cells(ivf).top(np.asarray(ids, dtype=np.int64), x, n)
         return ivf.quantizer.search(x, n)[1]
 
+    def stored_lists(self) -> Optional[np.ndarray]:
+        """The IVF list each item is stored in (item id -> list), or None where it cannot be known."""
+        ivf = self._ivf()
+        return self._item_cells(ivf).list_of if ivf is not None and self._item_cells(ivf).available() else None
+
     def links(self, candidates: np.ndarray, threshold: float) -> Optional[Adjacency]:
         """The candidates' near-duplicates from this generation's precomputed links (``curator.links``),
         or None where it has none at this threshold or below."""

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 SPLIT_ABOVE, SIZE, PROBE = 1024, 128, 3
 #: Cells per saved part: a killed build loses at most one part's work.
 PART_CELLS = 128
-#: Items whose pairs are also found by comparing their whole cells, to measure what the sub-cells keep.
-RECALL_SAMPLE = 2000
+#: Cells whose pairs are also found by comparing them whole, to measure what the sub-cells keep.
+RECALL_CELLS = 32
 
 
 def build_links(out: Path, threshold: float, *, workers: int = 1, progress: bool = True) -> IndexManifest:
@@ -65,17 +65,21 @@ def build_links(out: Path, threshold: float, *, workers: int = 1, progress: bool
 
 
 def _assign(pool: PoolIndex, progress: bool) -> np.ndarray:
-    """Every item's 2 nearest coarse cells: the index's own, a block of items at a time."""
-    blocks = []
+    """Every item's 2 nearest coarse cells: the index's own. Items go in the order of the lists they are
+    stored in, so each list's items are compared with its neighbouring centroids in one product (in
+    id order a list's items come a few at a time, and the products are too small to be fast)."""
+    lists = pool.stored_lists()
+    order = np.argsort(lists, kind="stable") if lists is not None else np.arange(pool.ntotal)
+    assign = np.empty((pool.ntotal, 2), dtype=np.int64)
     with progress_bar(total=pool.ntotal, desc="links: cells", unit="item", enabled=progress) as bar:
         for start in range(0, pool.ntotal, CELL_BLOCK):
-            ids = np.arange(start, min(pool.ntotal, start + CELL_BLOCK))
+            ids = order[start:start + CELL_BLOCK]
             part = pool.cells(pool.vectors(ids), 2, ids)
             if part is None:  # a flat index has no cells: it is small enough to hold, so cluster it whole
                 return coarse_cells(pool.vectors(np.arange(pool.ntotal)), None, None)
-            blocks.append(part)
+            assign[ids] = part
             bar.update(len(ids))
-    return np.concatenate(blocks)
+    return assign
 
 
 def _parts(out: Path, groups: list[np.ndarray], threshold: float, parts: Path, workers: int,
@@ -123,14 +127,18 @@ def find_part(root: str, groups: list[np.ndarray], threshold: float, path: str) 
     """One part's pairs, saved atomically (a worker opens the pool once); returns the cells done."""
     if root not in _OPEN:
         _OPEN[root] = PoolIndex.open(root)
-    found = [_pairs(_OPEN[root], g, threshold) for g in groups if len(g) > 1]
+    pool = _OPEN[root]
+    ids = np.unique(np.concatenate(groups)) if groups else np.empty(0, np.int64)
+    vecs = pool.vectors(ids, dtype=np.float16)  # one gather per part: a pool of many small shards is slow per cell
+    found = [_pairs(vecs[np.searchsorted(ids, g)], g, threshold) for g in groups if len(g) > 1]
     i, j, cos = (np.concatenate(x) for x in zip(*found)) if found else _empty()
     atomic.write_with(Path(path), lambda tmp: _save(tmp, i, j, cos))
     return len(groups)
 
 
-def _pairs(pool: PoolIndex, group: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    a, b, cos = cell_pairs(pool.vectors(group), threshold, SPLIT_ABOVE, SIZE, PROBE)
+def _pairs(x: np.ndarray, group: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs of one cell, whose items ``group`` have the vectors ``x``, as pool ids."""
+    a, b, cos = cell_pairs(np.asarray(x, dtype=np.float32), threshold, SPLIT_ABOVE, SIZE, PROBE)
     return group[a], group[b], cos
 
 
@@ -152,22 +160,17 @@ def _merge(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _recall(pool: PoolIndex, groups: list[np.ndarray], threshold: float, i: np.ndarray, j: np.ndarray) -> float:
-    """Of a sample of items' pairs found by comparing whole cells, the share the links hold."""
+    """In a sample of cells, the share of pairs found by comparing each whole cell (as a curation does)
+    that the links hold."""
     rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(pool.ntotal, min(RECALL_SAMPLE, pool.ntotal), replace=False))
-    linked = set(zip(*_sample_links(sample, i, j)))
-    whole = set()
-    for g in groups:
-        mine = g[np.isin(g, sample)]
-        if not len(mine) or len(g) < 2:
+    sample = [groups[c] for c in rng.choice(len(groups), min(RECALL_CELLS, len(groups)), replace=False)]
+    whole, held = 0, 0
+    for g in sample:
+        a, b, _ = close_pairs(pool.vectors(g), threshold)
+        if not len(a):
             continue
-        sims = pool.vectors(mine) @ pool.vectors(g).T
-        a, b = np.nonzero(sims >= threshold)
-        whole.update((int(x), int(y)) for x, y in zip(mine[a], g[b]) if x != y)
-    return 1.0 if not whole else len(whole & linked) / len(whole)
-
-
-def _sample_links(sample: np.ndarray, i: np.ndarray, j: np.ndarray) -> tuple[list, list]:
-    rows, cols = np.concatenate([i, j]), np.concatenate([j, i])
-    mine = np.isin(rows, sample)
-    return rows[mine].tolist(), cols[mine].tolist()
+        ours = np.isin(i, g) & np.isin(j, g)
+        linked = set(zip(i[ours].tolist(), j[ours].tolist())) | set(zip(j[ours].tolist(), i[ours].tolist()))
+        whole += len(a)
+        held += sum((x, y) in linked for x, y in zip(g[a].tolist(), g[b].tolist()))
+    return 1.0 if not whole else held / whole
