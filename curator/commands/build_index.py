@@ -16,7 +16,8 @@ Re-running the same command resumes: finished shards are kept. --append adds new
 index as a new generation (a running `curator serve` switches to it); --runner ray scales out."""
 FLAGS = ("encoder", "device", "precision", "batch_size", "workers", "worker_nice", "shard_size", "max_pixels",
          "max_index_memory", "max_build_memory", "layout", "index_workers", "target_recall", "index_factory",
-         "keep_duplicates", "recall_queries", "seed", "runner", "ray_address", "append", "retrain", "overwrite")
+         "keep_duplicates", "dedup_links", "recall_queries", "seed", "runner", "ray_address", "append", "retrain",
+         "overwrite")
 
 
 def add_parser(sub) -> None:
