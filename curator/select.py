@@ -12,7 +12,8 @@ item is credited to its nearest query, for the record only).
 
 Near-duplicates never enter twice: once an item is taken, every candidate within cosine
 ``dedup`` of it is blocked. Candidates within ``exclude_threshold`` of a query image or of
-any ``--exclude`` image (e.g. the target test set) are dropped as contamination.
+any ``--exclude`` image (e.g. the target test set) are dropped as contamination. A pool built with
+``--dedup-links`` has every item's near-duplicates already (``curator.links``): they are looked up.
 Searches deepen (k x 4) until every quota is met or a query's list covers the whole pool.
 """
 from __future__ import annotations
