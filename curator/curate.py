@@ -93,7 +93,7 @@ def select_items(pool: PoolIndex, vecs: np.ndarray, owner: np.ndarray, labels: l
     t = time.perf_counter()
     rules = dict(vectors_of=partial(pool.vectors, dtype=np.float16), forbidden=forbidden, ntotal=pool.ntotal, dedup=params.dedup,
                  exclude_threshold=params.exclude_threshold, cells=pool.cells,
-                 links=pool.links)
+                 links=pool.links, near=pool.near)
     selection = select(Request(search, vecs, owner, labels, rules, cancelled), params)
     timings["search"] = search_seconds[0]
     timings["select"] = time.perf_counter() - t - search_seconds[0]

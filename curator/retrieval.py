@@ -46,6 +46,11 @@ class Hit(BaseModel):
         return self.model_dump()
 
 
+#: ``PoolIndex.near``: lists searched per vector, and how far below the threshold the approximate codes
+#: are searched before each hit is checked exactly (SQ8 codes move a cosine by about 0.01; PQ more).
+NEAR_PROBE, NEAR_MARGIN = 64, 0.15
+
+
 class PoolIndex:
     def __init__(self, root: Path, manifest: IndexManifest, index, items: pa.Table, manifest_sha256: str = ""):
         self.root, self.manifest, self.index, self.items = root, manifest, index, items
@@ -163,6 +168,29 @@ class PoolIndex:
         if ids is not None and self._item_cells(ivf).available():
             return self._item_cells(ivf).top(np.asarray(ids, dtype=np.int64), x, n)
         return ivf.quantizer.search(x, n)[1]
+
+    def near(self, vectors: np.ndarray, threshold: float) -> np.ndarray:
+        """Sorted pool ids within cosine ``threshold`` of any of ``vectors`` (a curation's forbidden
+        images), each checked on its stored vector.
+
+        A range search of the index a margin below the threshold (its codes are approximate), through
+        each vector's NEAR_PROBE nearest lists: an item this close to a vector shares one of its nearest
+        lists, as near-duplicates share cells. It costs a few lists per vector instead of reading
+        every candidate's vector to compare it with them."""
+        faiss = import_faiss()
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not len(x) or threshold >= 1.0:
+            return np.empty(0, np.int64)
+        ivf = self._ivf()
+        kw = {} if ivf is None else {"params": faiss.SearchParametersIVF(
+            nprobe=min(ivf.nlist, max(self.manifest.nprobe or 1, NEAR_PROBE)))}
+        _, _, found = self.index.range_search(x, threshold - NEAR_MARGIN, **kw)
+        ids = np.unique(found[found >= 0]).astype(np.int64)
+        if not len(ids):
+            return ids
+        best, _ = faiss.knn(np.ascontiguousarray(self.vectors(ids), np.float32), x, 1,
+                            metric=faiss.METRIC_INNER_PRODUCT)
+        return ids[best[:, 0] >= threshold]
 
     def stored_lists(self) -> Optional[np.ndarray]:
         """The IVF list each item is stored in (item id -> list), or None where it cannot be known."""

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 #: The pool's precomputed near-duplicate links (``PoolIndex.links``): the candidates' adjacency at a
 #: threshold, or None where the pool has none that cover it.
 Links = Optional[Callable[[np.ndarray, float], Optional["Adjacency"]]]
+#: Pool ids within a cosine of any of some vectors, checked exactly (``PoolIndex.near``): contamination
+#: found from the forbidden side, without the candidates' vectors.
+Near = Optional[Callable[[np.ndarray, float], np.ndarray]]
 #: Above this many candidates, near-duplicate search uses an IVF index instead of exact.
 EXACT_DEDUP_MAX = 20_000
 
@@ -146,14 +149,22 @@ def cell_pairs(gx: np.ndarray, threshold: float, split_above: int = SPLIT_ABOVE,
     return tuple(np.concatenate(part) for part in zip(*found))
 
 
-def find_duplicates(vectors: np.ndarray, threshold: float, candidates: np.ndarray,
-                    cells: Optional[Callable[..., np.ndarray]] = None,
-                    links: Links = None) -> Adjacency:
-    """The candidates' near-duplicates: looked up in the pool's precomputed links when it has them at
-    this threshold (a deep curation's millions of candidates then cost a gather, not a search), else
-    found by ``near_duplicate_pairs``."""
-    found = links(candidates, threshold) if links is not None and threshold < 1.0 else None
-    return found if found is not None else near_duplicate_pairs(vectors, threshold, cells, candidates)
+def apply_rules(candidates: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray,
+                dedup: float, exclude_threshold: float, cells: Optional[Callable[..., np.ndarray]] = None,
+                links: Links = None, near: Near = None) -> tuple[np.ndarray, Adjacency]:
+    """(contaminated mask, near-duplicates) of sorted pool ids ``candidates``.
+
+    With the pool's precomputed links covering ``dedup`` and a ``near`` search for the forbidden
+    vectors, the candidates' own vectors are never read: a deep curation's millions of candidate
+    rows, scattered over a pool larger than memory, were most of its time once near-duplicates were
+    looked up. Otherwise each candidate is compared with every forbidden vector and its cells."""
+    dups = _adjacency(len(candidates), np.empty(0, np.int64), np.empty(0, np.int64)) if dedup >= 1.0 else (
+        links(candidates, dedup) if links is not None else None)
+    if dups is not None and near is not None:
+        return np.isin(candidates, near(forbidden, exclude_threshold)), dups
+    vecs = _working(vectors_of(candidates))
+    excluded = contaminated(vecs, forbidden, exclude_threshold)
+    return excluded, dups if dups is not None else near_duplicate_pairs(vecs, dedup, cells, candidates)
 
 
 def coarse_cells(vectors: np.ndarray, cells: Optional[Callable[..., np.ndarray]],
@@ -302,16 +313,15 @@ def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owne
                     quotas: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray,
                     ntotal: int, dedup: float, exclude_threshold: float,
                     cancelled: Callable[[], bool] = lambda: False,
-                    cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None) -> Selection:
+                    cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None,
+                  near: Near = None) -> Selection:
     """Search deep enough for every quota, then walk; deepen for queries that ran dry."""
     k = min(ntotal, int(2 * quotas.max() + 16))
     while True:
         scores, ids = search(k)
         lists = merge_views(scores, ids, owner, n_queries)
         candidates = np.unique(np.concatenate([lst[0] for lst in lists]))
-        vecs = _working(vectors_of(candidates))
-        excluded = contaminated(vecs, forbidden, exclude_threshold)
-        dups = find_duplicates(vecs, dedup, candidates, cells, links)
+        excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near)
         taken, counts, dry = walk(lists, quotas, candidates, excluded, dups, cancelled)
         if not dry or k >= ntotal:
             break
@@ -323,7 +333,8 @@ def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owne
 def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owner: np.ndarray, n_queries: int,
                      threshold: float, budget: Optional[int], vectors_of: Callable[[np.ndarray], np.ndarray],
                      forbidden: np.ndarray, ntotal: int, dedup: float, exclude_threshold: float,
-                     cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None) -> Selection:
+                     cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None,
+                  near: Near = None) -> Selection:
     """Every item above ``threshold`` for any query, best first, up to ``budget``."""
     k = min(ntotal, max(64, 2 * (budget or 0) // max(1, n_queries)))
     while True:
@@ -340,9 +351,7 @@ def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], own
     order = sorted(best, key=lambda pid: (-best[pid][2], pid))
     candidates = np.array(sorted(best), dtype=np.int64)
     pos = {pid: j for j, pid in enumerate(candidates)}
-    vecs = _working(vectors_of(candidates))
-    excluded = contaminated(vecs, forbidden, exclude_threshold)
-    dups = find_duplicates(vecs, dedup, candidates, cells, links)
+    excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near)
     picked, dropped = _take_in_order([pos[pid] for pid in order], excluded, dups, budget)
     taken = [(int(candidates[j]), *best[int(candidates[j])]) for j in picked]
     counts = {"candidates": int(len(candidates)), **_drop_counts(dropped),
@@ -371,23 +380,22 @@ def _take_in_order(order: list[int], excluded: np.ndarray, dups: Adjacency,
 def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: int,
                   vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray, ntotal: int,
                   dedup: float, exclude_threshold: float,
-                  cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None) -> Selection:
+                  cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None,
+                  near: Near = None) -> Selection:
     """A seeded uniform draw of ``budget`` pool items (fewer only if the pool runs out)."""
     faiss = import_faiss()
     order = np.random.default_rng(seed).permutation(ntotal)
     n = min(ntotal, 2 * budget + 64)
     while True:
         candidates = np.sort(order[:n])
-        vecs = _working(vectors_of(candidates))
-        excluded = contaminated(vecs, forbidden, exclude_threshold)
-        dups = find_duplicates(vecs, dedup, candidates, cells, links)
+        excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near)
         pos = {int(pid): j for j, pid in enumerate(candidates)}
         picked, dropped = _take_in_order([pos[int(pid)] for pid in order[:n]], excluded, dups, budget)
         if len(picked) >= budget or n >= ntotal:
             break
         n = min(ntotal, n * 2)
     picked_arr = np.asarray(picked, dtype=np.int64)
-    sims, nearest = faiss.knn(np.ascontiguousarray(vecs[picked_arr], np.float32),
+    sims, nearest = faiss.knn(np.ascontiguousarray(vectors_of(candidates[picked_arr]), np.float32),
                               np.ascontiguousarray(query_vecs, np.float32), 1, metric=faiss.METRIC_INNER_PRODUCT)
     taken = [(int(candidates[j]), int(owner[v]), -1, float(s)) for j, v, s in zip(picked_arr, nearest[:, 0],
                                                                                    sims[:, 0])]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 @dataclass
 class Request:
     """Everything a strategy may use. ``rules`` holds the keyword arguments every selection shares:
-    ``vectors_of``, ``forbidden``, ``ntotal``, ``dedup``, ``exclude_threshold``, ``cells``, ``links``."""
+    ``vectors_of``, ``forbidden``, ``ntotal``, ``dedup``, ``exclude_threshold``, ``cells``, ``links``, ``near``."""
     search: Callable[[int], tuple[np.ndarray, np.ndarray]]
     vectors: np.ndarray                    # query views, L2-normalised
     owner: np.ndarray                      # the query each view belongs to

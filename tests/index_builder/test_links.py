@@ -1,5 +1,6 @@
 """Near-duplicate links found at build time (``--dedup-links``): the same selection as searching for
-them at curation time, a build that resumes, and curations below the links' threshold that search."""
+them at curation time (contamination then found from the forbidden vectors' side, ``PoolIndex.near``),
+a build that resumes, and curations below the links' threshold that search."""
 from __future__ import annotations
 
 import subprocess
@@ -48,6 +49,7 @@ def test_links_give_the_selection_that_searching_gives(pool_dir, tiny_clip_spec,
     with_links, searched = _select(PoolIndex.open(idx), 0.95, use_links=True), _select(PoolIndex.open(idx), 0.95,
                                                                                        use_links=False)
     assert with_links.counts["deduped"] > 0
+    assert with_links.counts["excluded"] >= 40 + 4  # each query's own item, and the planted copies of 4 of them
     assert np.array_equal(with_links.ids, searched.ids) and with_links.dropped == searched.dropped
     pool = PoolIndex.open(idx)
     candidates = np.arange(0, 20000, 7)
