@@ -256,14 +256,31 @@ def contaminated(vectors: np.ndarray, forbidden: np.ndarray, threshold: float) -
     return out
 
 
+def candidate_positions(lists: list[tuple]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The sorted unique ids of all lists, and each list's ids as positions in them: one sort of the
+    concatenation, instead of a unique and then a search per list into the result (seconds each at
+    100 x 40,000 ids, the search missing cache on every lookup)."""
+    ids = np.concatenate([lst[0] for lst in lists]) if lists else np.empty(0, np.int64)
+    order = np.argsort(ids, kind="stable")
+    ranked = ids[order]
+    new = np.ones(len(ranked), dtype=bool)
+    new[1:] = ranked[1:] != ranked[:-1]
+    inverse = np.empty(len(ids), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return ranked[new], np.split(inverse, np.cumsum([len(lst[0]) for lst in lists])[:-1])
+
+
 def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, excluded: np.ndarray,
-         dups: Adjacency, cancelled: Callable[[], bool] = lambda: False) -> tuple[list, dict, list[int]]:
+         dups: Adjacency, cancelled: Callable[[], bool] = lambda: False,
+         positions: Optional[list[np.ndarray]] = None) -> tuple[list, dict, list[int]]:
     """Round-robin quota filling. Returns (taken rows, counts, queries whose list ran out).
 
     ``candidates`` is sorted (np.unique's), so list ids become candidate positions in one vectorised
     search; the loop itself runs on plain Python lists and a bytearray, a few times faster per step
     than numpy scalars, which matters at thousands of neighbours per query."""
-    positions = [np.searchsorted(candidates, ids).tolist() for ids, _ in lists]
+    if positions is None:
+        positions = [np.searchsorted(candidates, ids) for ids, _ in lists]
+    positions = [pos.tolist() for pos in positions]
     ids_of = [ids.tolist() for ids, _ in lists]
     scores_of = [scores.tolist() for _, scores in lists]
     blocked, bounds = excluded.tolist(), dups.indptr.tolist()
@@ -320,9 +337,9 @@ def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owne
     while True:
         scores, ids = search(k)
         lists = merge_views(scores, ids, owner, n_queries)
-        candidates = np.unique(np.concatenate([lst[0] for lst in lists]))
+        candidates, positions = candidate_positions(lists)
         excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near)
-        taken, counts, dry = walk(lists, quotas, candidates, excluded, dups, cancelled)
+        taken, counts, dry = walk(lists, quotas, candidates, excluded, dups, cancelled, positions)
         if not dry or k >= ntotal:
             break
         log.info("%d queries ran out of neighbours at k=%d; searching deeper", len(dry), k)
