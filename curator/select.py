@@ -273,7 +273,8 @@ def candidate_positions(lists: list[tuple]) -> tuple[np.ndarray, list[np.ndarray
 def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, excluded: np.ndarray,
          dups: Adjacency, cancelled: Callable[[], bool] = lambda: False,
          positions: Optional[list[np.ndarray]] = None) -> tuple[list, dict, list[int]]:
-    """Round-robin quota filling. Returns (taken rows, counts, queries whose list ran out).
+    """Round-robin quota filling. Returns ((ids, queries, ranks, scores) taken, counts, queries whose list
+    ran out).
 
     ``candidates`` is sorted (np.unique's), so list ids become candidate positions in one vectorised
     search; the loop itself runs on plain Python lists and a bytearray, a few times faster per step
@@ -281,12 +282,10 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, exclude
     if positions is None:
         positions = [np.searchsorted(candidates, ids) for ids, _ in lists]
     positions = [pos.tolist() for pos in positions]
-    ids_of = [ids.tolist() for ids, _ in lists]
-    scores_of = [scores.tolist() for _, scores in lists]
     blocked, bounds = excluded.tolist(), dups.indptr.tolist()
     state = bytearray(len(candidates))                   # 0 free, 1 taken, 2 dup-blocked
     ptr, got, want = [0] * len(lists), [0] * len(lists), [int(q) for q in quotas]
-    taken, dry = [], set()
+    taken_q, taken_r, dry = [], [], set()   # the query and rank of each take: ids and scores are looked up after
     seen_excluded, seen_dup, dropped = set(), set(), []
     active = [q for q in range(len(lists)) if want[q] > 0]
     while active:
@@ -302,7 +301,7 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, exclude
                     seen = seen_excluded if blocked[j] else seen_dup
                     if j not in seen:
                         seen.add(j)
-                        dropped.append((ids_of[q][r - 1], q, r - 1, scores_of[q][r - 1],
+                        dropped.append((int(lists[q][0][r - 1]), q, r - 1, float(lists[q][1][r - 1]),
                                         "contamination" if blocked[j] else "near-duplicate"))
                 elif state[j] == 0:
                     state[j] = 1
@@ -310,7 +309,8 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, exclude
                         for other in dups.indices[bounds[j]:bounds[j + 1]].tolist():
                             if state[other] == 0:
                                 state[other] = 2
-                    taken.append((ids_of[q][r - 1], q, r - 1, scores_of[q][r - 1]))
+                    taken_q.append(q)
+                    taken_r.append(r - 1)
                     got[q] += 1
                     break
             else:
@@ -323,7 +323,17 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, exclude
         active = still
     counts = {"candidates": int(len(candidates)), "excluded": len(seen_excluded), "deduped": len(seen_dup),
               "dropped": dropped}
-    return taken, counts, sorted(dry)
+    return _taken_columns(lists, taken_q, taken_r), counts, sorted(dry)
+
+
+def _taken_columns(lists: list[tuple], taken_q: list[int], taken_r: list[int]) -> tuple[np.ndarray, ...]:
+    """(ids, queries, ranks, scores) of the takes, looked up in the lists at once."""
+    q, r = np.asarray(taken_q, np.int64), np.asarray(taken_r, np.int64)
+    starts = np.cumsum([0] + [len(ids) for ids, _ in lists])[:-1].astype(np.int64)
+    at = starts[q] + r if len(q) else q
+    ids = np.concatenate([ids for ids, _ in lists])[at] if lists else q
+    scores = np.concatenate([scores for _, scores in lists])[at] if lists else q
+    return ids, q, r, scores
 
 
 def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owner: np.ndarray, n_queries: int,
@@ -426,10 +436,11 @@ def _drop_counts(dropped: list[tuple[int, str]]) -> dict:
     return {"excluded": reasons.count("contamination"), "deduped": reasons.count("near-duplicate")}
 
 
-def _selection(taken: list, quotas: np.ndarray, counts: dict, dry: list[int], depth: int) -> Selection:
-    arr = list(zip(*taken)) if taken else [[], [], [], []]
+def _selection(taken, quotas: np.ndarray, counts: dict, dry: list[int], depth: int) -> Selection:
+    """``taken``: (id, query, rank, score) per take, as rows or as four columns already."""
+    arr = taken if isinstance(taken, tuple) else (list(zip(*taken)) if taken else [[], [], [], []])
     counts = dict(counts)
     dropped = counts.pop("dropped", [])
-    counts = dict(counts, emitted=len(taken), search_depth=int(depth))
+    counts = dict(counts, emitted=len(arr[0]), search_depth=int(depth))
     return Selection(np.asarray(arr[0], np.int64), np.asarray(arr[1], np.int64), np.asarray(arr[2], np.int64),
                      np.asarray(arr[3], np.float32), quotas, counts, dry, dropped)
