@@ -34,16 +34,17 @@ RUN = textwrap.dedent("""
     pool = PoolIndex.open(sys.argv[3])
     qv = ClusteredVectors().sample(100, seed=321)
     t = {}
-    select_items(pool, qv, np.arange(100), [None] * 100, qv, CurateParams(per_query=1000, dedup=0.9), {})  # warm
-    s = select_items(pool, qv, np.arange(100), [None] * 100, qv, CurateParams(per_query=1000, dedup=0.9), t)
+    select_items(pool, qv, np.arange(100), [None] * 100, qv, CurateParams(per_query=1000, dedup=float(sys.argv[5])), {})  # warm
+    s = select_items(pool, qv, np.arange(100), [None] * 100, qv, CurateParams(per_query=1000, dedup=float(sys.argv[5])),
+                     t)
     np.savez(sys.argv[4], ids=s.ids, query=s.query, rank=s.rank, score=s.score,
              dropped=np.array([d[0] for d in s.dropped], dtype=np.int64))
     print(json.dumps({"search": t["search"], "select": t["select"], "n": int(len(s.ids)), "dropped": len(s.dropped)}))
 """)
 
 
-def run(tree: Path, index: Path, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", RUN, str(tree), str(HERE), str(index), str(out)],
+def run(tree: Path, index: Path, out: Path, dedup: float) -> dict:
+    proc = subprocess.run([sys.executable, "-c", RUN, str(tree), str(HERE), str(index), str(out), str(dedup)],
                           capture_output=True, text=True, cwd=tree)
     if proc.returncode:
         raise SystemExit(proc.stderr[-2000:])
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument("--section", default="select", help="the BENCHMARKS.md section to write (default: %(default)s)")
     ap.add_argument("--changed", default=CHANGED_SINCE_D803745,
                     help="what the current code changed since the baseline, for the write-up")
+    ap.add_argument("--dedup", type=float, default=0.9,
+                    help="the curation's --dedup (default: %(default)s; at or above the index's --dedup-links "
+                         "threshold the links are used)")
     ap.add_argument("--index", type=Path, default=ROOT / "bench-out" / "curate" / "index-auto",
                     help="a 1M-vector pool index (benchmarks/bench_curate.py makes it)")
     args = ap.parse_args()
@@ -69,7 +73,7 @@ def main() -> None:
         times: dict[str, list[dict]] = {"baseline": [], "current": []}
         for r in range(args.repeats):
             for name, tree in (("baseline", old), ("current", ROOT))[:: 1 if r % 2 == 0 else -1]:
-                times[name].append(run(tree, args.index, work / f"{name}.npz"))
+                times[name].append(run(tree, args.index, work / f"{name}.npz", args.dedup))
                 print(name, times[name][-1], flush=True)
         a, b = np.load(work / "baseline.npz"), np.load(work / "current.npz")
         same = all(np.array_equal(a[k], b[k]) for k in a.files)
@@ -88,7 +92,7 @@ def write(args, times: dict, same: bool) -> None:
     body = f"""## Selection against commit {args.baseline}: 100 queries x 1,000 on 1,000,000 pool vectors
 
 Machine: {machine()}. Commit {commit()}. Command: `{command()}`.
-`select_items` (search, then the balanced walk with dedup 0.9 and contamination control against the queries) on
+`select_items` (search, then the balanced walk with dedup {args.dedup} and contamination control against the queries) on
 bench_curate's pool, each checkout in its own process, alternating, after one warm-up selection each.
 
 | code | select s (each run) | best select s | best search s |
