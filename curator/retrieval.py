@@ -46,9 +46,16 @@ class Hit(BaseModel):
         return self.model_dump()
 
 
-#: ``PoolIndex.near``: lists searched per vector, and how far below the threshold the approximate codes
-#: are searched before each hit is checked exactly (SQ8 codes move a cosine by about 0.01; PQ more).
-NEAR_PROBE, NEAR_MARGIN = 64, 0.15
+#: ``PoolIndex.near``: lists searched per vector.
+NEAR_PROBE = 64
+
+
+def code_margin(index_factory: str) -> float:
+    """How far an index's codes may move a cosine between unit vectors: none for exact (Flat) codes;
+    SQ8 quantizes each dimension to 1/255 of its range, which moves a 512-d cosine by well under 0.01
+    (0.03 leaves room); PQ and coarser codes by up to about 0.1."""
+    codec = index_factory.split(",")[-1].strip()
+    return 1e-4 if codec.startswith("Flat") else 0.03 if codec == "SQ8" else 0.15
 
 
 class PoolIndex:
@@ -170,27 +177,28 @@ class PoolIndex:
         return ivf.quantizer.search(x, n)[1]
 
     def near(self, vectors: np.ndarray, threshold: float) -> np.ndarray:
-        """Sorted pool ids within cosine ``threshold`` of any of ``vectors`` (a curation's forbidden
-        images), each checked on its stored vector.
+        """Sorted pool ids within cosine ``threshold`` of any of ``vectors`` (a curation's forbidden images).
 
-        A range search of the index a margin below the threshold (its codes are approximate), through
-        each vector's NEAR_PROBE nearest lists: an item this close to a vector shares one of its nearest
-        lists, as near-duplicates share cells. It costs a few lists per vector instead of reading
-        every candidate's vector to compare it with them."""
+        A range search through each vector's NEAR_PROBE nearest lists (an item this close shares one of
+        them, as near-duplicates share cells), ``code_margin`` below the threshold since the index's codes
+        are approximate. Hits the codes put that far above it are in; hits within the margin either side
+        are checked on their stored vectors. A few lists per vector, instead of reading every candidate's
+        vector to compare it with them."""
         faiss = import_faiss()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if not len(x) or threshold >= 1.0:
             return np.empty(0, np.int64)
-        ivf = self._ivf()
+        ivf, margin = self._ivf(), code_margin(self.manifest.index_factory)
         kw = {} if ivf is None else {"params": faiss.SearchParametersIVF(
             nprobe=min(ivf.nlist, max(self.manifest.nprobe or 1, NEAR_PROBE)))}
-        _, _, found = self.index.range_search(x, threshold - NEAR_MARGIN, **kw)
-        ids = np.unique(found[found >= 0]).astype(np.int64)
-        if not len(ids):
-            return ids
-        best, _ = faiss.knn(np.ascontiguousarray(self.vectors(ids), np.float32), x, 1,
-                            metric=faiss.METRIC_INNER_PRODUCT)
-        return ids[best[:, 0] >= threshold]
+        _, approx, found = self.index.range_search(x, threshold - margin, **kw)
+        sure = np.unique(found[approx >= threshold + margin]).astype(np.int64)
+        maybe = np.setdiff1d(found[approx < threshold + margin], sure).astype(np.int64)
+        if len(maybe):
+            best, _ = faiss.knn(np.ascontiguousarray(self.vectors(maybe), np.float32), x, 1,
+                                metric=faiss.METRIC_INNER_PRODUCT)
+            sure = np.union1d(sure, maybe[best[:, 0] >= threshold])
+        return sure
 
     def stored_lists(self) -> Optional[np.ndarray]:
         """The IVF list each item is stored in (item id -> list), or None where it cannot be known."""

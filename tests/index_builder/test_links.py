@@ -58,6 +58,18 @@ def test_links_give_the_selection_that_searching_gives(pool_dir, tiny_clip_spec,
     assert sum(len(r) for r in strict) < sum(len(r) for r in pool.links(candidates, 0.95))
 
 
+def test_contamination_from_approximate_codes_is_checked_exactly(pool_dir, tiny_clip_spec, tmp_path):
+    """On SQ8 codes the forbidden side's range search is approximate: hits near the threshold are checked
+    on the stored vectors, so the selection is the searched one."""
+    _, src = pool_dir
+    idx = tmp_path / "sq8"
+    build_index([str(src)], idx, opts(tiny_clip_spec, index_factory="IVF32,SQ8", dedup_links=0.95), embeddings=True)
+    with_links, searched = _select(PoolIndex.open(idx), 0.95, use_links=True), _select(PoolIndex.open(idx), 0.95,
+                                                                                       use_links=False)
+    assert with_links.counts["excluded"] >= 44
+    assert np.array_equal(with_links.ids, searched.ids) and with_links.dropped == searched.dropped
+
+
 def test_a_killed_links_pass_resumes_from_its_saved_parts(pool_dir, tiny_clip_spec, monkeypatch):
     monkeypatch.setattr(links_mod, "EXACT_DEDUP_MAX", 0)
     monkeypatch.setattr(links_mod, "PART_CELLS", 8)
