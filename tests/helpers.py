@@ -137,3 +137,33 @@ def tiny_index(root: Path, encoder: str, n: int, *, classes: int = 2, seed: int 
 def tiny_server(root: Path, encoder: str, n: int, *flags: str, seed: int = 0) -> "Server":
     """A started ``curator serve`` process over a :func:`tiny_index` (stop it when done)."""
     return Server(tiny_index(root, encoder, n, seed=seed), root / "state", *flags).start()
+
+
+# Precomputed-embedding pools (clip-retrieval's layout), for the web-scale and links tests.
+def write_embeddings(root: Path, counts: list[int], *, d: int = 32, seed: int = 0, name: str = "x",
+                     dtype=np.float16, unit: bool = True) -> Path:
+    """A clip-retrieval style folder: img_emb/img_emb_N.npy + metadata/metadata_N.parquet."""
+    (root / "img_emb").mkdir(parents=True, exist_ok=True)
+    (root / "metadata").mkdir(exist_ok=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    from synthetic import ClusteredVectors
+
+    gen = ClusteredVectors(d=d, clusters=256, seed=7)
+    for f, n in enumerate(counts):
+        x = gen.sample(n, seed=seed * 100 + f)
+        np.save(root / "img_emb" / f"img_emb_{f}.npy", (x if unit else 3 * x).astype(dtype))
+        pq.write_table(pa.table({"url": [f"https://example.com/{name}/{f}/{i}.jpg" for i in range(n)],
+                                 "caption": [f"{name} {f} {i}" for i in range(n)], "similarity": [0.3] * n}),
+                       root / "metadata" / f"metadata_{f}.parquet")
+    return root
+
+
+def opts(spec: str, **kw):
+    """A quiet, single-process build config for tests."""
+    from curator.formats import BuildConfig
+
+    return BuildConfig(encoder=spec, workers=0, progress=False, recall_queries=200, **kw)

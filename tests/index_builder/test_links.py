@@ -15,7 +15,7 @@ from curator.retrieval import PoolIndex
 from index_builder import build_index
 from index_builder import links as links_mod
 
-from test_scale import opts, write_embeddings
+from helpers import opts, write_embeddings
 
 
 @pytest.fixture

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from helpers import READ, REPO, Server
+from helpers import READ, REPO, Server, opts, write_embeddings
 from curator.errors import CuratorError
 from curator.curate import curate
-from curator.formats import BuildConfig, CurateParams
+from curator.formats import CurateParams
 from curator.queries import Query
 from curator.retrieval import PoolIndex
 from index_builder import build_index
@@ -25,25 +23,6 @@ from index_builder.ondisk import peak_tree_rss
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from synthetic import ClusteredVectors  # noqa: E402
-
-
-def write_embeddings(root: Path, counts: list[int], *, d: int = 32, seed: int = 0, name: str = "x",
-                     dtype=np.float16, unit: bool = True) -> Path:
-    """A clip-retrieval style folder: img_emb/img_emb_N.npy + metadata/metadata_N.parquet."""
-    (root / "img_emb").mkdir(parents=True, exist_ok=True)
-    (root / "metadata").mkdir(exist_ok=True)
-    gen = ClusteredVectors(d=d, clusters=256, seed=7)
-    for f, n in enumerate(counts):
-        x = gen.sample(n, seed=seed * 100 + f)
-        np.save(root / "img_emb" / f"img_emb_{f}.npy", (x if unit else 3 * x).astype(dtype))
-        pq.write_table(pa.table({"url": [f"https://example.com/{name}/{f}/{i}.jpg" for i in range(n)],
-                                 "caption": [f"{name} {f} {i}" for i in range(n)], "similarity": [0.3] * n}),
-                       root / "metadata" / f"metadata_{f}.parquet")
-    return root
-
-
-def opts(spec: str, **kw) -> BuildConfig:
-    return BuildConfig(encoder=spec, workers=0, progress=False, recall_queries=200, **kw)
 
 
 def test_clip_retrieval_embeddings_are_indexed_without_images(tmp_path, tiny_clip_spec):
