@@ -22,7 +22,8 @@ from typing import Iterator
 import numpy as np
 
 from curator import atomic
-from curator.formats import INDEX_MANIFEST_NAME, IndexManifest
+from curator.errors import CuratorError
+from curator.formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc
 from curator.links import write_links
 from curator.processes import spawn_pool
 from curator.progress import progress_bar
@@ -41,7 +42,7 @@ RECALL_CELLS = 32
 
 def build_links(out: Path, threshold: float, *, workers: int = 1, progress: bool = True) -> IndexManifest:
     """Find the current generation's near-duplicate links at ``threshold`` (kept when already there)."""
-    manifest = IndexManifest.model_validate_json((out / INDEX_MANIFEST_NAME).read_text())
+    manifest = load_doc(out / INDEX_MANIFEST_NAME, IndexManifest)
     if manifest.links is not None and manifest.links.threshold == threshold:
         return manifest
     t0 = time.perf_counter()
@@ -56,6 +57,9 @@ def build_links(out: Path, threshold: float, *, workers: int = 1, progress: bool
         i, j, cos = _merge(_parts(out, groups, threshold, parts, workers, progress))
         recall = _recall(pool, groups, threshold, i, j)
     info = write_links(gdir, out, pool.ntotal, i, j, cos, threshold, time.perf_counter() - t0)
+    if load_doc(out / INDEX_MANIFEST_NAME, IndexManifest).generation != manifest.generation:
+        raise CuratorError(f"{out}: a new index generation was switched in while its links were found; run the "
+                           f"build again with --dedup-links to find the new generation's")
     manifest = manifest.model_copy(update={"links": info.model_copy(update={"recall": recall})})
     atomic.write_json(out / INDEX_MANIFEST_NAME, manifest.model_dump())
     if pool.ntotal > EXACT_DEDUP_MAX:
