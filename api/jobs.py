@@ -143,6 +143,8 @@ class JobRunner:
         if job is None:
             return False
         with self._lock:
+            if job["id"] in self._cancel:  # ours, still running: its lease ran out in a stall and we took it
+                return True                # back, which renewed it; a second run would delete the first's work
             self._cancel[job["id"]] = threading.Event()
         self.executor.submit(self._run, job)
         return True

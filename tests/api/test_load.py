@@ -52,7 +52,8 @@ def test_concurrent_clients_lose_nothing_and_memory_stays_flat(tiny_clip_spec, t
         results = first + second
         assert len(results) == 2 * CLIENTS * PER_CLIENT
         states = [r["state"] for _, r in results]
-        assert states.count("succeeded") == len(results), {s: states.count(s) for s in set(states)}
+        failed = [r for _, r in results if r["state"] != "succeeded"]
+        assert not failed, failed  # the whole record, so a rare failure says why
         ids = {r["id"] for _, r in results}
         assert len(ids) == len(results)  # none lost, none merged
         listed = httpx.get(srv.url + "/jobs?limit=1000", headers={"Authorization": f"Bearer {CURATE}"}).json()

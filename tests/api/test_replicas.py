@@ -52,6 +52,26 @@ def test_concurrent_claims_hand_each_job_out_once(database_url, tmp_path):
     assert set(claimed) == jobs | distill
 
 
+def test_a_job_whose_lease_lapsed_while_it_ran_here_is_not_run_twice(tmp_path):
+    """A stall past the lease (a loaded machine) lets this replica claim its own running job again:
+    that claim renews the lease and must not start a second run, whose resume step would delete the
+    first run's half-written set and fail it."""
+    from api.jobs import JobRunner
+
+    settings = Settings(index_dir=tmp_path / "index", data_dir=tmp_path, replica="r1", job_workers=2)
+    store = Store(open_database(f"sqlite:///{tmp_path / 'state.sqlite3'}", tmp_path))
+    job_id = store.create_job("curate", {}, None)[0]
+    runner = JobRunner(settings, store, pool=None)
+    started: list[str] = []
+    runner.executor = type("Record", (), {"submit": lambda self, fn, job: started.append(job["id"])})()
+    assert runner._claim(30.0) and started == [job_id]
+    store.db.execute("UPDATE jobs SET lease_expires = 0 WHERE id = ?", (job_id,))  # the stall
+    assert runner._claim(30.0)
+    assert started == [job_id], "the job was started a second time"
+    job = store.get_job(job_id)
+    assert job["state"] == "running" and job["worker"] == "r1" and job["lease_expires"] > time.time()
+
+
 def test_a_bad_database_url_is_a_clear_error_that_hides_the_password(tmp_path):
     settings = Settings(index_dir=tmp_path / "index", data_dir=tmp_path / "data", no_auth=True,
                         database="postgresql://curator:s3cret@127.0.0.1:1/nowhere")
