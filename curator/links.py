@@ -4,9 +4,9 @@ A deep curation (100 queries x 20,000 neighbours) has millions of candidates, an
 near-duplicates by comparing each with those sharing its coarse cells is nearly all of its time
 (minutes at 20M items). The pairs do not depend on the curation, only on the pool and the
 threshold, so ``curator build-index --dedup-links`` finds them once for the whole pool and a
-curation gathers its candidates' rows from one memory-mapped CSR table (``LinksInfo``). The
-curation's result is the same either way: the build compares items within the same cells, with
-the same rules, as the curation would.
+curation gathers its candidates' rows from one memory-mapped CSR table (``LinksInfo``). The pairs
+are those a curation of many candidates finds, items compared within their two nearest cells, less
+what the build's finer sub-cells miss (measured: ``LinksInfo.recall``).
 """
 from __future__ import annotations
 

@@ -270,17 +270,15 @@ def candidate_positions(lists: list[tuple]) -> tuple[np.ndarray, list[np.ndarray
     return ranked[new], np.split(inverse, np.cumsum([len(lst[0]) for lst in lists])[:-1])
 
 
-def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, excluded: np.ndarray,
-         dups: Adjacency, cancelled: Callable[[], bool] = lambda: False,
-         positions: Optional[list[np.ndarray]] = None) -> tuple[list, dict, list[int]]:
+def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, positions: list[np.ndarray],
+         excluded: np.ndarray, dups: Adjacency,
+         cancelled: Callable[[], bool] = lambda: False) -> tuple[tuple, dict, list[int]]:
     """Round-robin quota filling. Returns ((ids, queries, ranks, scores) taken, counts, queries whose list
     ran out).
 
-    ``candidates`` is sorted (np.unique's), so list ids become candidate positions in one vectorised
-    search; the loop itself runs on plain Python lists and a bytearray, a few times faster per step
-    than numpy scalars, which matters at thousands of neighbours per query."""
-    if positions is None:
-        positions = [np.searchsorted(candidates, ids) for ids, _ in lists]
+    ``positions`` are each list's ids as positions in ``candidates`` (``candidate_positions``); the loop
+    runs on plain Python lists and a bytearray, a few times faster per step than numpy scalars, which
+    matters at thousands of neighbours per query."""
     positions = [pos.tolist() for pos in positions]
     blocked, bounds = excluded.tolist(), dups.indptr.tolist()
     state = bytearray(len(candidates))                   # 0 free, 1 taken, 2 dup-blocked
@@ -349,7 +347,7 @@ def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owne
         lists = merge_views(scores, ids, owner, n_queries)
         candidates, positions = candidate_positions(lists)
         excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near)
-        taken, counts, dry = walk(lists, quotas, candidates, excluded, dups, cancelled, positions)
+        taken, counts, dry = walk(lists, quotas, candidates, positions, excluded, dups, cancelled)
         if not dry or k >= ntotal:
             break
         log.info("%d queries ran out of neighbours at k=%d; searching deeper", len(dry), k)
