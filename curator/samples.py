@@ -48,8 +48,8 @@ def _arrange_openclipart(raw: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for category in sorted(p for p in root.iterdir() if p.is_dir()):
         link = dest / category.name
-        if not link.exists():
-            link.symlink_to(category, target_is_directory=True)
+        if not link.exists():  # relative to the link: right however ``dest`` was given, and if the cache moves
+            link.symlink_to(os.path.relpath(category, link.parent), target_is_directory=True)
 
 
 def _arrange_icon_theme(theme: str) -> Callable[[Path, Path], None]:
@@ -95,8 +95,8 @@ def fetch_one(name: str, dest: Path) -> Path:
         raise CuratorError(f"unknown sample set {name!r}; choose from {', '.join(SAMPLE_SETS)}")
     spec = SAMPLE_SETS[name]
     folder, marker = dest / name, dest / f".{name}.done"
-    if marker.exists() and folder.is_dir():
-        return folder
+    if marker.exists() and folder.is_dir() and all(p.exists() for p in folder.iterdir()):
+        return folder  # (a link that leads nowhere, as older versions made for a relative dest: arranged again)
     debs, raw = dest / "debs", dest / "raw" / spec.package
     debs.mkdir(parents=True, exist_ok=True)
     deb = _download_deb(spec.package, debs)
