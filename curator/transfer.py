@@ -48,7 +48,7 @@ class _ShardWriter:
     def __init__(self, name: str, path: Optional[Path]):
         self.entry = {"url": name, "nsamples": 0}
         self._fh = open(path, "wb") if path is not None else None
-        self._sha, self._md5, self._len = hashlib.sha256(), hashlib.md5(), 0
+        self._sha, self._len = hashlib.sha256(), 0
 
     def add(self, key: str, ext: str, data: bytes, meta: bytes) -> None:
         self._emit(b"".join(sample_segments(key, ext, data, len(data), meta)))  # one update per sample
@@ -56,7 +56,6 @@ class _ShardWriter:
 
     def _emit(self, data: bytes) -> None:
         self._sha.update(data)
-        self._md5.update(data)
         self._len += len(data)
         if self._fh is not None:
             self._fh.write(data)
@@ -65,7 +64,7 @@ class _ShardWriter:
         self._emit(end_of_archive(self._len))
         if self._fh is not None:
             self._fh.close()
-        return dict(self.entry, filesize=self._len, sha256=self._sha.hexdigest(), md5sum=self._md5.hexdigest())
+        return dict(self.entry, filesize=self._len, sha256=self._sha.hexdigest())
 
 
 #: Below this many samples a set is written in this process; above, shards are written by a pool of
