@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE)]
 
-from report import command, commit, machine, update_section  # noqa: E402
+from report import checkout, command, commit, machine, update_section  # noqa: E402
 
 CHANGED_SINCE_D803745 = ("near-duplicate cells come from the list each item is stored in and that list's "
                          "neighbouring centroids instead of a search against all 2,048 centroids; near-duplicates "
@@ -67,9 +67,7 @@ def main() -> None:
                     help="a 1M-vector pool index (benchmarks/bench_curate.py makes it)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-select-"))
-    old = work / "baseline"
-    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(old), args.baseline], cwd=ROOT, check=True)
-    try:
+    with checkout(args.baseline, work / "baseline") as old:
         times: dict[str, list[dict]] = {"baseline": [], "current": []}
         for r in range(args.repeats):
             for name, tree in (("baseline", old), ("current", ROOT))[:: 1 if r % 2 == 0 else -1]:
@@ -77,8 +75,6 @@ def main() -> None:
                 print(name, times[name][-1], flush=True)
         a, b = np.load(work / "baseline.npz"), np.load(work / "current.npz")
         same = all(np.array_equal(a[k], b[k]) for k in a.files)
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
     write(args, times, same)
 
 

@@ -1,6 +1,7 @@
 """Write one benchmark's section of BENCHMARKS.md, leaving the other sections alone."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -48,3 +49,14 @@ def update_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS.write_text(text)
+
+
+@contextlib.contextmanager
+def checkout(rev: str, folder: Path):
+    """An earlier commit's tree in ``folder`` (a git worktree), removed afterwards: a baseline measured
+    in the same run as the current code, each in its own process."""
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(folder), rev], cwd=ROOT, check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=ROOT)
