@@ -95,7 +95,6 @@ BASELINE_RUN = textwrap.dedent("""
     from curator.queries import Query
     from curator.retrieval import PoolIndex
     import shutil
-import subprocess
     from pathlib import Path
     n, per_query, out = int(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6])
     qv = ClusteredVectors().sample(n, seed=321)
@@ -115,7 +114,8 @@ def baseline_runs(rev: str, index_dir: Path, args, work: Path) -> dict[str, list
         for r in range(args.repeats):
             for name, tree in (("baseline", old), ("current", ROOT))[:: 1 if r % 2 == 0 else -1]:
                 out = subprocess.run([sys.executable, "-c", BASELINE_RUN, str(tree), str(tree / "benchmarks"),
-                                      str(index_dir), str(args.queries), str(args.per_query), str(work / name)],
+                                      str(index_dir.resolve()), str(args.queries), str(args.per_query),
+                                      str((work / name).resolve())],
                                      cwd=tree, check=True, capture_output=True, text=True).stdout
                 times[name].append(json.loads(out.strip().splitlines()[-1]))
                 print(name, {k: v for k, v in times[name][-1].items() if k != "sha"}, flush=True)
