@@ -110,13 +110,13 @@ def baseline_runs(rev: str, index_dir: Path, args, work: Path) -> dict[str, list
     """The by-reference curation with links at commit ``rev`` and at this tree, alternating, each in its
     own process on its own checkout."""
     times: dict[str, list[dict]] = {"baseline": [], "current": []}
+    work = work.resolve()
     with checkout(rev, work / "baseline-tree") as old:
         for r in range(args.repeats):
             for name, tree in (("baseline", old), ("current", ROOT))[:: 1 if r % 2 == 0 else -1]:
                 out = subprocess.run([sys.executable, "-c", BASELINE_RUN, str(tree), str(tree / "benchmarks"),
-                                      str(index_dir.resolve()), str(args.queries), str(args.per_query),
-                                      str((work / name).resolve())],
-                                     cwd=tree, check=True, capture_output=True, text=True).stdout
+                                      str(index_dir.resolve()), str(args.queries), str(args.per_query), str(work / name)],
+                                     cwd=tree, check=True, stdout=subprocess.PIPE, text=True).stdout
                 times[name].append(json.loads(out.strip().splitlines()[-1]))
                 print(name, {k: v for k, v in times[name][-1].items() if k != "sha"}, flush=True)
     return times
