@@ -21,7 +21,7 @@ from .retrieval import PoolIndex
 from .select import Selection
 from .setview import DROPPED_FILE, QUERIES_FILE, dropped_table, query_table
 from .strategies import Request, select
-from .transfer import new_set_id, write_transfer_set
+from .transfer import new_set_id, shard_writers, write_transfer_set
 
 Progress = Callable[[str, float], None]
 #: Query views per FAISS call: large enough for FAISS's threads, small enough that cancel is prompt.
@@ -61,17 +61,18 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     forbidden_vecs = np.concatenate(forbidden)
     timings["embed"] = time.perf_counter() - t
 
-    selection = select_items(pool, vecs, owner, [q.label for q in queries], forbidden_vecs, params, timings,
-                             progress=progress, cancelled=cancelled)
-    _check_stored(pool, selection.ids)
-    progress("write", 0.0)
-    base = _manifest(pool, queries, params, selection, set_id or new_set_id(), len(vecs),
-                     len(forbidden_vecs) - len(queries), timings).model_copy(update={"skipped_queries": skipped})
-    tables = {QUERIES_FILE: query_table(queries, vecs[_first_views(owner)]),
-              DROPPED_FILE: dropped_table(selection.dropped, pool.items)}
-    manifest = write_transfer_set(pool.items, selection, [q.id for q in queries], [q.label for q in queries],
-                                  Path(out_root), base, progress=lambda f: progress("write", f), cancelled=cancelled,
-                                  tables=tables)
+    with shard_writers(params.budget or (params.per_query or 0) * len(queries)) as writers:
+        selection = select_items(pool, vecs, owner, [q.label for q in queries], forbidden_vecs, params, timings,
+                                 progress=progress, cancelled=cancelled)
+        _check_stored(pool, selection.ids)
+        progress("write", 0.0)
+        base = _manifest(pool, queries, params, selection, set_id or new_set_id(), len(vecs),
+                         len(forbidden_vecs) - len(queries), timings).model_copy(update={"skipped_queries": skipped})
+        tables = {QUERIES_FILE: query_table(queries, vecs[_first_views(owner)]),
+                  DROPPED_FILE: dropped_table(selection.dropped, pool.items)}
+        manifest = write_transfer_set(pool.items, selection, [q.id for q in queries], [q.label for q in queries],
+                                      Path(out_root), base, progress=lambda f: progress("write", f),
+                                      cancelled=cancelled, tables=tables, writers=writers)
     progress("done", 1.0)
     return manifest
 

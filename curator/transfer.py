@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -135,12 +136,40 @@ def _shard_jobs(items: pa.Table, selection, query_ids: list[str], query_labels: 
         yield _ShardJob(n, start, rows, picks, str(folder), copy)
 
 
+@contextlib.contextmanager
+def shard_writers(expected: int) -> Iterator[Optional[Executor]]:
+    """The writer processes for a set of about ``expected`` samples, started now (None below
+    PROCESS_MIN_SAMPLES or on one core). ``curate`` starts them before its selection: their start-up,
+    an interpreter and its imports (0.4 s of a core each), then runs on the core the single-threaded
+    selection leaves idle, instead of ahead of the write."""
+    workers = min(MAX_WRITE_PROCESSES, usable_cpus())
+    if expected < PROCESS_MIN_SAMPLES or workers < 2:
+        yield None
+        return
+    from .processes import spawn_pool
+
+    with spawn_pool(workers) as pool:
+        for _ in range(workers):
+            pool.submit(_ready)
+        yield pool
+
+
+def _ready() -> None:
+    """Nothing: unpickling it imports this module in a writer process, which is the point."""
+
+
 def _write_shards(jobs: Iterator[_ShardJob], total: int, n_shards: int, progress: Callable[[float], None],
-                  cancelled: Callable[[], bool]) -> list[tuple[dict, list[tuple], int]]:
-    """Every shard's result, in shard order: here for a small set, else by a process pool fed a few
-    shards ahead (memory stays a few shards' rows), asked ``cancelled`` between shards."""
-    workers = min(MAX_WRITE_PROCESSES, usable_cpus(), n_shards)
-    if total < PROCESS_MIN_SAMPLES or workers < 2:
+                  cancelled: Callable[[], bool], writers: Optional[Executor]) -> list[tuple[dict, list[tuple], int]]:
+    """Every shard's result, in shard order: here for a small set, else by the writer processes
+    (``writers``, or started here), fed a few shards ahead (memory stays a few shards' rows), asked
+    ``cancelled`` between shards."""
+    if total < PROCESS_MIN_SAMPLES:
+        writers = None
+    elif writers is None:
+        with shard_writers(total) as started:
+            if started is not None:
+                return _write_shards(jobs, total, n_shards, progress, cancelled, started)
+    if writers is None:
         done = []
         for job in jobs:
             done.append(_write_shard(job, cancelled))
@@ -148,28 +177,26 @@ def _write_shards(jobs: Iterator[_ShardJob], total: int, n_shards: int, progress
         return done
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    from .processes import spawn_pool
-
     results: dict[int, tuple] = {}
-    with spawn_pool(workers) as pool:
-        pending: dict = {}
-        try:
-            for job in jobs:
-                while len(pending) >= 2 * workers:
-                    _collect(pending, results, wait(pending, return_when=FIRST_COMPLETED).done)
-                    progress(len(results) / n_shards)
-                if cancelled():
-                    raise InterruptedError("cancelled")
-                pending[pool.submit(_write_shard, job)] = job.n
-            while pending:
+    pending: dict = {}
+    ahead = 2 * min(MAX_WRITE_PROCESSES, usable_cpus())
+    try:
+        for job in jobs:
+            while len(pending) >= ahead:
                 _collect(pending, results, wait(pending, return_when=FIRST_COMPLETED).done)
                 progress(len(results) / n_shards)
-                if cancelled():
-                    raise InterruptedError("cancelled")
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+            if cancelled():
+                raise InterruptedError("cancelled")
+            pending[writers.submit(_write_shard, job)] = job.n
+        while pending:
+            _collect(pending, results, wait(pending, return_when=FIRST_COMPLETED).done)
+            progress(len(results) / n_shards)
+            if cancelled():
+                raise InterruptedError("cancelled")
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        raise
     return [results[n] for n in sorted(results)]
 
 
@@ -194,10 +221,12 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
                        out_root: Path, manifest: TransferManifest, *,
                        progress: Callable[[float], None] = lambda f: None,
                        cancelled: Callable[[], bool] = lambda: False,
-                       tables: Optional[dict[str, pa.Table]] = None) -> TransferManifest:
+                       tables: Optional[dict[str, pa.Table]] = None,
+                       writers: Optional[Executor] = None) -> TransferManifest:
     """Write the set to ``out_root/<manifest.id>`` atomically; returns the completed manifest
     (``manifest`` is the caller's part: this adds the shards, the counts it saw, its own time).
-    ``tables``: more parquet files for the folder (``curator.setview``'s), renamed into place with it."""
+    ``tables``: more parquet files for the folder (``curator.setview``'s), renamed into place with it;
+    ``writers``: processes from ``shard_writers``, started by the caller ahead of time."""
     set_id, shard_size = manifest.id, manifest.params.shard_size
     final = out_root / set_id
     if final.exists():
@@ -207,7 +236,7 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
         n_shards = -(-len(selection.ids) // shard_size)
         jobs = _shard_jobs(items, selection, query_ids, query_labels, tmp, manifest.params.materialize == "copy",
                            shard_size)
-        done = _write_shards(jobs, len(selection.ids), n_shards, progress, cancelled)
+        done = _write_shards(jobs, len(selection.ids), n_shards, progress, cancelled, writers)
         shards = [entry for entry, _, _ in done if entry["nsamples"]]
         samples = [sample for _, rows_, _ in done for sample in rows_]
         missing = sum(m for _, _, m in done)
