@@ -84,10 +84,11 @@ def select_items(pool: PoolIndex, vecs: np.ndarray, owner: np.ndarray, labels: l
     the pool's size, timed into ``timings`` as ``search`` and ``select``."""
     search_seconds = [0.0]
 
-    def search(k: int):
+    def search(k: int, rows: Optional[np.ndarray] = None):
+        """Every query view's top k, or only ``rows``' (the views of queries that ran dry)."""
         t0 = time.perf_counter()
         progress("search", 0.0)
-        result = _search_blocks(pool, vecs, k, cancelled)
+        result = _search_blocks(pool, vecs if rows is None else vecs[rows], k, cancelled)
         search_seconds[0] += time.perf_counter() - t0
         return result
 

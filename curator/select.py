@@ -33,6 +33,8 @@ Links = Optional[Callable[[np.ndarray, float], Optional["Adjacency"]]]
 #: Pool ids within a cosine of any of some vectors, checked exactly (``PoolIndex.near``): contamination
 #: found from the forbidden side, without the candidates' vectors.
 Near = Optional[Callable[[np.ndarray, float], np.ndarray]]
+#: ``search(k)``: every query view's top k (scores, ids); ``search(k, rows)``: only those views'.
+Search = Callable[..., tuple[np.ndarray, np.ndarray]]
 #: Above this many candidates, near-duplicate search uses an IVF index instead of exact.
 EXACT_DEDUP_MAX = 20_000
 
@@ -334,17 +336,23 @@ def _taken_columns(lists: list[tuple], taken_q: list[int], taken_r: list[int]) -
     return ids, q, r, scores
 
 
-def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owner: np.ndarray, n_queries: int,
+def select_balanced(search: Search, owner: np.ndarray, n_queries: int,
                     quotas: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray,
                     ntotal: int, dedup: float, exclude_threshold: float,
                     cancelled: Callable[[], bool] = lambda: False,
                     cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None,
                   near: Near = None) -> Selection:
-    """Search deep enough for every quota, then walk; deepen for queries that ran dry."""
+    """Search deep enough for every quota, then walk; search deeper for the queries that ran dry
+    only (the others' lists held their quotas), and walk again, until none runs dry.
+
+    A query takes from its list in order, so one that never reached its list's end took what a deeper
+    list would have given it: on an exact index the walk is the one deepening every query gives. On
+    an IVF index a query's list is then searched only as deep, and through as many lists, as it
+    needed. Deepening every query searched 1,000 queries again at 4x the depth when some ran dry."""
     k = min(ntotal, int(2 * quotas.max() + 16))
+    lists = merge_views(*search(k), owner, n_queries)
+    near = _asked_once(near)
     while True:
-        scores, ids = search(k)
-        lists = merge_views(scores, ids, owner, n_queries)
         candidates, positions = candidate_positions(lists)
         excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near)
         taken, counts, dry = walk(lists, quotas, candidates, positions, excluded, dups, cancelled)
@@ -352,10 +360,29 @@ def select_balanced(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owne
             break
         log.info("%d queries ran out of neighbours at k=%d; searching deeper", len(dry), k)
         k = min(ntotal, k * 4)
+        rows = np.flatnonzero(np.isin(owner, dry))
+        deeper = merge_views(*search(k, rows), owner[rows], n_queries)
+        for q in dry:
+            lists[q] = deeper[q]
     return _selection(taken, quotas, counts, dry, k)
 
 
-def select_threshold(search: Callable[[int], tuple[np.ndarray, np.ndarray]], owner: np.ndarray, n_queries: int,
+def _asked_once(near: Near) -> Near:
+    """``near`` remembering its answer: the forbidden vectors are the same in every round of
+    deepening, and their range search was half of a 1,000-query curation's selection."""
+    if near is None:
+        return None
+    answers: dict = {}
+
+    def once(vectors: np.ndarray, threshold: float) -> np.ndarray:
+        key = (id(vectors), threshold)
+        if key not in answers:
+            answers[key] = near(vectors, threshold)
+        return answers[key]
+    return once
+
+
+def select_threshold(search: Search, owner: np.ndarray, n_queries: int,
                      threshold: float, budget: Optional[int], vectors_of: Callable[[np.ndarray], np.ndarray],
                      forbidden: np.ndarray, ntotal: int, dedup: float, exclude_threshold: float,
                      cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None,

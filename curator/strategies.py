@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import numpy as np
 
 from .errors import CuratorError
-from .select import Selection, select_balanced, select_random, select_threshold
+from .select import Search, Selection, select_balanced, select_random, select_threshold
 
 if TYPE_CHECKING:
     from .formats import CurateParams
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class Request:
     """Everything a strategy may use. ``rules`` holds the keyword arguments every selection shares:
     ``vectors_of``, ``forbidden``, ``ntotal``, ``dedup``, ``exclude_threshold``, ``cells``, ``links``, ``near``."""
-    search: Callable[[int], tuple[np.ndarray, np.ndarray]]
+    search: Search
     vectors: np.ndarray                    # query views, L2-normalised
     owner: np.ndarray                      # the query each view belongs to
     labels: Sequence[Optional[str]]

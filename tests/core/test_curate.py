@@ -263,3 +263,40 @@ def test_cancel_is_honoured_between_search_blocks(pool_index, tmp_path):
                    query_vectors=vectors, cancelled=lambda: bool(searched))
     assert 0 < sum(searched) < len(vectors)
     assert not any(tmp_path.iterdir())
+
+
+def test_only_queries_that_ran_dry_are_searched_deeper_and_the_walk_is_unchanged():
+    """Twenty queries crowd one neighbourhood (they run dry at the first depth), ten point elsewhere.
+    Searching deeper for the dry ones alone gives the walk searching every query deeper gave, on an
+    exact index (where a shallow top-k is a prefix of a deep one)."""
+    import faiss
+
+    from curator.select import select_balanced
+
+    rng = np.random.default_rng(5)
+    pool = rng.normal(size=(3000, 16)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(16)
+    index.add(pool)
+    crowd = pool[0] + 0.01 * rng.normal(size=(20, 16))
+    queries = np.concatenate([crowd, rng.normal(size=(10, 16))]).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    asked: list[int] = []
+
+    def search(k, rows=None):
+        asked.append(len(queries) if rows is None else len(rows))
+        return index.search(queries if rows is None else queries[rows], k)
+
+    def search_all(k, rows=None):  # the old way: every query again
+        deep = index.search(queries, k)
+        return (deep[0][rows], deep[1][rows]) if rows is not None else deep
+
+    rules = dict(vectors_of=lambda ids: pool[ids], forbidden=np.zeros((0, 16), np.float32), ntotal=len(pool),
+                 dedup=1.0, exclude_threshold=1.0)
+    owner, quotas = np.arange(30), np.full(30, 40)
+    got = select_balanced(search, owner, 30, quotas, **rules)
+    want = select_balanced(search_all, owner, 30, quotas, **rules)
+    assert asked[0] == 30 and 0 < asked[1] < 30, asked  # the second search: the dry queries only
+    assert not got.dry_queries and len(got.ids) == 30 * 40
+    for field in ("ids", "query", "rank", "score"):
+        assert np.array_equal(getattr(got, field), getattr(want, field)), field
