@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -82,19 +83,21 @@ class _ShardJob:
     """One shard's work, self-contained so that another process can do it."""
     n: int
     start: int             # the selection position of its first sample: keys are positions
-    rows: list[dict]       # its pool items' rows
+    rows: pa.Table         # its pool items' rows (compact: a slice would carry its parent's buffers)
     picks: list[tuple]     # per sample: query id, query label, rank, score
     folder: str
     copy: bool
 
 
-def _write_shard(job: _ShardJob, stop: Callable[[], bool] = lambda: False) -> tuple[dict, list[tuple], int]:
+def _write_shard(job: _ShardJob, stop: Callable[[], bool] = lambda: False) -> tuple[dict, pa.Table, int]:
     """(its manifest entry, its samples.parquet rows, how many samples were unreadable). A pool file
-    changed or gone since indexing leaves its sample out, never different bytes in."""
+    changed or gone since indexing leaves its sample out, never different bytes in. Rows travel as
+    Arrow tables both ways: turning them into Python objects happens here, in the writer processes,
+    not in the one process that feeds them all (which bound a 1M-sample write)."""
     name = f"transfer-{job.n:05d}.tar"
     writer = _ShardWriter(name, Path(job.folder) / name if job.copy else None)
     samples, missing = [], 0
-    for i, (row, (qid, qlabel, rank, score)) in enumerate(zip(job.rows, job.picks)):
+    for i, (row, (qid, qlabel, rank, score)) in enumerate(zip(job.rows.to_pylist(), job.picks)):
         if stop():
             raise InterruptedError("cancelled")
         try:
@@ -111,7 +114,8 @@ def _write_shard(job: _ShardJob, stop: Callable[[], bool] = lambda: False) -> tu
                                                  "caption": row["caption"]}))
         samples.append((key, name, row["id"], row["key"], row["source"], qid, qlabel, rank, score, row["sha256"],
                         row["caption"], ext, row["offset"], row["size"]))
-    return writer.close(), samples, missing
+    columns = zip(*samples) if samples else [[] for _ in SAMPLES_SCHEMA]
+    return writer.close(), pa.table(dict(zip(SAMPLES_SCHEMA.names, map(list, columns))), schema=SAMPLES_SCHEMA), missing
 
 
 def usable_cpus() -> int:
@@ -130,7 +134,7 @@ def _shard_jobs(items: pa.Table, selection, query_ids: list[str], query_labels: 
     table = items.take(pa.array(selection.ids, type=pa.int64())) if len(selection.ids) else None
     for n, start in enumerate(range(0, len(selection.ids), shard_size)):
         span = slice(start, start + shard_size)
-        rows = table.slice(start, shard_size).to_pylist()
+        rows = table.slice(start, shard_size).take(pa.array(np.arange(min(shard_size, len(table) - start))))
         picks = [(query_ids[q], query_labels[q], int(r), float(sc))
                  for q, r, sc in zip(selection.query[span], selection.rank[span], selection.score[span])]
         yield _ShardJob(n, start, rows, picks, str(folder), copy)
@@ -159,7 +163,7 @@ def _ready() -> None:
 
 
 def _write_shards(jobs: Iterator[_ShardJob], total: int, n_shards: int, progress: Callable[[float], None],
-                  cancelled: Callable[[], bool], writers: Optional[Executor]) -> list[tuple[dict, list[tuple], int]]:
+                  cancelled: Callable[[], bool], writers: Optional[Executor]) -> list[tuple[dict, pa.Table, int]]:
     """Every shard's result, in shard order: here for a small set, else by the writer processes
     (``writers``, or started here), fed a few shards ahead (memory stays a few shards' rows), asked
     ``cancelled`` between shards."""
@@ -238,21 +242,20 @@ def write_transfer_set(items: pa.Table, selection, query_ids: list[str], query_l
                            shard_size)
         done = _write_shards(jobs, len(selection.ids), n_shards, progress, cancelled, writers)
         shards = [entry for entry, _, _ in done if entry["nsamples"]]
-        samples = [sample for _, rows_, _ in done for sample in rows_]
+        emitted = sum(rows_.num_rows for _, rows_, _ in done)
         missing = sum(m for _, _, m in done)
         for entry, _, _ in done:
             if not entry["nsamples"] and (tmp / entry["url"]).exists():
                 (tmp / entry["url"]).unlink()  # every sample of it vanished from the pool
         with pq.ParquetWriter(tmp / SAMPLES_FILE, SAMPLES_SCHEMA) as parquet:
             for _, rows_, _ in done:  # one row group per shard: serving a shard reads only its own rows
-                if rows_:
-                    parquet.write_table(pa.table({f.name: list(c) for f, c in zip(SAMPLES_SCHEMA, zip(*rows_))},
-                                                 schema=SAMPLES_SCHEMA))
+                if rows_.num_rows:
+                    parquet.write_table(rows_)
         for name, table in (tables or {}).items():
             pq.write_table(table, tmp / name)
         manifest = manifest.model_copy(update={
             "shardlist": [ShardEntry(**s) for s in shards],
-            "counts": manifest.counts.model_copy(update={"emitted": len(samples), "unreadable": missing}),
+            "counts": manifest.counts.model_copy(update={"emitted": emitted, "unreadable": missing}),
             # the caller's phases, plus this one, recorded in the one manifest write
             "timings": dict(manifest.timings, write=round(time.perf_counter() - t_write, 4))})
         (tmp / MANIFEST_FILE).write_text(json.dumps(dump_doc(manifest), indent=2) + "\n")
