@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--baseline", help="also time the by-reference curation with links at this commit and at "
                                        "this tree, alternating, each in its own process")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs for --baseline (default: %(default)s)")
+    ap.add_argument("--changed", default="shards hashed with md5 as well as sha256",
+                    help="what the baseline does differently, for the write-up (default: %(default)s)")
     ap.add_argument("--section", default="refsets", help="the BENCHMARKS.md section (default: %(default)s)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -225,7 +227,7 @@ def baseline_text(args, versus: dict) -> str:
     rows = "\n".join(f"| {name} | {each(name)} | {best(name, 'wall'):.2f} | {best(name, 'write'):.2f} | "
                      f"{best(name, 'select'):.2f} |" for name in versus)
     same = versus["baseline"][0]["sha"] == versus["current"][0]["sha"]
-    return f"""Against commit {args.baseline} (shards hashed with md5 as well as sha256), the same by-reference
+    return f"""Against commit {args.baseline} ({args.changed}), the same by-reference
 curation with links, each in its own process on its own checkout, alternating:
 
 | code | wall s (each run) | best wall s | best write s | best select s |
