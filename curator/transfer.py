@@ -92,8 +92,8 @@ class _ShardJob:
 def _write_shard(job: _ShardJob, stop: Callable[[], bool] = lambda: False) -> tuple[dict, pa.Table, int]:
     """(its manifest entry, its samples.parquet rows, how many samples were unreadable). A pool file
     changed or gone since indexing leaves its sample out, never different bytes in. Rows travel as
-    Arrow tables both ways: turning them into Python objects happens here, in the writer processes,
-    not in the one process that feeds them all (which bound a 1M-sample write)."""
+    Arrow tables both ways (cheap to pickle), and become Python objects here, in the writer processes,
+    not in the one process that feeds them all."""
     name = f"transfer-{job.n:05d}.tar"
     writer = _ShardWriter(name, Path(job.folder) / name if job.copy else None)
     samples, missing = [], 0
