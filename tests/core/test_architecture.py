@@ -2,6 +2,9 @@
 imports no wing, except the CLI's command modules, which load a wing lazily inside ``run``;
 experiments sit above the wings; no test module imports another."""
 import ast
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -59,3 +62,15 @@ def test_documents_cross_boundaries_as_core_models():
             formats = [n.value.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
                        and isinstance(n.value, str) and n.value.startswith("curator.") and "/" in n.value]
             assert not formats, f"{path.relative_to(REPO)} defines document formats {formats}; move them to curator.formats"
+
+
+def test_every_top_level_package_is_installed(tmp_path):
+    """The installed ``curator`` command, run from any folder, can load every package its commands
+    import lazily: ``experiments`` was once left out, and ``curator bench kt`` died on an ImportError."""
+    packages = sorted(p.name for p in REPO.iterdir() if (p / "__init__.py").is_file())
+    assert {"curator", "index_builder", "api", "distill", "experiments"} <= set(packages)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import importlib, sys; [importlib.import_module(p) for p in sys.argv[1:]]"
+    proc = subprocess.run([sys.executable, "-c", code, *packages], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
