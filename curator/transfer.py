@@ -146,7 +146,7 @@ def shard_writers(expected: int) -> Iterator[Optional[Executor]]:
     PROCESS_MIN_SAMPLES or on one core). ``curate`` starts them before its selection: their start-up,
     an interpreter and its imports (0.4 s of a core each), then runs on the core the single-threaded
     selection leaves idle, instead of ahead of the write."""
-    workers = min(MAX_WRITE_PROCESSES, usable_cpus())
+    workers = _writer_count()
     if expected < PROCESS_MIN_SAMPLES or workers < 2:
         yield None
         return
@@ -158,6 +158,10 @@ def shard_writers(expected: int) -> Iterator[Optional[Executor]]:
         yield pool
 
 
+def _writer_count() -> int:
+    return min(MAX_WRITE_PROCESSES, usable_cpus())
+
+
 def _ready() -> None:
     """Nothing: unpickling it imports this module in a writer process, which is the point."""
 
@@ -165,25 +169,35 @@ def _ready() -> None:
 def _write_shards(jobs: Iterator[_ShardJob], total: int, n_shards: int, progress: Callable[[float], None],
                   cancelled: Callable[[], bool], writers: Optional[Executor]) -> list[tuple[dict, pa.Table, int]]:
     """Every shard's result, in shard order: here for a small set, else by the writer processes
-    (``writers``, or started here), fed a few shards ahead (memory stays a few shards' rows), asked
-    ``cancelled`` between shards."""
+    (``writers``, or started here)."""
     if total < PROCESS_MIN_SAMPLES:
-        writers = None
-    elif writers is None:
-        with shard_writers(total) as started:
-            if started is not None:
-                return _write_shards(jobs, total, n_shards, progress, cancelled, started)
-    if writers is None:
-        done = []
-        for job in jobs:
-            done.append(_write_shard(job, cancelled))
-            progress(len(done) / max(1, n_shards))
-        return done
+        return _write_here(jobs, n_shards, progress, cancelled)
+    if writers is not None:
+        return _write_by(writers, jobs, n_shards, progress, cancelled)
+    with shard_writers(total) as started:
+        if started is None:
+            return _write_here(jobs, n_shards, progress, cancelled)
+        return _write_by(started, jobs, n_shards, progress, cancelled)
+
+
+def _write_here(jobs: Iterator[_ShardJob], n_shards: int, progress: Callable[[float], None],
+                cancelled: Callable[[], bool]) -> list[tuple[dict, pa.Table, int]]:
+    done = []
+    for job in jobs:
+        done.append(_write_shard(job, cancelled))
+        progress(len(done) / max(1, n_shards))
+    return done
+
+
+def _write_by(writers: Executor, jobs: Iterator[_ShardJob], n_shards: int, progress: Callable[[float], None],
+              cancelled: Callable[[], bool]) -> list[tuple[dict, pa.Table, int]]:
+    """By the writer processes, fed a few shards ahead (memory stays a few shards' rows), asked
+    ``cancelled`` between shards."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     results: dict[int, tuple] = {}
     pending: dict = {}
-    ahead = 2 * min(MAX_WRITE_PROCESSES, usable_cpus())
+    ahead = 2 * _writer_count()
     try:
         for job in jobs:
             while len(pending) >= ahead:
