@@ -44,8 +44,8 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
-def run(pool: PoolIndex, qv, per_query: int, out: Path, mode: str, one_process: bool = False,
-        name: str = "") -> tuple[dict, float, int]:
+def run(pool: PoolIndex, qv, per_query: int, out: Path, mode: str, one_process: bool,
+        name: str) -> tuple[dict, float, int]:
     """One curation; ``one_process``: every shard written in this process (the writer before its pool)."""
     shutil.rmtree(out / name, ignore_errors=True)
     queries = [Query(f"q{i}") for i in range(len(qv))]
@@ -156,7 +156,7 @@ def main() -> None:
     links_s = None
     if "links" in args.modes:
         links_s, pool = add_links(index_dir)
-        rows["reference, links"] = run(pool, qv, args.per_query, out, "reference", name="reference-links")
+        rows["reference, links"] = run(pool, qv, args.per_query, out, "reference", False, "reference-links")
     served = {}
     if "copy" in rows and "reference" in rows:
         shard = rows["copy"][0].shardlist[len(rows["copy"][0].shardlist) // 2].url
