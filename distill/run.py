@@ -92,8 +92,9 @@ def run_distill(cfg: DistillConfig, overwrite: bool = False, label: str = "") ->
     dist.barrier()  # every rank has compared against the old config before rank 0 rewrites it
     if dist.is_main():
         atomic.write_json(out / "config.json", cfg.settings())
-    if device.type == "cuda" and cfg.amp:  # convnets run faster NHWC on tensor cores
-        student = student.to(memory_format=torch.channels_last)
+    # convnets run faster NHWC: on tensor cores, and in oneDNN on CPUs (1.6-1.9x a step for the
+    # timm students measured on 2 cores); finish() exports a contiguous copy
+    student = student.to(memory_format=torch.channels_last)
     ctx = RunContext(cfg, device, out, data, student, teacher, transfer, folder, Logger(out / "log.jsonl"),
                      label=label)
     method.run(ctx)
