@@ -237,7 +237,11 @@ def settings(cfg: KTConfig) -> dict:
     """What makes two benches the same bench: the config less seeds (more seeds extend it), where
     things are (target path, out) and how progress shows, plus the target's content."""
     mine = cfg.model_dump(exclude={"progress", "seeds", "target", "out", "arms"})
-    return {**mine, "target_digest": target_digest(cfg.target)}
+    return {**mine, "index_encoder": cfg.pool_encoder, "target_digest": target_digest(cfg.target)}
+
+
+#: Knobs whose default has changed: a saved config without them was written when this was the default.
+FORMER_DEFAULTS = {"student": "mobilenetv3_small_100", "student_init": "scratch"}
 
 
 def check_saved(path: Path, cfg: KTConfig, mine: dict) -> None:
@@ -252,8 +256,8 @@ def check_saved(path: Path, cfg: KTConfig, mine: dict) -> None:
             saved["target_digest"] = "(another target)"
         else:
             saved["target_digest"] = mine["target_digest"]
-    saved = {**{k: KTConfig.model_fields[k].default for k in mine if k not in saved and k in KTConfig.model_fields},
-             **saved}
+    saved = {**{k: FORMER_DEFAULTS.get(k, KTConfig.model_fields[k].default) for k in mine
+                if k not in saved and k in KTConfig.model_fields}, **saved}
     diff = [f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(saved) | set(mine))
             if saved.get(k) != mine.get(k)]
     if diff:
@@ -314,5 +318,5 @@ def prepare_inputs(target: Optional[str], pool: Optional[list[str]], index: Opti
         from index_builder import BuildConfig, build_index
 
         index = str(Path(cfg.out) / "index")
-        build_index(pool, index, BuildConfig(encoder=cfg.index_encoder, device=cfg.device, progress=progress))
+        build_index(pool, index, BuildConfig(encoder=cfg.pool_encoder, device=cfg.device, progress=progress))
     return target, index

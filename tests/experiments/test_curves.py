@@ -21,7 +21,7 @@ def bench(tiny_clip_spec, tmp_path_factory):
     build_index([str(root / "pool")], root / "index", BuildConfig(encoder="packaged:efficientnet-lite0", workers=0,
                                                                    progress=False))
     return root, ["--target", str(root / "target"), "--pool", str(root / "pool"), "--index", str(root / "index"),
-                  "--out", str(root / "out"), "--teacher", tiny_clip_spec, "--student", "test_efficientnet",
+                  "--out", str(root / "out"), "--teacher", tiny_clip_spec, "--student", "test_efficientnet", "--student-init", "scratch",
                   "--student-size", "32", "--budget", "24", "--seeds", "1", "--labels-per-class", "3",
                   "--val-per-class", "1", "--steps-a", "3", "--steps-b", "4", "--steps-c", "3", "--batch-size", "8",
                   "--json"]

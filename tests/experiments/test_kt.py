@@ -18,7 +18,7 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
                                                                            progress=False))
     args = ["bench", "kt", "--target", str(tmp_path / "target"), "--pool", str(tmp_path / "pool"),
             "--index", str(tmp_path / "index"), "--out", str(tmp_path / "out"), "--teacher", tiny_clip_spec,
-            "--student", "test_efficientnet", "--student-size", "32", "--budget", "24", "--seeds", "1",
+            "--student", "test_efficientnet", "--student-init", "scratch", "--student-size", "32", "--budget", "24", "--seeds", "1",
             "--labels-per-class", "3", "--val-per-class", "1", "--steps-a", "4", "--steps-b", "6",
             "--steps-c", "4", "--batch-size", "8", "--json"]
     bad = [a if a != tiny_clip_spec else "packaged:efficientnet-lite9" for a in args]
@@ -70,7 +70,7 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     moved = [str(tmp_path / "moved") if a == str(tmp_path / "target") else a for a in args]
     assert main(moved) == 0
     assert json.loads(capsys.readouterr().out)["arms"] == results["arms"]
-    # a kt-config written before a knob existed reads it as its default
+    # a kt-config written before a knob existed reads it as its default of the time (student_init: scratch)
     saved = tmp_path / "out" / "kt-config.json"
     saved.write_text(json.dumps({k: v for k, v in json.loads(saved.read_text()).items() if k != "student_init"}))
     # more seeds extend the bench (seed 0 reused as is); another knob is refused, the runs kept
