@@ -29,14 +29,17 @@ SEARCH_BLOCK = 256
 
 
 def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_root: str | Path, *,
-           query_vectors: Optional[np.ndarray] = None, exclude: Sequence[Query] = (),
+           query_vectors: Optional[np.ndarray] = None, query_owner: Optional[np.ndarray] = None,
+           exclude: Sequence[Query] = (),
            exclude_vectors: Optional[np.ndarray] = None, set_id: Optional[str] = None,
            progress: Progress = lambda phase, f: None, cancelled: Callable[[], bool] = lambda: False,
            skip_bad: bool = False) -> TransferManifest:
     """Curate a transfer set into ``out_root/<set_id>``; returns its manifest.
 
     ``skip_bad``: query (and exclude) images that do not decode are left out and named in the
-    manifest (a folder of queries); without it, the first one is an error (queries given one by one)."""
+    manifest (a folder of queries); without it, the first one is an error (queries given one by one).
+    ``query_owner``: with ``query_vectors`` from ``embed_queries(..., crops=N)``, the query of each row
+    (its first row is the whole image); default: one row per query."""
     timings: dict[str, float] = {}
     skipped: list = []
     if skip_bad and query_vectors is None:
@@ -52,7 +55,8 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     if query_vectors is None:
         vecs, owner = embed_queries(pool.encoder(), queries, crops=params.crops, seed=params.seed, cancelled=cancelled)
     else:
-        vecs, owner = check_vectors(query_vectors, pool.manifest.dim), np.arange(len(queries))
+        vecs = check_vectors(query_vectors, pool.manifest.dim)
+        owner = check_owner(query_owner, len(vecs), len(queries))
     forbidden = [vecs[_first_views(owner)]]
     if exclude_vectors is not None:
         forbidden.append(check_vectors(exclude_vectors, pool.manifest.dim))
@@ -150,6 +154,18 @@ def _first_views(owner: np.ndarray) -> np.ndarray:
     """Row of each query's first view: the whole image (crops follow it)."""
     _, first = np.unique(owner, return_index=True)
     return first
+
+
+def check_owner(owner: Optional[np.ndarray], rows: int, n_queries: int) -> np.ndarray:
+    """Each vector's query: every query owns at least its whole-image row, listed in query order."""
+    if owner is None:
+        owner = np.arange(n_queries)
+    owner = np.asarray(owner, dtype=np.int64)
+    if owner.shape != (rows,) or not np.array_equal(np.unique(owner), np.arange(n_queries)) \
+            or np.any(np.diff(owner) < 0):
+        raise CuratorError(f"embeddings must be one row per query ({n_queries}), or views grouped by query with "
+                           f"their owners; got {rows} rows")
+    return owner
 
 
 def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:

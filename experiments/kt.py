@@ -110,9 +110,9 @@ def curate_sets(cfg: KTConfig, split: Path, out: Path) -> dict[str, TransferMani
         return [Query(Path(ref).name, label=data.classes[label], path=Path(ref))
                 for ref, label in data.splits[split_name]]
     train, held_out = queries("train"), queries("val") + queries("test")
-    q_vecs, _ = embed_queries(pool.encoder(), train)
+    q_vecs, owner = embed_queries(pool.encoder(), train, crops=cfg.crops, seed=cfg.split_seed)
     x_vecs, _ = embed_queries(pool.encoder(), held_out)
-    common = dict(query_vectors=q_vecs, exclude_vectors=x_vecs)
+    common = dict(query_vectors=q_vecs, query_owner=owner, exclude_vectors=x_vecs)
     result = {}
     for name, strategy in (("retrieved", "balanced"), ("random", "random")):
         budget = cfg.budget if name == "retrieved" else result["retrieved"].counts.emitted
@@ -120,7 +120,7 @@ def curate_sets(cfg: KTConfig, split: Path, out: Path) -> dict[str, TransferMani
             result[name] = read_manifest(sets / name)
             continue
         params = CurateParams(strategy=strategy, budget=budget, exclude_threshold=cfg.exclude_threshold,
-                              seed=cfg.split_seed)
+                              crops=cfg.crops, seed=cfg.split_seed)
         result[name] = curate(pool, train, params, sets, set_id=name, **common)
     return result
 

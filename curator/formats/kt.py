@@ -38,6 +38,8 @@ class KTConfig(ModelChoice):
     budget: int = Field(1600, ge=1, le=10_000_000, description="transfer-set size, retrieved and random alike")
     seeds: int = Field(3, ge=1, le=1000, description="training seeds per arm; more seeds on the same --out reuse "
                                                       "the finished ones")
+    crops: int = Field(0, ge=0, le=16, description="extra random crops of each labelled image as retrieval queries "
+                                                   "(the paper's image-crop retrieval)")
     cache_views: int = Field(2, ge=1, le=64, description="fixed augmented views per transfer image")
     steps_a: int = Field(300, ge=1, description="teacher adaptation steps")
     steps_b: int = Field(500, ge=1, description="distillation steps")

@@ -15,7 +15,7 @@ from curator.cli import main
 from curator.curate import curate as curate_set
 from curator.errors import CuratorError
 from curator.formats import CurateParams, dump_doc
-from curator.queries import Query, load_queries
+from curator.queries import Query, embed_queries, load_queries
 from curator.retrieval import PoolIndex
 from index_builder import BuildConfig, build_index
 
@@ -183,6 +183,21 @@ def test_same_inputs_same_set(pool_index, tmp_path):
     b = curate(index, q, CurateParams(per_query=9, crops=2, seed=3), tmp_path, set_id="b")
     assert [s["sha256"] for s in a["shardlist"]] == [s["sha256"] for s in b["shardlist"]]
     assert a["counts"]["query_views"] == 9
+
+
+def test_precomputed_crop_views_with_their_owners_make_the_same_set(pool_index, tmp_path):
+    """bench kt embeds its crop queries once for two sets: the views and their owners passed in must
+    select what curate selects embedding them itself; views without owners are a clear error."""
+    index, _ = pool_index
+    q = queries_from_seeds([1000, 1001, 1002])
+    params = CurateParams(per_query=9, crops=2, seed=3)
+    itself = curate(index, q, params, tmp_path, set_id="itself")
+    vecs, owner = embed_queries(index.encoder(), q, crops=2, seed=3)
+    given = curate(index, q, params, tmp_path, set_id="given", query_vectors=vecs, query_owner=owner)
+    assert [s["sha256"] for s in given["shardlist"]] == [s["sha256"] for s in itself["shardlist"]]
+    with pytest.raises(CuratorError, match="one row per query"):
+        curate(index, q, params, tmp_path, set_id="bad", query_vectors=vecs)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_params_validation():

@@ -19,7 +19,7 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     args = ["bench", "kt", "--target", str(tmp_path / "target"), "--pool", str(tmp_path / "pool"),
             "--index", str(tmp_path / "index"), "--out", str(tmp_path / "out"), "--teacher", tiny_clip_spec,
             "--student", "test_efficientnet", "--student-init", "scratch", "--student-size", "32", "--budget", "24", "--seeds", "1",
-            "--labels-per-class", "3", "--val-per-class", "1", "--steps-a", "4", "--steps-b", "6",
+            "--crops", "1", "--labels-per-class", "3", "--val-per-class", "1", "--steps-a", "4", "--steps-b", "6",
             "--steps-c", "4", "--batch-size", "8", "--json"]
     bad = [a if a != tiny_clip_spec else "packaged:efficientnet-lite9" for a in args]
     assert main(bad) == 2 and "unknown packaged encoder" in capsys.readouterr().err
@@ -43,6 +43,7 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     assert rows[0] == "path,label,split" and sum(r.endswith(",train") for r in rows) == 9
     manifest = json.loads((tmp_path / "out" / "sets" / "retrieved" / "manifest.json").read_text())
     assert len(manifest["queries"]) == 9 and manifest["counts"]["exclude_vectors"] == 36 - 9
+    assert manifest["counts"]["query_views"] == 2 * 9 and manifest["params"]["crops"] == 1  # --crops 1
     md = (tmp_path / "out" / "results.md").read_text()
     assert md.count("\n| ") == 6 + 5 and "```\ncurator bench kt" in md  # arms table, then on-task (3 classes)
     with Image.open(tmp_path / "out" / "chart.png") as chart:
