@@ -165,6 +165,7 @@ def test_random_strategy_is_a_seeded_uniform_draw_under_the_same_rules(pool_inde
                set_id="r2")
     c = curate(index, [query], CurateParams(strategy="random", budget=60, seed=2), tmp_path, exclude=exclude,
                set_id="r3")
+    assert c["counts"]["emitted"] == 60
     _, samples = read_set(tmp_path / "r1")
     keys = {s["pool_key"] for s in samples}
     assert a["counts"]["emitted"] == len(samples) == 60
