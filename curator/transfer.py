@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from .errors import CuratorError
 from .formats import ShardEntry, TransferManifest, dump_doc, load_doc
 from .pool import read_range
+from .processes import spawn_pool, usable_cpus
 from .refshards import SAMPLES_FILE, end_of_archive, sample_meta, sample_segments
 
 #: The file that describes a transfer set (and makes its folder one).
@@ -118,14 +119,6 @@ def _write_shard(job: _ShardJob, stop: Callable[[], bool] = lambda: False) -> tu
     return writer.close(), pa.table(dict(zip(SAMPLES_SCHEMA.names, map(list, columns))), schema=SAMPLES_SCHEMA), missing
 
 
-def usable_cpus() -> int:
-    """The cores this process may run on (a container's CPU set, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _shard_jobs(items: pa.Table, selection, query_ids: list[str], query_labels: list[Optional[str]], folder: Path,
                 copy: bool, shard_size: int) -> Iterator[_ShardJob]:
     """The selection cut into shards, each job made only as it is handed out: the selected rows are taken
@@ -150,8 +143,6 @@ def shard_writers(expected: int) -> Iterator[Optional[Executor]]:
     if expected < PROCESS_MIN_SAMPLES or workers < 2:
         yield None
         return
-    from .processes import spawn_pool
-
     with spawn_pool(workers) as pool:
         for _ in range(workers):
             pool.submit(_ready)

@@ -11,16 +11,18 @@ teacher's targets on that same view:
 * ``logits``: the adapted teacher's predictions, for a finetuned teacher.
 
 A cache is keyed by a hash of the weights that produced it, of the image list, V, both sizes
-and the view seed; it is written atomically (concurrent students agree) and reused by any
-later student, of any architecture.
+and the view seed; it is built once (runs on one machine wait on a lock beside it), written
+atomically (concurrent students on other machines agree) and reused by any later student, of any
+architecture.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Literal
+from typing import Callable, ContextManager, Iterator, Literal
 
 import numpy as np
 import torch
@@ -82,8 +84,36 @@ def view_cache(teacher, items: list[tuple], folder: Path, *, kind: Kind, views: 
             f"-t{teacher.size}-s{student_size}-seed{view_seed}.npz")
     path = folder / name
     if path.exists():
-        with np.load(path) as z:
-            return ViewCache(z["pixels"], z["targets"], z["labels"], str(path), 0)
+        return _load(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _one_builder(path):
+        if path.exists():  # another run on this machine built it while this one waited
+            return _load(path)
+        return _build(teacher, items, path, kind=kind, views=views, student_size=student_size,
+                      view_seed=view_seed, augment=augment, batch_size=batch_size, workers=workers,
+                      progress=progress, autocast=autocast)
+
+
+def _load(path: Path) -> ViewCache:
+    with np.load(path) as z:
+        return ViewCache(z["pixels"], z["targets"], z["labels"], str(path), 0)
+
+
+@contextlib.contextmanager
+def _one_builder(path: Path) -> Iterator[None]:
+    """An exclusive lock beside the cache file: the runs of a bench that train at once wait for the
+    one building a cache they share, instead of each spending the same teacher passes."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _build(teacher, items: list[tuple], path: Path, *, kind: Kind, views: int,
+           student_size: int, view_seed: int, augment: bool, batch_size: int, workers: int, progress: bool,
+           autocast: Callable[[], ContextManager]) -> ViewCache:
+    """The teacher over every fixed view, written atomically to ``path``."""
     dataset = FixedViewDataset(items, teacher.size, views, view_seed, augment=augment)
     device = teacher.mean.device
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
@@ -109,7 +139,6 @@ def view_cache(teacher, items: list[tuple], folder: Path, *, kind: Kind, views: 
         bar.close()
     pixels, targets, labels = (np.concatenate([c[i] for c in chunks]) for i in range(3)) if chunks else (
         np.zeros((0, 3, student_size, student_size), np.uint8), np.zeros((0, 1), np.float16), np.zeros(0, np.int64))
-    folder.mkdir(parents=True, exist_ok=True)
     atomic.write_with(path, lambda p: _save_npz(p, pixels=pixels, targets=targets, labels=labels))
     return ViewCache(pixels, targets, labels, str(path), len(targets))
 

@@ -150,6 +150,23 @@ def test_teacher_cache_is_reused_and_matches_the_teacher(task, tiny_clip_spec, t
         assert (torch.from_numpy(cached["pixels"][k]).float() / 255 - small).abs().max() <= 1 / 255 + 1e-6
 
 
+def test_runs_asking_for_one_cache_at_once_build_it_once(task, tiny_clip_spec, tmp_path):
+    """bench kt trains two runs side by side: the second to ask for a cache waits for the first's
+    build (a lock beside the file) and reads it, instead of spending the same teacher passes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distill.cache import view_cache
+    from distill.data import transfer_items
+    from distill.models import Teacher
+
+    teacher, items = Teacher(tiny_clip_spec, 3), transfer_items(task / "sets" / "t")
+    ask = lambda _: view_cache(teacher, items, tmp_path, kind="features", views=2, student_size=32)
+    with ThreadPoolExecutor(2) as pool:
+        caches = list(pool.map(ask, range(2)))
+    assert sorted(c.passes for c in caches) == [0, 30 * 2] and caches[0].path == caches[1].path
+    assert (caches[0].targets == caches[1].targets).all()
+
+
 def test_two_process_data_parallel_run_on_cpu(task, tiny_clip_spec, tmp_path):
     """torchrun with 2 gloo processes: one report, world size 2, both ranks' images counted."""
     out = tmp_path / "ddp"

@@ -74,8 +74,16 @@ def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
     # a kt-config written before a knob existed reads it as its default of the time (student_init: scratch)
     saved = tmp_path / "out" / "kt-config.json"
     saved.write_text(json.dumps({k: v for k, v in json.loads(saved.read_text()).items() if k != "student_init"}))
-    # more seeds extend the bench (seed 0 reused as is); another knob is refused, the runs kept
-    assert main(args[:args.index("--seeds")] + ["--seeds", "2"] + args[args.index("--seeds") + 2:]) == 0
+    # more seeds extend the bench (seed 0 reused as is); another knob is refused, the runs kept.
+    # Runs train two at a time (2 cores): one that fails in its process stops the bench with its reason
+    two_seeds = args[:args.index("--seeds")] + ["--seeds", "2"] + args[args.index("--seeds") + 2:]
+    blocked = runs / "task-agnostic" / "seed1"
+    blocked.mkdir(parents=True)
+    (blocked / "config.json").write_text(json.dumps({"method": "supervised"}))
+    assert main(two_seeds + ["--jobs", "2"]) == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
+    shutil.rmtree(blocked)
+    assert main(two_seeds) == 0
     more = json.loads(capsys.readouterr().out)
     for arm, r in more["arms"].items():
         assert r["test_accuracy"]["values"][0] == results["arms"][arm]["test_accuracy"]["values"][0], arm
