@@ -6,6 +6,8 @@ from pathlib import Path
 from curator import atomic
 from curator.formats import CurveResults
 
+from .kt import arm_label
+
 
 def _arm_names(doc: CurveResults) -> list[str]:
     return list(doc.points[0].arms) if doc.points else []
@@ -19,7 +21,8 @@ def markdown(doc: CurveResults) -> str:
     head = (f"Curve `{c.axis}`: {doc.x_label}; {c.seeds} seeds per point (mean ± std); teacher `{c.teacher}` "
             f"({c.teacher_mode}); student `{c.student}` ({c.student_init}) at {c.student_size} px; "
             f"total wall {doc.wall_seconds} s.")
-    rows = ["| " + c.axis + " | " + " | ".join(f"x {a} | {a}" for a in arms) + f" | {arms[-1]} - {arms[0]} |",
+    names = [arm_label(c, a) for a in arms]
+    rows = ["| " + c.axis + " | " + " | ".join(f"x {n} | {n}" for n in names) + f" | {names[-1]} - {names[0]} |",
             "|---" * (2 + 2 * len(arms)) + "|"]
     for p in doc.points:
         lead = p.paired["test_accuracy"]
@@ -47,7 +50,7 @@ def line_chart(doc: CurveResults, path: Path) -> None:
         for arm in _arm_names(doc):
             xs = [p.x[arm] for p in doc.points]
             ax.errorbar(xs, [p.arms[arm].mean for p in doc.points], yerr=[p.arms[arm].std for p in doc.points],
-                        marker="o", capsize=4, label=arm)
+                        marker="o", capsize=4, label=arm_label(doc.config, arm))
         if all(p.x[a] > 0 for p in doc.points for a in p.x):
             ax.set_xscale("log")
         ax.set_xlabel(doc.x_label)
