@@ -85,7 +85,7 @@ def curator_steady(encoder, pool: Path, files: list[str], batch: int, workers: i
     task = ShardTask(shard_id="00000", kind="folder", source=str(pool), files=files)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        done = embed_shard(task, encoder, Path(out), EmbedOptions(batch_size=batch, workers=workers))
+        done = embed_shard(task, encoder, Path(out), EmbedOptions(batch_size=batch, workers=workers, memo_items=0))
         return len(files) / (time.perf_counter() - t0), done.n_skipped
 
 

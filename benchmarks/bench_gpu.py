@@ -69,10 +69,10 @@ def bench_embed(data: Path, batch: int, workers: int, repeat: int) -> list[dict]
             for precision in ("fp32", "bf16"):
                 enc = create_encoder(spec, device="cuda", precision=precision)
                 ceiling = _ceiling(enc, 8 * batch, batch)
-                embed_shard(tasks[0], enc, Path(tmp) / "warm", EmbedOptions(batch_size=batch, workers=workers))
+                embed_shard(tasks[0], enc, Path(tmp) / "warm", EmbedOptions(batch_size=batch, workers=workers, memo_items=0))
                 # a loader per shard (loader_items=1: as build-index ran before) vs one shared loader
                 for loaders, items in (("one per shard", 1), ("shared", EmbedOptions.loader_items)):
-                    opts = EmbedOptions(batch_size=batch, workers=workers, loader_items=items)
+                    opts = EmbedOptions(batch_size=batch, workers=workers, loader_items=items, memo_items=0)
                     t0 = time.perf_counter()
                     n = sum(d.n_items for d in embed_shards(tasks, enc, Path(tmp) / f"o-{items}", opts))
                     wall = time.perf_counter() - t0

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, commit, machine, update_section  # noqa: E402
+from report import ROOT, command, commit, machine, update_section  # noqa: E402
+
+CHARTS = ROOT / "benchmarks" / "charts"
 
 
 #: The default bench's budget on 2 CPU cores (issue 18).
@@ -70,6 +72,9 @@ def main() -> None:
                   f"This call ({work}, in an --out whose pool index was built earlier) took {wall / 60:.1f} min; "
                   f"with the index's {index_s or 0:.0f} s: **{(wall + (index_s or 0)) / 60:.1f} min** "
                   f"(budget: {BUDGET_MIN} min on 2 CPU cores).")
+    chart = CHARTS / f"{section}.png"  # tracked, so that BENCHMARKS.md shows it (bench-out/ is not)
+    CHARTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "chart.png", chart)
     body = f"""## Knowledge transfer: {title} (`curator bench kt`)
 
 Machine: {machine()}. Commit {commit()}.
@@ -78,7 +83,7 @@ Command: `{command()}`, which runs `{results['command']}`.
 {timing}
 
 {table}
-![chart]({out / 'chart.png'})
+![chart]({chart.relative_to(ROOT)})
 """
     update_section(section, body)
     print(f"wrote the {section} section of BENCHMARKS.md ({wall / 60:.1f} min)")

@@ -33,7 +33,7 @@ tasks = plan_tasks([{images!r}], 100)
 out = Path(tempfile.mkdtemp())
 (out / "shards").mkdir()
 t0 = time.perf_counter()
-n = sum(d.n_items + d.n_skipped for d in embed_shards(tasks, enc, out, EmbedOptions(batch_size={batch}, workers={workers})))
+n = sum(d.n_items + d.n_skipped for d in embed_shards(tasks, enc, out, EmbedOptions(batch_size={batch}, workers={workers}, memo_items=0)))
 print(json.dumps({{"images": n, "seconds": time.perf_counter() - t0}}))
 """
 

@@ -53,7 +53,7 @@ def main() -> None:
         best = {mode: 0.0 for mode in MODES}
         for _ in range(args.repeat):
             for mode, items in MODES.items():
-                opts = EmbedOptions(batch_size=args.batch, workers=args.workers, loader_items=items)
+                opts = EmbedOptions(batch_size=args.batch, workers=args.workers, loader_items=items, memo_items=0)
                 best[mode] = max(best[mode], throughput(tasks, encoder, opts))
         rows.append((size, len(tasks), best))
         print(size, len(tasks), best, flush=True)

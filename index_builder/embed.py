@@ -29,6 +29,8 @@ from curator.images import DEFAULT_MAX_PIXELS
 from curator.pipeline import ImagePipeline, collate
 from curator.pool import PoolItem, list_items
 
+from .memo import VectorMemo
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +48,9 @@ class EmbedOptions:
     #: once per group, not per shard (on an H100, a loader per 1,000-image shard kept the
     #: encoder at 10-16% of its ceiling).
     loader_items: int = 100_000
+    #: Distinct contents whose vectors are remembered (``memo.VectorMemo``), so an exact duplicate within
+    #: this many costs no forward pass; 0 encodes every item.
+    memo_items: int = 50_000
 
 
 def shard_paths(out: Path, shard_id: str) -> dict[str, Path]:
@@ -176,6 +181,7 @@ def embed_shards(tasks: Iterable[ShardTask], encoder: Encoder, out: Path, opts: 
     Consecutive shards share one DataLoader (up to ``opts.loader_items`` items), so its decode
     workers start once per group instead of once per shard. The loader keeps order, so shards
     finish one after another and a killed build loses at most the shards in flight."""
+    memo = VectorMemo(opts.memo_items)
     for group in _groups(tasks, opts.loader_items):
         outputs = [_ShardOutput(task, items, encoder.dim) for task, items in group]
         where = [(s, i) for s, o in enumerate(outputs) for i in range(len(o.items))]
@@ -187,7 +193,7 @@ def embed_shards(tasks: Iterable[ShardTask], encoder: Encoder, out: Path, opts: 
         if not where:
             continue
         for idx, pixels, samples, bad in _loader([outputs[s].items[i] for s, i in where], encoder, opts):
-            vectors = encoder.encode_images(pixels) if pixels is not None else []
+            vectors = memo.encode(encoder, pixels, [s.sha256 for s in samples]) if pixels is not None else []
             for f, vector, sample in zip(idx, vectors, samples):
                 outputs[where[f][0]].add(where[f][1], vector, (sample.sha256, sample.width, sample.height))
             for f, skip in bad:
@@ -197,6 +203,8 @@ def embed_shards(tasks: Iterable[ShardTask], encoder: Encoder, out: Path, opts: 
             while ready is not None and ready.complete:
                 yield ready.write(encoder, out)
                 ready = next(pending, None)
+    if memo.reused:
+        log.info("%d exact duplicates took their first copy's vector (no forward pass)", memo.reused)
 
 
 def embed_shard(task: ShardTask, encoder: Encoder, out: Path, opts: EmbedOptions,

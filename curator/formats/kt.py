@@ -1,7 +1,7 @@
 """``curator bench kt``'s documents: the bench's config and its results.
 
-KTConfig's defaults fit the public protocol (Tux Paint against openclipart + Oxygen icons)
-in about 45 minutes on 2 CPU cores; the CLI's flags are generated from it.
+KTConfig's defaults run the public protocol (Tux Paint against openclipart + Oxygen icons) in about
+an hour on 2 CPU cores (62.9 minutes measured, index build included); the CLI's flags are generated from it.
 """
 from __future__ import annotations
 

@@ -199,3 +199,44 @@ def test_files_follow_the_umask_and_folder_captions_are_read(tmp_path, tiny_clip
         assert stat.S_IMODE((tmp_path / "idx" / name).stat().st_mode) == 0o644, name  # readable by a service user
     captions = dict(zip(*(PoolIndex.open(tmp_path / "idx").items.column(c).to_pylist() for c in ("key", "caption"))))
     assert captions["class0/img0000.png"] == "a red square" and captions["class0/img0001.jpg"] is None
+
+
+def test_exact_duplicates_take_their_first_copys_vector_without_a_forward_pass(messy_pool, tmp_path, tiny_clip_spec):
+    """The pool twice over (and its 2 duplicate files): with the memo, the encoder sees each content once,
+    and every shard's vectors match a run that encodes every item."""
+    from curator.encoders import create_encoder
+    from curator.pool import plan_tasks
+    from index_builder.embed import EmbedOptions, embed_shards
+
+    tasks = plan_tasks([str(messy_pool), str(messy_pool)], 7)
+    encoder = create_encoder(tiny_clip_spec)
+    real, rows = encoder.encode_images, []
+
+    def counting(pixels):
+        rows.append(len(pixels))
+        return real(pixels)
+    encoder.encode_images = counting
+    runs = {}
+    for name, memo in (("every", 0), ("memo", 1000)):
+        rows.clear()
+        runs[name] = (list(embed_shards(tasks, encoder, tmp_path / name, EmbedOptions(batch_size=5, workers=0,
+                                                                                    memo_items=memo))), sum(rows))
+    assert runs["every"][1] == 2 * 26 and runs["memo"][1] == 24  # 26 decodable files, 24 distinct contents
+    for a, b in zip(runs["every"][0], runs["memo"][0]):
+        va, vb = (np.load(tmp_path / run / "shards" / f"{a.shard_id}.npy").astype(np.float32) for run in ("every", "memo"))
+        assert a.n_items == b.n_items and np.allclose(va, vb, atol=2e-3)
+
+
+def test_the_vector_memo_forgets_the_oldest_past_its_limit(tiny_clip_spec):
+    import torch
+
+    from curator.encoders import create_encoder
+    from index_builder.memo import VectorMemo
+
+    encoder = create_encoder(tiny_clip_spec)
+    pixels = torch.rand(4, 3, encoder.image_size, encoder.image_size)
+    memo = VectorMemo(limit=2)
+    first = memo.encode(encoder, pixels, ["a", "b", "a", None])
+    assert memo.reused == 1 and np.array_equal(first[0], first[2]) and list(memo.vectors) == ["a", "b"]
+    memo.encode(encoder, pixels[:1], ["c"])
+    assert list(memo.vectors) == ["b", "c"]  # "a" was the oldest
