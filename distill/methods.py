@@ -78,18 +78,22 @@ def adapt_teacher(ctx: RunContext) -> None:
         groups.append({"params": teacher.backbone.parameters(), "lr": cfg.lr_backbone})
     if linear and ctx.cached:  # frozen backbone: the head trains on cached features of fixed views
         head = _HeadOnFeatures(teacher)
-        train_t = forever(ctx.data_loader(CachedViews(ctx.features_of("train", True), "targets"), True), ctx.device)
+        train_views = ctx.features_of("train", True)
+        train_t = forever(ctx.data_loader(CachedViews(train_views, "targets"), True), ctx.device)
         evals_t = {s: ctx.data_loader(CachedViews(ctx.features_of(s, False), "targets"), False) for s in ctx.evals_s}
         scored, loss_a = head, lambda b: F.cross_entropy(head(b[0]), b[1])
+        passes = len(train_views)  # the backbone sees each cached view once; the head's cost is negligible
     else:
         train_t = forever(ctx.loader(ctx.data.splits["train"], ctx.view, True), ctx.device)
         evals_t = {s: ctx.loader(ctx.data.splits[s], ctx.view, False) for s in ctx.evals_s}
         scored, loss_a = teacher, lambda b: F.cross_entropy(teacher(b[0]), b[1])
+        # forward-pass equivalents: a backward pass through the backbone costs about two forwards
+        passes = cfg.steps_a * cfg.batch_size * (1 if linear else 3)
     # a linear probe's backbone stays in eval mode while the head trains: its BatchNorm statistics
     # and dropout must not change, or the uncached teacher would differ from the cached one
     res = run_stage("a-teacher", {"teacher": teacher}, groups, loss_a, train_t, cfg.steps_a, cfg.lr_head,
                     select=ctx.val_score(scored, evals_t), frozen=[teacher.backbone] if linear else [], **ctx.common)
-    ctx.record("a", res)
+    ctx.record("a", res, teacher_forward_passes=passes)
     ctx.teacher_report = TeacherReport(spec=cfg.teacher, mode=cfg.teacher_mode, **ctx.scores(scored, evals_t))
 
 

@@ -48,15 +48,14 @@ SHARED = ("split.csv", "skipped.json", "sets", "cache")
 
 def pretraining_gflops(cfg: KTConfig, results: KtResults, arm: str) -> float:
     """What an arm spends before finetuning on the labels, counted as the paper does (teacher finetuning
-    plus distillation): the teacher's adaptation steps (task-oriented only; backward too when it is
-    finetuned), one teacher forward pass per cached transfer view, and the student's distillation steps
-    (forward + backward, 3x its forward FLOPs)."""
+    plus distillation), from what the runs did: the teacher's adaptation (task-oriented only: a linear probe
+    on cached features is one backbone pass per cached train view, not one per step), one teacher forward
+    pass per cached transfer view, and the student's distillation steps (forward + backward, 3x its forward
+    FLOPs)."""
     teacher, student = results.teacher.get("flops") or 0, results.student.get("flops") or 0
-    passes = results.arms[arm].teacher_forward_passes or 0
-    flops = passes * teacher + cfg.steps_b * cfg.batch_size * 3 * student
-    if arm.startswith("task-oriented"):
-        flops += cfg.steps_a * cfg.batch_size * teacher * (3 if cfg.teacher_mode == "finetune" else 1)
-    return flops / 1e9
+    result = results.arms[arm]
+    passes = (result.teacher_forward_passes or 0) + (result.teacher_adaptation_passes or 0)
+    return (passes * teacher + cfg.steps_b * cfg.batch_size * 3 * student) / 1e9
 
 
 def point_config(cfg: CurveConfig, value: int) -> KTConfig:

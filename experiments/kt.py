@@ -209,6 +209,7 @@ def _paired(mine: list[float], theirs: list[float]) -> Paired:
 
 
 def _arm(cfg: KTConfig, arm: str, runs: list[DistillReport], sets: dict[str, TransferManifest]) -> ArmResult:
+    method = RUNS.get(arm, (None, None))[0]
     if arm == "teacher":
         finals = [{"test": r.teacher.test, "val": r.teacher.val} for r in runs]
         compute = {"teacher_forward_passes": None, "student_steps": 0, "wall_seconds": None}
@@ -217,12 +218,24 @@ def _arm(cfg: KTConfig, arm: str, runs: list[DistillReport], sets: dict[str, Tra
         transfer = RUNS[arm][1]
         # the teacher labels each transfer view once; every seed (and arm) on that set reuses it
         compute = {"teacher_forward_passes": sets[transfer].counts.emitted * cfg.cache_views if transfer else 0,
+                   "teacher_adaptation_passes": adaptation_passes(cfg, runs[0]) if method == "task-oriented" else None,
                    "student_steps": sum((r.stages["b"].steps if "b" in r.stages else 0) + r.stages["c"].steps
                                         for r in runs) // len(runs),
                    "wall_seconds": round(sum(r.wall_seconds or 0.0 for r in runs), 1)}
     return ArmResult(test_accuracy=_stats([f["test"].accuracy for f in finals]),
                      test_mean_per_class_accuracy=_stats([f["test"].mean_per_class_accuracy for f in finals]),
                      val_accuracy=_stats([f["val"].accuracy for f in finals]), **compute)
+
+
+def adaptation_passes(cfg: KTConfig, report: DistillReport) -> int:
+    """Stage (a)'s teacher cost, as its report records it. Reports written before they recorded it: a linear
+    probe on cached features costs one backbone pass per cached train view (at least 8 views an image)."""
+    recorded = report.stages["a"].teacher_forward_passes if "a" in report.stages else None
+    if recorded is not None:
+        return recorded
+    if cfg.teacher_mode == "linear" and cfg.cache_views:
+        return report.data.train * max(8, cfg.cache_views)
+    return cfg.steps_a * cfg.batch_size * (1 if cfg.teacher_mode == "linear" else 3)
 
 
 def on_task(reports: dict[str, list[DistillReport]]) -> dict[str, TeacherView]:

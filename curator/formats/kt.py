@@ -82,6 +82,8 @@ class ArmResult(Doc):
     test_mean_per_class_accuracy: Stats
     val_accuracy: Stats
     teacher_forward_passes: Optional[int] = None
+    teacher_adaptation_passes: Optional[int] = Field(
+        None, description="stage (a)'s teacher forward-pass equivalents (backward counted as two), task-oriented arms")
     student_steps: int
     wall_seconds: Optional[float] = None
 

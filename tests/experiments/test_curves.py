@@ -52,6 +52,11 @@ def test_each_curve_runs_its_two_arms_at_every_point(bench, axis, values, arms, 
         assert all(a < b for a, b in zip(xs[0], xs[1])) and xs[0][0] < xs[0][1]
         assert doc["compute_ratio"] is None or doc["compute_ratio"] > 0
         assert "Compute ratio" in (root / "out" / "curve-compute.md").read_text()
+        # a linear probe's adaptation costs one backbone pass per cached train view, as its report records
+        run = json.loads((root / "out" / f"compute-{values[0]}" / "runs" / arms[1] / "seed0" / "report.json").read_text())
+        passes = run["stages"]["a"]["teacher_forward_passes"]
+        assert passes == run["data"]["train"] * 8 == point["arms"][arms[1]]["teacher_adaptation_passes"]
+        assert abs(xs[1][0] - xs[0][0] - passes * point["teacher"]["flops"] / 1e9) <= 0.002  # x: GFLOPs to 3 places
     else:
         assert xs[0] == xs[1] == [2.0, 4.0]
     md = (root / "out" / f"curve-{axis}.md").read_text()
