@@ -67,6 +67,12 @@ class _HeadOnFeatures(nn.Module):
         return self.teacher.logits_from_features(features)
 
 
+def uncached_adaptation_passes(teacher_mode: str, steps: int, batch_size: int) -> int:
+    """Stage (a)'s teacher forward-pass equivalents without a feature cache: the backbone sees every image
+    of every step, and a backward pass through it (finetuned) costs about two forwards."""
+    return steps * batch_size * (1 if teacher_mode == "linear" else 3)
+
+
 def adapt_teacher(ctx: RunContext) -> None:
     """Stage (a): the head alone on a frozen backbone (linear), or everything at a lower backbone lr."""
     cfg, teacher = ctx.cfg, ctx.teacher
@@ -87,8 +93,7 @@ def adapt_teacher(ctx: RunContext) -> None:
         train_t = forever(ctx.loader(ctx.data.splits["train"], ctx.view, True), ctx.device)
         evals_t = {s: ctx.loader(ctx.data.splits[s], ctx.view, False) for s in ctx.evals_s}
         scored, loss_a = teacher, lambda b: F.cross_entropy(teacher(b[0]), b[1])
-        # forward-pass equivalents: a backward pass through the backbone costs about two forwards
-        passes = cfg.steps_a * cfg.batch_size * (1 if linear else 3)
+        passes = uncached_adaptation_passes(cfg.teacher_mode, cfg.steps_a, cfg.batch_size)
     # a linear probe's backbone stays in eval mode while the head trains: its BatchNorm statistics
     # and dropout must not change, or the uncached teacher would differ from the cached one
     res = run_stage("a-teacher", {"teacher": teacher}, groups, loss_a, train_t, cfg.steps_a, cfg.lr_head,

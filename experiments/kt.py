@@ -41,6 +41,7 @@ from curator.retrieval import PoolIndex
 from curator.transfer import read_manifest
 from distill import run_distill
 from distill.data import load_labelled
+from distill.methods import uncached_adaptation_passes
 
 from .kt_report import bar_chart, markdown
 
@@ -235,7 +236,7 @@ def adaptation_passes(cfg: KTConfig, report: DistillReport) -> int:
         return recorded
     if cfg.teacher_mode == "linear" and cfg.cache_views:
         return report.data.train * max(8, cfg.cache_views)
-    return cfg.steps_a * cfg.batch_size * (1 if cfg.teacher_mode == "linear" else 3)
+    return uncached_adaptation_passes(cfg.teacher_mode, cfg.steps_a, cfg.batch_size)
 
 
 def on_task(reports: dict[str, list[DistillReport]]) -> dict[str, TeacherView]:
