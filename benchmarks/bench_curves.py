@@ -12,30 +12,20 @@ BENCHMARKS.md shows them.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import ROOT, command, commit, machine, update_section  # noqa: E402
-
-CHARTS = ROOT / "benchmarks" / "charts"
-SHARED = ("split.csv", "skipped.json", "sets", "cache")
-
-
-def link(src: Path, dst: Path) -> None:
-    if src.exists() and not os.path.lexists(dst):
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.symlink_to(os.path.relpath(src, dst.parent))
+from report import command, commit, keep_chart, machine, update_section  # noqa: E402
 
 
 def lend(bench: Path, out: Path, axis: str) -> list[int]:
     """Link ``bench``'s shared inputs (and, at the default value, its runs) into the curve's points; returns
     the values whose runs were lent."""
     from curator.formats import CURVE_VALUES, KTConfig
-    from experiments.curves import AXES, PAPER_ARM
+    from experiments.curves import AXES, PAPER_ARM, share_from
 
     knob = AXES[axis].knob
     default = KTConfig.model_fields[knob].default
@@ -44,14 +34,11 @@ def lend(bench: Path, out: Path, axis: str) -> list[int]:
         point = out / f"{axis}-{value}"
         if value != default and not AXES[axis].same_sets:
             continue
-        for name in SHARED:
-            link(bench / name, point / name)
+        share_from(bench, point)
         if value == default:
             if not (point / "kt-config.json").exists():
-                point.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(bench / "kt-config.json", point / "kt-config.json")
-            for arm in (AXES[axis].other, PAPER_ARM):
-                link(bench / "runs" / arm, point / "runs" / arm)
+            share_from(bench / "runs", point / "runs", (AXES[axis].other, PAPER_ARM))
             lent.append(value)
     return lent
 
@@ -75,9 +62,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         if rc != 0:
             raise SystemExit(rc)
-        CHARTS.mkdir(parents=True, exist_ok=True)
-        chart = CHARTS / f"curve-{axis}.png"
-        shutil.copyfile(out / f"curve-{axis}.png", chart)
+        chart = keep_chart(out / f"curve-{axis}.png", f"curve-{axis}.png")
         reuse = (f" The point at {', '.join(map(str, lent))} is the default `bench kt` in `{bench}` (its runs, "
                  "linked)." if lent else "")
         body = f"""## The paper's curve `{axis}` (`curator bench curve --axis {axis}`)
@@ -86,7 +71,7 @@ Machine: {machine()}. Commit {commit()}.
 Command: `{command()}`. This call took {wall / 60:.1f} min.{reuse}
 
 {(out / f'curve-{axis}.md').read_text()}
-![curve {axis}]({chart.relative_to(ROOT)})
+![curve {axis}]({chart})
 """
         update_section(f"curve-{axis}", body)
         print(f"wrote the curve-{axis} section of BENCHMARKS.md ({wall / 60:.1f} min)", flush=True)

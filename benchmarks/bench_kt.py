@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import ROOT, command, commit, machine, update_section  # noqa: E402
-
-CHARTS = ROOT / "benchmarks" / "charts"
+from report import command, commit, keep_chart, machine, update_section  # noqa: E402
 
 
 #: The default bench's budget on 2 CPU cores (issue 18).
@@ -72,9 +70,7 @@ def main() -> None:
                   f"This call ({work}, in an --out whose pool index was built earlier) took {wall / 60:.1f} min; "
                   f"with the index's {index_s or 0:.0f} s: **{(wall + (index_s or 0)) / 60:.1f} min** "
                   f"(budget: {BUDGET_MIN} min on 2 CPU cores).")
-    chart = CHARTS / f"{section}.png"  # tracked, so that BENCHMARKS.md shows it (bench-out/ is not)
-    CHARTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "chart.png", chart)
+    chart = keep_chart(out / "chart.png", f"{section}.png")
     body = f"""## Knowledge transfer: {title} (`curator bench kt`)
 
 Machine: {machine()}. Commit {commit()}.
@@ -83,7 +79,7 @@ Command: `{command()}`, which runs `{results['command']}`.
 {timing}
 
 {table}
-![chart]({chart.relative_to(ROOT)})
+![chart]({chart})
 """
     update_section(section, body)
     print(f"wrote the {section} section of BENCHMARKS.md ({wall / 60:.1f} min)")

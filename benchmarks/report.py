@@ -5,6 +5,7 @@ import contextlib
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,15 @@ def commit() -> str:
                               text=True).stdout.strip() or "uncommitted"
     except OSError:
         return "unknown"
+
+
+def keep_chart(chart: Path, name: str) -> str:
+    """Copy a chart from an (ignored) bench folder into the tracked benchmarks/charts/, so that BENCHMARKS.md
+    shows it; returns the path to link from there."""
+    kept = ROOT / "benchmarks" / "charts" / name
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(chart, kept)
+    return str(kept.relative_to(ROOT))
 
 
 def update_section(name: str, body: str) -> None:

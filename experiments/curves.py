@@ -108,11 +108,11 @@ def _compute_to_reach(envelope: list[tuple[float, float]], accuracy: float) -> O
     return None
 
 
-def _share_sets(first: Path, folder: Path) -> None:
-    """Link a point's split, sets and teacher cache to the first point's (which has run), rather than
-    curate the same sets and run the teacher over them again."""
+def share_from(first: Path, folder: Path, names: tuple[str, ...] = SHARED) -> None:
+    """Link ``names`` of a point that has run (or of another bench) into ``folder``, rather than curate the
+    same sets and run the teacher over them again; what ``folder`` already has is kept."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in SHARED:
+    for name in names:
         src, dst = first / name, folder / name
         if src.exists() and not os.path.lexists(dst):
             dst.symlink_to(os.path.relpath(src, folder))
@@ -126,7 +126,7 @@ def run_curve(cfg: CurveConfig, command: Optional[str] = None) -> CurveResults:
     for value in cfg.values:
         point_cfg = point_config(cfg, value)
         if AXES[cfg.axis].same_sets and value != cfg.values[0]:
-            _share_sets(Path(point_config(cfg, cfg.values[0]).out), Path(point_cfg.out))
+            share_from(Path(point_config(cfg, cfg.values[0]).out), Path(point_cfg.out))
         results = run_kt(point_cfg)
         points.append(point(cfg, value, results))
     doc = CurveResults(config=cfg, x_label=AXES[cfg.axis].x_label, points=points, command=command,
