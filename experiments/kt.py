@@ -210,13 +210,12 @@ def _paired(mine: list[float], theirs: list[float]) -> Paired:
 
 
 def _arm(cfg: KTConfig, arm: str, runs: list[DistillReport], sets: dict[str, TransferManifest]) -> ArmResult:
-    method = RUNS.get(arm, (None, None))[0]
     if arm == "teacher":
         finals = [{"test": r.teacher.test, "val": r.teacher.val} for r in runs]
         compute = {"teacher_forward_passes": None, "student_steps": 0, "wall_seconds": None}
     else:
         finals = [r.student.final for r in runs]
-        transfer = RUNS[arm][1]
+        method, transfer = RUNS[arm]
         # the teacher labels each transfer view once; every seed (and arm) on that set reuses it
         compute = {"teacher_forward_passes": sets[transfer].counts.emitted * cfg.cache_views if transfer else 0,
                    "teacher_adaptation_passes": adaptation_passes(cfg, runs[0]) if method == "task-oriented" else None,
