@@ -22,18 +22,23 @@ def markdown(doc: CurveResults) -> str:
             f"({c.teacher_mode}); student `{c.student}` ({c.student_init}) at {c.student_size} px; "
             f"total wall {doc.wall_seconds} s.")
     names = [arm_label(c, a) for a in arms]
-    rows = ["| " + c.axis + " | " + " | ".join(f"x {n} | {n}" for n in names) + f" | {names[-1]} - {names[0]} |",
-            "|---" * (2 + 2 * len(arms)) + "|"]
+    rows = ["| " + c.axis + " | " + " | ".join(f"x {n} | {n}" for n in names)
+            + f" | {names[-1]} - {names[0]} | test images |", "|---" * (3 + 2 * len(arms)) + "|"]
     for p in doc.points:
         lead = p.paired["test_accuracy"]
         sem = f" ± {lead.sem:.3f}" if lead.sem is not None else ""
         cells = " | ".join(f"{p.x[a]:g} | {p.arms[a].mean:.3f} ± {p.arms[a].std:.3f}" for a in arms)
-        rows.append(f"| {p.value} | {cells} | {lead.mean_difference:+.3f}{sem} ({lead.wins}/{lead.seeds}) |")
+        rows.append(f"| {p.value} | {cells} | {lead.mean_difference:+.3f}{sem} ({lead.wins}/{lead.seeds}) "
+                    f"| {p.test_images if p.test_images is not None else '-'} |")
     tail = ""
     if c.axis == "compute":
         tail = ("\n\nCompute ratio at equal accuracy (task-agnostic over task-oriented, at best): "
                 + (f"**{doc.compute_ratio}x**" if doc.compute_ratio is not None
                    else "task-agnostic never reaches task-oriented's accuracy on these points") + ".")
+    if c.axis == "labels":
+        tail = ("\n\nMore labels per class take test images from the small classes, so each point is scored on "
+                "its own test set (nested: a larger point's is part of a smaller one's). Read the margin within "
+                "a point; accuracy across points also moves with the test set.")
     cmd = f"\n\n```\n{doc.command}\n```" if doc.command else ""
     return head + cmd + "\n\n" + "\n".join(rows) + tail + "\n"
 

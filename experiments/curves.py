@@ -22,6 +22,8 @@ from typing import Optional
 from curator import atomic
 from curator.formats import CurveConfig, CurvePoint, CurveResults, KTConfig, KtResults, save_doc
 
+from distill.data import load_labelled
+
 from .curve_report import line_chart, markdown
 from .kt import run_kt
 
@@ -76,9 +78,11 @@ def point(cfg: CurveConfig, value: int, results: KtResults) -> CurvePoint:
     else:
         x = {a: float(value) for a in arms}
     pair = results.paired[f"{PAPER_ARM} - {other}"]
+    split = Path(point_config(cfg, value).out) / "split.csv"
     return CurvePoint(value=value, x=x, arms={a: results.arms[a].test_accuracy for a in arms},
                       paired={"test_accuracy": pair["test_accuracy"],
-                              "test_mean_per_class_accuracy": pair["test_mean_per_class_accuracy"]})
+                              "test_mean_per_class_accuracy": pair["test_mean_per_class_accuracy"]},
+                      test_images=len(load_labelled(split).splits["test"]))
 
 
 def compute_ratio(points: list[CurvePoint], fast: str = PAPER_ARM, slow: str = "task-agnostic") -> Optional[float]:

@@ -147,6 +147,9 @@ class CurvePoint(Doc):
     x: dict[str, float]
     arms: dict[str, Stats]
     paired: dict[str, Paired]
+    test_images: Optional[int] = Field(
+        None, description="the point's test set: more labels per class take test images from small classes, so "
+                          "the labels curve's points are scored on shrinking (nested) test sets")
 
 
 class CurveResults(Doc):

@@ -59,6 +59,10 @@ def test_each_curve_runs_its_two_arms_at_every_point(bench, axis, values, arms, 
         assert abs(xs[1][0] - xs[0][0] - passes * point["teacher"]["flops"] / 1e9) <= 0.002  # x: GFLOPs to 3 places
     else:
         assert xs[0] == xs[1] == [2.0, 4.0]
+        # more labels per class leave fewer (nested) test images; the table says how many
+        tests = [p["test_images"] for p in doc["points"]]
+        assert tests[0] > tests[1] > 0
+        assert "its own test set" in (root / "out" / "curve-labels.md").read_text()
     md = (root / "out" / f"curve-{axis}.md").read_text()
     assert md.count("\n| ") == 1 + len(values) and "```\ncurator bench curve" in md
     with Image.open(root / "out" / f"curve-{axis}.png") as chart:
