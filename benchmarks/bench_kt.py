@@ -4,7 +4,9 @@ Runs the public protocol by default (Tux Paint target, openclipart + Oxygen icon
 build included, in a fresh --out, and records the wall clock against the 60-minute budget (issue 18).
 Extra arguments go to `curator bench kt` unchanged (e.g. --seeds 1 for a quick look); `--keep`
 extends the bench already in --out (e.g. `--keep --seeds 9`) into its own section; `--section NAME`
-writes a variant (e.g. `--student tf_efficientnet_lite0 --student-init imagenet`) into section NAME.
+writes a variant (e.g. `--student tf_efficientnet_lite0 --student-init imagenet`) into section NAME, or,
+with `--keep` and no model flags, more seeds for some arms (e.g. `--keep --seeds 12 --arms task-agnostic
+task-oriented-random --section kt-12`).
 """
 from __future__ import annotations
 
@@ -52,7 +54,12 @@ def main() -> None:
     index_s = json.loads(index_report.read_text())["total_seconds"] if index_report.exists() else None
     seeds = results["config"]["seeds"]
     trained = len(results["arms"]) - 1  # every arm but the teacher's
-    if section and section not in ("kt", "kt-extended"):
+    arms = [a for a in results["arms"] if a != "teacher"]
+    variant = any(flag in extra for flag in ("--student", "--student-init", "--teacher", "--index-encoder"))
+    if section and section not in ("kt", "kt-extended") and keep and not variant:  # more seeds for some arms
+        title = f"more seeds ({seeds}) for {', '.join(arms)}, extending the default run"
+        timing = f"This call reused the earlier runs and trained the missing seeds in {wall / 60:.1f} min."
+    elif section and section not in ("kt", "kt-extended"):
         cfg = results["config"]
         title = f"variant `{section}`: student {cfg['student']} ({cfg.get('student_init', 'scratch')})"
         timing = (f"This call trained what --out lacked in {wall / 60:.1f} min"
