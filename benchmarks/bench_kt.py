@@ -53,8 +53,8 @@ def main() -> None:
     index_report = out / "index" / "build-report.json"
     index_s = json.loads(index_report.read_text())["total_seconds"] if index_report.exists() else None
     seeds = results["config"]["seeds"]
-    trained = len(results["arms"]) - 1  # every arm but the teacher's
-    arms = [a for a in results["arms"] if a != "teacher"]
+    arms = [a for a in results["arms"] if a != "teacher"]  # the trained arms
+    trained = len(arms)
     variant = any(flag in extra for flag in ("--student", "--student-init", "--teacher", "--index-encoder"))
     if section and section not in ("kt", "kt-extended") and keep and not variant:  # more seeds for some arms
         title = f"more seeds ({seeds}) for {', '.join(arms)}, extending the default run"
