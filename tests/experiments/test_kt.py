@@ -129,3 +129,15 @@ def test_the_teachers_view_of_a_set_is_the_same_read_in_blocks(monkeypatch):
     probs = torch.softmax(3 * targets.float(), dim=1).max(dim=1).values
     assert whole.confident_share == round(float((probs >= 0.5).float().mean()), 4)
     assert abs(sum(whole.class_share.values()) - 1) < 1e-3
+
+
+def test_runs_are_ordered_longest_first_so_the_lone_last_run_is_a_short_one():
+    """Two runs train at once on a CPU; the last one trains alone. The distilling arms go first (the first
+    on each set also builds its teacher cache), every seed of them, then the supervised arms."""
+    from experiments.kt import run_order
+
+    order = run_order(("supervised", "supervised-scratch", "task-agnostic", "task-oriented-random",
+                       "task-oriented-retrieved", "teacher"), 2)
+    assert len(order) == 10 and len(set(order)) == 10 and ("teacher", 0) not in order
+    assert [arm for arm, _ in order[:6]] == ["task-agnostic", "task-oriented-random", "task-oriented-retrieved"] * 2
+    assert order[6:] == [("supervised", 0), ("supervised-scratch", 0), ("supervised", 1), ("supervised-scratch", 1)]
