@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..allocator import keep_freed_memory
 from ..errors import CuratorError, DeviceUnavailableError
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
@@ -52,6 +53,8 @@ class Encoder(ABC):
             raise CuratorError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.spec = spec
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # 2x the img/s of a convnet at batch 64 on a CPU (curator.allocator)
         self.precision = precision
         self.model = model.eval().to(self.device)
         if self._is_convnet():
