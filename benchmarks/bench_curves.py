@@ -8,6 +8,11 @@ lends that point its split, transfer sets, teacher cache and runs (linked, not c
 check refuses the link if its settings differ), and the compute curve, whose points share one split and one
 set of transfer sets, takes them for every point. The charts are copied to benchmarks/charts/ so that
 BENCHMARKS.md shows them.
+
+Each finished curve is also recorded in benchmarks/results/curve-AXIS.json (tracked; bench-out/ is not), and
+the next call passes that record as `--recorded`: its points are kept and only the values it lacks run, so a
+curve too long for one machine's session is measured in parts (the settings check refuses a record of
+another curve).
 """
 from __future__ import annotations
 
@@ -18,7 +23,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, commit, keep_chart, machine, update_section  # noqa: E402
+from report import ROOT, command, commit, keep_chart, machine, update_section  # noqa: E402
+
+#: Where finished curves are kept between machines (tracked in git).
+RECORDS = ROOT / "benchmarks" / "results"
 
 
 def lend(bench: Path, out: Path, axis: str) -> list[int]:
@@ -50,6 +58,7 @@ def main() -> None:
                         help="a finished default `bench kt` whose point is lent (default: %(default)s; 'none': none)")
     parser.add_argument("--out", default="bench-out/curves")
     args, extra = parser.parse_known_args()
+    from curator import atomic
     from curator.cli import main as curator_main
 
     out = Path(args.out)
@@ -57,11 +66,15 @@ def main() -> None:
     for axis in args.axes:
         lent = lend(bench, out, axis) if bench and (bench / "kt-config.json").exists() else []
         index = ["--index", str(bench / "index")] if bench and "--index" not in extra else []
+        record = RECORDS / f"curve-{axis}.json"
+        recorded = ["--recorded", str(record)] if record.exists() and "--recorded" not in extra else []
         t0 = time.perf_counter()
-        rc = curator_main(["bench", "curve", "--axis", axis, "--out", str(out), *index, *extra])
+        rc = curator_main(["bench", "curve", "--axis", axis, "--out", str(out), *index, *recorded, *extra])
         wall = time.perf_counter() - t0
         if rc != 0:
             raise SystemExit(rc)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(record, (out / f"curve-{axis}.json").read_text())
         chart = keep_chart(out / f"curve-{axis}.png", f"curve-{axis}.png")
         reuse = (f" The point at {', '.join(map(str, lent))} is the default `bench kt` in `{bench}` (its runs, "
                  "linked)." if lent else "")

@@ -1,37 +1,71 @@
-"""glibc's malloc kept from handing a batch's memory back to the kernel, for CPU inference.
+"""glibc's malloc, set once per process for the work it does: a batch job keeps freed memory, a service
+hands large buffers back.
 
-Why: a convnet's activations at batch 64 and 260 px are 100+ MB each. glibc serves blocks that large
-with ``mmap`` and returns them with ``munmap`` as soon as they are freed, so every batch faults its
-activations in again, page by page. On 2 cores a third of EfficientNet-Lite2's inference time went to
-the kernel that way, and the pool index of ``curator bench kt`` embedded at half the speed it does with
-the freed memory kept (BENCHMARKS.md, *malloc*). PyTorch's CUDA allocator caches freed blocks; its CPU
-allocator leaves that to malloc. Raising glibc's mmap and trim thresholds keeps up to
-:data:`KEEP_BYTES` of freed memory in the heap, ready for the next batch.
+Why two policies:
+
+- **Batch inference** (index build, teacher caches, distillation): a convnet's activations at batch 64 and
+  260 px are 100+ MB each. glibc serves blocks that large with ``mmap`` and unmaps them as soon as they
+  are freed, so every batch faults its activations in again, page by page. On 2 cores a third of
+  EfficientNet-Lite2's inference time went to the kernel that way, and the pool index of
+  ``curator bench kt`` embedded at half the speed it does with the freed memory kept (BENCHMARKS.md,
+  *malloc*). PyTorch's CUDA allocator caches freed blocks; its CPU allocator leaves that to malloc.
+  :func:`keep_freed_memory` raises glibc's mmap and trim thresholds to :data:`KEEP_BYTES`.
+- **A service** (``curator serve``): uploads of 20 MB pass through many threads. glibc's dynamic mmap
+  threshold rises to the largest block freed so far, so after the first large upload every later one
+  comes from the heap of whichever thread handled it, and those heaps keep what they grew to. Measured on
+  4 concurrent requests of 6 x 20 MB: +114 MB peak RSS with the default, +22 MB with a fixed 1 MB
+  threshold (tests/api/test_resources.py). :func:`release_large_buffers` fixes it at
+  :data:`RELEASE_BYTES`, and the encoder a service loads later leaves that as it is.
+
+The first policy a process chooses is its policy: an encoder asks for the batch policy on every
+construction, and gets it only where nothing else was chosen.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import platform
+from typing import Literal, Optional
 
-#: Blocks up to this size come from (and go back to) the heap, and this much free heap is kept.
+#: Batch policy: blocks up to this size come from (and go back to) the heap, and this much free heap is kept.
 KEEP_BYTES = 1 << 30
-#: ``CURATOR_MALLOC_TUNING=0`` leaves malloc as glibc set it.
+#: Service policy: blocks above this size are mapped on their own and unmapped when freed.
+RELEASE_BYTES = 1 << 20
+#: ``CURATOR_MALLOC_TUNING=0`` leaves malloc as glibc set it, under either policy.
 ENV = "CURATOR_MALLOC_TUNING"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-_state: dict[str, bool] = {}
+Policy = Literal["batch", "service"]
+#: The policy this process chose, and whether glibc took it.
+_state: dict[str, object] = {}
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's thresholds for this process, once; True when they are raised. A no-op off glibc,
-    with ``CURATOR_MALLOC_TUNING=0``, or where the user set glibc's own ``MALLOC_MMAP_THRESHOLD_`` or
-    ``MALLOC_TRIM_THRESHOLD_`` (theirs wins)."""
-    if "tuned" not in _state:
-        _state["tuned"] = _tune()
-    return _state["tuned"]
+    """The batch policy for this process, unless it already chose one; True when glibc's thresholds
+    are raised (now or before)."""
+    return _choose("batch")
 
 
-def _tune() -> bool:
+def release_large_buffers() -> bool:
+    """The service policy for this process, unless it already chose one; True when glibc's mmap
+    threshold is fixed at :data:`RELEASE_BYTES`."""
+    return _choose("service")
+
+
+def policy() -> Optional[Policy]:
+    """The policy this process chose, if any (whether or not glibc could take it)."""
+    return _state.get("policy")  # type: ignore[return-value]
+
+
+def _choose(wanted: Policy) -> bool:
+    if "policy" not in _state:
+        _state["policy"] = wanted
+        _state["applied"] = _apply(wanted)
+    return _state["policy"] == wanted and bool(_state["applied"])
+
+
+def _apply(wanted: Policy) -> bool:
+    """mallopt for the policy; False (nothing changed) off glibc, with ``CURATOR_MALLOC_TUNING=0``, or
+    where the user set glibc's own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` (theirs wins)."""
     if os.environ.get(ENV, "1") == "0" or platform.libc_ver()[0] != "glibc":
         return False
     if any(f"MALLOC_{name}_THRESHOLD_" in os.environ for name in ("MMAP", "TRIM")):
@@ -40,4 +74,6 @@ def _tune() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
+    if wanted == "service":
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, RELEASE_BYTES))
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES))

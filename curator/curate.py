@@ -24,6 +24,8 @@ from .strategies import Request, select
 from .transfer import new_set_id, shard_writers, write_transfer_set
 
 Progress = Callable[[str, float], None]
+#: How far from 1 a precomputed row's norm may be and still count as a unit vector (float32 rounding).
+UNIT_TOLERANCE = 1e-5
 #: Query views per FAISS call: large enough for FAISS's threads, small enough that cancel is prompt.
 SEARCH_BLOCK = 256
 
@@ -179,4 +181,8 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
         raise CuratorError("embeddings must be finite and non-zero")
-    return vectors / norms
+    # Rows already of unit length are kept bit for bit: dividing by a norm of 1 +- 1 ulp would shift
+    # their similarities in the last digit, and an encoder's own output would then select differently
+    # passed in than embedded here.
+    off = np.abs(norms - 1.0) > UNIT_TOLERANCE
+    return np.where(off, vectors / norms, vectors).astype(np.float32, copy=False)

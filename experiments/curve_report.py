@@ -21,6 +21,9 @@ def markdown(doc: CurveResults) -> str:
     head = (f"Curve `{c.axis}`: {doc.x_label}; {c.seeds} seeds per point (mean ± std); teacher `{c.teacher}` "
             f"({c.teacher_mode}); student `{c.student}` ({c.student_init}) at {c.student_size} px; "
             f"total wall {doc.wall_seconds} s.")
+    if doc.recorded_values:
+        head += (f" Points {', '.join(map(str, doc.recorded_values))} were read from a recorded curve (measured "
+                 f"by {doc.recorded_at}), not run here.")
     names = [arm_label(c, a) for a in arms]
     rows = ["| " + c.axis + " | " + " | ".join(f"x {n} | {n}" for n in names)
             + f" | {names[-1]} - {names[0]} | test images |", "|---" * (3 + 2 * len(arms)) + "|"]

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Optional
 
 from curator import atomic
-from curator.formats import CurveConfig, CurvePoint, CurveResults, KTConfig, KtResults, save_doc
+from curator.errors import CuratorError
+from curator.formats import CurveConfig, CurvePoint, CurveResults, KTConfig, KtResults, load_doc, save_doc
 
 from distill.data import load_labelled
 
 from .curve_report import line_chart, markdown
-from .kt import run_kt
+from .kt import run_kt, target_digest
 
 PAPER_ARM = "task-oriented-retrieved"
 
@@ -46,6 +47,9 @@ AXES = {
 }
 #: What points with the same sets share: the split, the transfer sets and the teacher's outputs on them.
 SHARED = ("split.csv", "skipped.json", "sets", "cache")
+#: What a recorded curve may differ in and still lend its points: where things are, how the runs were
+#: scheduled and shown, and which values it has.
+RECORD_FREE = {"values", "out", "recorded", "index", "target", "progress", "jobs", "arms"}
 
 
 def pretraining_gflops(cfg: KTConfig, results: KtResults, arm: str) -> float:
@@ -62,7 +66,7 @@ def pretraining_gflops(cfg: KTConfig, results: KtResults, arm: str) -> float:
 
 def point_config(cfg: CurveConfig, value: int) -> KTConfig:
     """The kt bench of one point: the curve's knobs, the axis' knob set to ``value``, its own folder."""
-    base = cfg.model_dump(exclude={"axis", "values"})
+    base = cfg.model_dump(exclude={"axis", "values", "recorded"})
     return KTConfig.model_validate({**base, AXES[cfg.axis].knob: value, "arms": [AXES[cfg.axis].other],
                                     "out": str(Path(cfg.out) / f"{cfg.axis}-{value}")})
 
@@ -122,12 +126,35 @@ def share_from(first: Path, folder: Path, names: tuple[str, ...] = SHARED) -> No
             dst.symlink_to(os.path.relpath(src, folder))
 
 
+def recorded_points(cfg: CurveConfig, digest: str) -> tuple[dict[int, CurvePoint], Optional[str]]:
+    """The points of ``--recorded`` that this curve has, and when they were measured. A record of another
+    curve (other knobs, seeds or target) is refused, naming each setting that differs: its points would
+    not be this curve's."""
+    if not cfg.recorded:
+        return {}, None
+    doc = load_doc(cfg.recorded, CurveResults)
+    theirs = {**doc.config.model_dump(exclude=RECORD_FREE), "target_digest": doc.target_digest}
+    mine = {**cfg.model_dump(exclude=RECORD_FREE), "target_digest": digest}
+    diff = [f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in sorted(set(mine) | set(theirs))
+            if theirs.get(k) != mine.get(k)]
+    if diff:
+        raise CuratorError(f"--recorded {cfg.recorded} holds another curve ({'; '.join(diff)}); its points are "
+                           "not this one's")
+    return {p.value: p for p in doc.points if p.value in cfg.values}, doc.created_at
+
+
 def run_curve(cfg: CurveConfig, command: Optional[str] = None) -> CurveResults:
-    """Every point's bench (each resumes), then ``curve-<axis>.json``, ``.md`` and ``.png`` in ``--out``."""
+    """Every point's bench (each resumes) but those read from ``--recorded``, then ``curve-<axis>.json``,
+    ``.md`` and ``.png`` in ``--out``."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    digest = target_digest(cfg.target)
+    recorded, recorded_at = recorded_points(cfg, digest)
     points = []
     for value in cfg.values:
+        if value in recorded:
+            points.append(recorded[value])
+            continue
         point_cfg = point_config(cfg, value)
         if AXES[cfg.axis].same_sets and value != cfg.values[0]:
             share_from(Path(point_config(cfg, cfg.values[0]).out), Path(point_cfg.out))
@@ -135,7 +162,8 @@ def run_curve(cfg: CurveConfig, command: Optional[str] = None) -> CurveResults:
         points.append(point(cfg, value, results))
     doc = CurveResults(config=cfg, x_label=AXES[cfg.axis].x_label, points=points, command=command,
                        compute_ratio=compute_ratio(points) if cfg.axis == "compute" else None,
-                       wall_seconds=round(time.perf_counter() - t0, 1))
+                       wall_seconds=round(time.perf_counter() - t0, 1), target_digest=digest,
+                       recorded_values=sorted(recorded), recorded_at=recorded_at if recorded else None)
     stem = out / f"curve-{cfg.axis}"
     save_doc(stem.with_suffix(".json"), doc)
     atomic.write_text(stem.with_suffix(".md"), markdown(doc))

@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
                                       "class, or pretraining compute", description=CURVE_DESCRIPTION, epilog=EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--pool", nargs="+", metavar="PATH", help="unlabelled pool inputs (folders or shards)")
-    add_model_flags(c, CurveConfig, ["axis", "values"] + [f for f in KTConfig.model_fields
+    add_model_flags(c, CurveConfig, ["axis", "values", "recorded"] + [f for f in KTConfig.model_fields
                                                            if f not in ("progress", "arms")],
                     required=["axis"], help={"target": "folder with one sub-folder of images per class (default: "
                                                        "the public protocol)"})

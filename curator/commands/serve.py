@@ -65,9 +65,10 @@ def run(args) -> int:
     import uvicorn
 
     from api import Settings, create_app
-    from api.settings import default_replica
-    from api.memory import release_large_buffers
     from api.protocol import HeaderTimeoutProtocol
+    from api.settings import default_replica
+
+    from ..allocator import release_large_buffers
 
     check_port(args.host, args.port)
     settings = Settings(index_dir=Path(args.index), data_dir=Path(args.data),

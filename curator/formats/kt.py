@@ -124,6 +124,9 @@ class CurveConfig(KTConfig):
         + "; labels " + " ".join(map(str, CURVE_VALUES["labels"])) + "; compute "
         + " ".join(map(str, CURVE_VALUES["compute"])) + " distillation steps)")
     out: str = Field("bench-out/curves", description="working folder; the three axes can share it (and its index)")
+    recorded: Optional[str] = Field(None, description="an earlier curve-AXIS.json: its points are kept, not run "
+                                                      "again, when its settings are these (a curve measured in "
+                                                      "parts, on other machines)")
 
     @field_validator("values")
     @classmethod
@@ -163,3 +166,7 @@ class CurveResults(Doc):
                           "needs to match task-oriented's accuracy (None: it never does, or another axis)")
     wall_seconds: float
     command: Optional[str] = None
+    target_digest: Optional[str] = Field(None, description="the target's content (kt-config.json's): a recorded "
+                                                           "curve is extended only on the same target")
+    recorded_values: list[int] = Field(default_factory=list, description="points read from --recorded, not run here")
+    recorded_at: Optional[str] = Field(None, description="created_at of the --recorded curve they were read from")

@@ -1,5 +1,9 @@
-"""glibc's malloc keeps freed memory for CPU inference, unless the user says otherwise."""
+"""glibc's malloc, one policy per process: a batch job keeps freed memory, a service gives large buffers
+back, the first policy chosen wins, and the user can opt out. Policies that call mallopt run in their
+own process, so this suite's process keeps glibc's defaults."""
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -7,31 +11,56 @@ from curator import allocator
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 
+#: Frees a touched 200 MB block and prints how much of it is still resident (MB).
+FREED_STILL_RESIDENT = """
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+before = rss()
+p = libc.malloc(200 << 20)
+ctypes.memset(p, 1, 200 << 20)
+libc.free(ctypes.c_void_p(p))
+print(round(rss() - before))
+"""
+
+
+def run(code: str, **env) -> str:
+    import os
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != allocator.ENV}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**environ, **env}).stdout.strip()
+
 
 @glibc
-def test_thresholds_are_raised_by_default(monkeypatch):
-    monkeypatch.delenv(allocator.ENV, raising=False)
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    assert allocator._tune() is True
+def test_a_cpu_encoder_chooses_the_batch_policy_and_freed_memory_stays():
+    code = ("from curator import allocator; assert allocator.policy() is None;"
+            "from curator.encoders import create_encoder; create_encoder('packaged:efficientnet-lite0');"
+            "print(allocator.policy(), allocator.keep_freed_memory())" + FREED_STILL_RESIDENT)
+    chosen, resident = run(code).splitlines()
+    assert chosen == "batch True" and int(resident) > 150
 
 
+@glibc
+def test_a_service_keeps_its_policy_when_it_loads_an_encoder_and_gives_buffers_back():
+    code = ("from curator import allocator; assert allocator.release_large_buffers();"
+            "from curator.encoders import create_encoder; create_encoder('packaged:efficientnet-lite0');"
+            "print(allocator.policy(), allocator.keep_freed_memory())" + FREED_STILL_RESIDENT)
+    chosen, resident = run(code).splitlines()
+    assert chosen == "service False" and int(resident) < 20
+
+
+@glibc
+def test_glibcs_defaults_unmap_a_large_block_too():
+    """The baseline that makes the first test fail without the batch policy."""
+    assert int(run(FREED_STILL_RESIDENT)) < 20
+
+
+@pytest.mark.parametrize("policy", ["batch", "service"])
 @pytest.mark.parametrize("env", [{allocator.ENV: "0"}, {"MALLOC_MMAP_THRESHOLD_": "65536"},
                                  {"MALLOC_TRIM_THRESHOLD_": "131072"}])
-def test_the_user_opts_out_or_sets_glibcs_own_variables(monkeypatch, env):
+def test_the_user_opts_out_or_sets_glibcs_own_variables(monkeypatch, env, policy):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert allocator._tune() is False
-
-
-@glibc
-def test_a_cpu_encoder_tunes_its_process():
-    import subprocess
-    import sys
-
-    code = ("from curator import allocator; from curator.encoders.base import Encoder; import torch;"
-            "assert allocator._state == {};"
-            "from curator.encoders import create_encoder; create_encoder('packaged:efficientnet-lite0');"
-            "print(allocator._state)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "{'tuned': True}"
+    assert allocator._apply(policy) is False  # returns before any mallopt: safe in this process

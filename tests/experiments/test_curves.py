@@ -1,5 +1,6 @@
 """`curator bench curve` in miniature: each of the paper's three curves on tiny models, two points, one seed."""
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -73,6 +74,36 @@ def test_each_curve_runs_its_two_arms_at_every_point(bench, axis, values, arms, 
     if axis == "size":  # a second call reuses every point's runs
         assert main(["bench", "curve", "--axis", axis, "--values", *values, *common]) == 0
         assert json.loads(capsys.readouterr().out)["points"] == doc["points"]
+
+
+def test_a_recorded_curve_lends_its_points_and_only_the_new_ones_run(bench, capsys, tmp_path):
+    """A curve measured in parts: points read from an earlier curve-AXIS.json (of another machine, whose
+    runs are not here) are kept as they are, and only the missing values run."""
+    root, common = bench
+
+    def args(out):
+        return [str(out) if a == str(root / "out") else a for a in common]
+    assert main(["bench", "curve", "--axis", "size", "--values", "12", "30", *args(tmp_path / "first")]) == 0
+    first = json.loads(capsys.readouterr().out)
+    record = tmp_path / "record.json"
+    shutil.copyfile(tmp_path / "first" / "curve-size.json", record)
+    second = tmp_path / "second"
+    assert main(["bench", "curve", "--axis", "size", "--values", "12", "18", "30", "--recorded", str(record),
+                 *args(second)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [p["value"] for p in doc["points"]] == [12, 18, 30]
+    assert doc["points"][0] == first["points"][0] and doc["points"][2] == first["points"][1]
+    assert doc["recorded_values"] == [12, 30] and doc["recorded_at"] == first["created_at"]
+    assert not (second / "size-12").exists() and (second / "size-18" / "results.json").exists()
+    assert "Points 12, 30 were read from a recorded curve" in (second / "curve-size.md").read_text()
+    # another curve's record is refused before anything runs, naming what differs; so is a missing one
+    other = [("2" if a == "1" and common[i - 1] == "--seeds" else a) for i, a in enumerate(args(tmp_path / "third"))]
+    assert main(["bench", "curve", "--axis", "size", "--values", "12", "18", "--recorded", str(record), *other]) == 2
+    err = capsys.readouterr().err
+    assert "holds another curve (seeds: 1 -> 2)" in err and not (tmp_path / "third").exists()
+    assert main(["bench", "curve", "--axis", "size", "--values", "12", "18", "--recorded", str(tmp_path / "nope.json"),
+                 *args(tmp_path / "third")]) == 2
+    assert "nope.json does not exist" in capsys.readouterr().err and not (tmp_path / "third").exists()
 
 
 def test_a_curve_needs_two_values_and_says_so(bench, capsys):
