@@ -34,21 +34,16 @@ def run(code: str, **env) -> str:
 
 
 @glibc
-def test_a_cpu_encoder_chooses_the_batch_policy_and_freed_memory_stays():
-    code = ("from curator import allocator; assert allocator.policy() is None;"
-            "from curator.encoders import create_encoder; create_encoder('packaged:efficientnet-lite0');"
+@pytest.mark.parametrize("first, chosen, keeps", [
+    ("", "batch True", True),  # a batch job: the encoder chooses, and freed memory stays
+    ("assert allocator.release_large_buffers();", "service False", False),  # a service chose first: kept
+])
+def test_the_first_policy_chosen_holds_and_decides_what_freed_memory_does(first, chosen, keeps):
+    code = ("from curator import allocator; assert allocator.policy() is None;" + first
+            + "from curator.encoders import create_encoder; create_encoder('packaged:efficientnet-lite0');"
             "print(allocator.policy(), allocator.keep_freed_memory())" + FREED_STILL_RESIDENT)
-    chosen, resident = run(code).splitlines()
-    assert chosen == "batch True" and int(resident) > 150
-
-
-@glibc
-def test_a_service_keeps_its_policy_when_it_loads_an_encoder_and_gives_buffers_back():
-    code = ("from curator import allocator; assert allocator.release_large_buffers();"
-            "from curator.encoders import create_encoder; create_encoder('packaged:efficientnet-lite0');"
-            "print(allocator.policy(), allocator.keep_freed_memory())" + FREED_STILL_RESIDENT)
-    chosen, resident = run(code).splitlines()
-    assert chosen == "service False" and int(resident) < 20
+    said, resident = run(code).splitlines()
+    assert said == chosen and (int(resident) > 150) == keeps and (int(resident) < 20) != keeps
 
 
 @glibc
