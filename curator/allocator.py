@@ -56,6 +56,28 @@ def policy() -> Optional[Policy]:
     return _state.get("policy")  # type: ignore[return-value]
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def bound_freed_memory() -> bool:
+    """Under the batch policy, give the free heap back to the kernel once it holds over :data:`KEEP_BYTES`;
+    True when it did. Why: with large blocks on the heap, a block that lives on between batches (a
+    decoded batch, a result) splits the free space, later batches cannot reuse the pieces, and the heap
+    grows with every batch (2,000 images through EfficientNet-Lite2: 6.2 GB private memory against 2.3
+    GB with glibc's defaults). Called after each batch, this keeps what the next batch reuses and returns
+    the rest."""
+    libc = _state.get("libc")
+    if libc is None or _state.get("policy") != "batch":
+        return False
+    if libc.mallinfo2().fordblks <= KEEP_BYTES:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def _choose(wanted: Policy) -> bool:
     if "policy" not in _state:
         _state["policy"] = wanted
@@ -72,8 +94,10 @@ def _apply(wanted: Policy) -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+        libc.mallinfo2.restype = _Mallinfo2
+    except (OSError, AttributeError):  # no glibc, or one older than 2.33 (no mallinfo2)
         return False
     if wanted == "service":
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, RELEASE_BYTES))
+    _state["libc"] = libc
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..allocator import keep_freed_memory
+from ..allocator import bound_freed_memory, keep_freed_memory
 from ..errors import CuratorError, DeviceUnavailableError
 
 Preprocess = Callable[[Image.Image], torch.Tensor]
@@ -95,7 +95,10 @@ class Encoder(ABC):
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             feats = self._embed(pixels)
-        return _normalise(feats)
+        out = _normalise(feats)
+        if self.device.type == "cpu":
+            bound_freed_memory()
+        return out
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Unnormalised features *with* gradients: for training a head on the encoder, or finetuning it."""
