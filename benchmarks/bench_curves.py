@@ -57,7 +57,11 @@ def main() -> None:
     parser.add_argument("--from", dest="bench", default="bench-out/kt-bench",
                         help="a finished default `bench kt` whose point is lent (default: %(default)s; 'none': none)")
     parser.add_argument("--out", default="bench-out/curves")
+    parser.add_argument("--section", help="BENCHMARKS.md section and chart name, one axis only (default: "
+                                          "curve-AXIS): a part of a curve beside the section of the whole")
     args, extra = parser.parse_known_args()
+    if args.section and len(args.axes) != 1:
+        parser.error("--section names one curve: pass one --axes")
     from curator import atomic
     from curator.cli import main as curator_main
 
@@ -75,7 +79,8 @@ def main() -> None:
             raise SystemExit(rc)
         record.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(record, (out / f"curve-{axis}.json").read_text())
-        chart = keep_chart(out / f"curve-{axis}.png", f"curve-{axis}.png")
+        section = args.section or f"curve-{axis}"
+        chart = keep_chart(out / f"curve-{axis}.png", f"{section}.png")
         reuse = (f" The point at {', '.join(map(str, lent))} is the default `bench kt` in `{bench}` (its runs, "
                  "linked)." if lent else "")
         body = f"""## The paper's curve `{axis}` (`curator bench curve --axis {axis}`)
@@ -86,8 +91,8 @@ Command: `{command()}`. This call took {wall / 60:.1f} min.{reuse}
 {(out / f'curve-{axis}.md').read_text()}
 ![curve {axis}]({chart})
 """
-        update_section(f"curve-{axis}", body)
-        print(f"wrote the curve-{axis} section of BENCHMARKS.md ({wall / 60:.1f} min)", flush=True)
+        update_section(section, body)
+        print(f"wrote the {section} section of BENCHMARKS.md ({wall / 60:.1f} min)", flush=True)
 
 
 if __name__ == "__main__":
