@@ -25,7 +25,12 @@ def machine() -> str:
     except OSError:
         pass
     import torch
-    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.machine()}, Python "
+
+    # the vector ISA ATen's and oneDNN's CPU kernels dispatch to: "AMD EPYC" machines here differ in it
+    # (AVX2 or AVX512), and a student's CPU training step with it (1.9x at 2 threads between two of them,
+    # BENCHMARKS.md's student-step notes)
+    isa = torch.backends.cpu.get_cpu_capability()
+    return (f"{os.cpu_count()} cores ({cpu}, {isa}), {platform.system()} {platform.machine()}, Python "
             f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
 
 
@@ -35,8 +40,11 @@ def command() -> str:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True).stdout.strip() or "uncommitted"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return f"{head} (with uncommitted changes)" if dirty else head
     except OSError:
         return "unknown"
 
