@@ -1,12 +1,15 @@
-"""One student training step on the CPU, NCHW against channels_last, alternating in one process.
+"""One student training step on the CPU: NCHW, channels_last, and channels_last with the small-map
+depthwise gradient, alternating in one process.
 
 A kt bench is student steps (about 3,500 of them at its defaults, per seed): their cost decides how many
 seeds fit in the bench's 60 minutes. ``distill.run`` puts every student in channels_last, since oneDNN
-runs depthwise convnets faster that way on CPUs too; this measures by how much, for the bench's student
-(ImageNet tf_efficientnet_lite0) and ``curator distill``'s default (mobilenetv3_small_100 from scratch),
-at the bench's batch and resolution.
+runs depthwise convnets faster that way on CPUs too, and on CPUs runs its forwards under
+``distill.depthwise.small_map_depthwise`` (oneDNN's weight gradient for depthwise convolutions on maps no
+larger than their kernel is slow on AVX2). This measures each step by how much, for the bench's student
+(ImageNet tf_efficientnet_lite0) and ``curator distill``'s default (mobilenetv3_small_100 from scratch), at
+the bench's batch and resolution, on 1 torch thread (a kt bench's run slot) and on 2.
 
-    python benchmarks/bench_student_step.py [--batch 64] [--size 64] [--steps 12] [--repeats 3]
+    python benchmarks/bench_student_step.py [--batch 64] [--size 64] [--steps 12] [--repeats 3] [--threads 1 2]
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,25 +26,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from report import command, commit, machine, update_section  # noqa: E402
 
 STUDENTS = (("tf_efficientnet_lite0", "imagenet"), ("mobilenetv3_small_100", "scratch"))
-LAYOUTS = ("contiguous", "channels_last")
+ARMS = ("nchw", "channels_last", "small_map")  # the last: what distill.run does on a CPU
 
 
-def step_ms(name: str, init: str, layout: str, batch: int, size: int, steps: int) -> float:
+def step_ms(name: str, init: str, arm: str, batch: int, size: int, steps: int) -> float:
     """Median ms of one forward, backward and AdamW step, after two warm-up steps."""
     import torch
     import torch.nn.functional as F
 
+    from distill.depthwise import small_map_depthwise
     from distill.models import Student
 
     torch.manual_seed(0)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    fmt = torch.contiguous_format if arm == "nchw" else torch.channels_last
+    mode = small_map_depthwise if arm == "small_map" else nullcontext
     student = Student(name, 15, size, init).to(memory_format=fmt)
     opt = torch.optim.AdamW(student.parameters(), 1e-3)
     views, labels = torch.rand(batch, 3, size, size), torch.randint(0, 15, (batch,))
     times = []
     for _ in range(steps + 2):
         t = time.perf_counter()
-        loss = F.cross_entropy(student(views), labels)
+        with mode():
+            loss = F.cross_entropy(student(views), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -48,36 +55,46 @@ def step_ms(name: str, init: str, layout: str, batch: int, size: int, steps: int
     return 1000 * statistics.median(times[2:])
 
 
+def row(name: str, init: str, threads: int, ms: dict[str, list[float]]) -> str:
+    best = {arm: min(v) for arm, v in ms.items()}
+    cells = " | ".join(f"{best[arm]:.0f} ({', '.join(f'{v:.0f}' for v in ms[arm])})" for arm in ARMS)
+    return (f"| {name} ({init}) | {threads} | {cells} | {best['nchw'] / best['channels_last']:.2f}x "
+            f"| {best['channels_last'] / best['small_map']:.2f}x |")
+
+
 def main() -> None:
+    import torch
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds of both layouts")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds of the three arms")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, each measured")
     args = ap.parse_args()
     rows = []
-    for name, init in STUDENTS:
-        ms = {layout: [] for layout in LAYOUTS}
-        for _ in range(args.repeats):
-            for layout in LAYOUTS:
-                ms[layout].append(step_ms(name, init, layout, args.batch, args.size, args.steps))
-        best = {layout: min(v) for layout, v in ms.items()}
-        rows.append(f"| {name} ({init}) | {best['contiguous']:.0f} ({', '.join(f'{v:.0f}' for v in ms['contiguous'])}) "
-                    f"| {best['channels_last']:.0f} ({', '.join(f'{v:.0f}' for v in ms['channels_last'])}) "
-                    f"| {best['contiguous'] / best['channels_last']:.2f}x |")
-        print(rows[-1], flush=True)
-    body = f"""## Student training step on the CPU: NCHW against channels_last
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, init in STUDENTS:
+            ms: dict[str, list[float]] = {arm: [] for arm in ARMS}
+            for _ in range(args.repeats):
+                for arm in ARMS:
+                    ms[arm].append(step_ms(name, init, arm, args.batch, args.size, args.steps))
+            rows.append(row(name, init, threads, ms))
+            print(rows[-1], flush=True)
+    body = f"""## Student training step on the CPU: NCHW, channels_last, and the small-map depthwise gradient
 
 Machine: {machine()}. Commit {commit()}.
 Command: `{command()}`.
 
 One forward, backward and AdamW step at batch {args.batch}, {args.size} px, median of {args.steps} steps after two
-warm-up steps; the two layouts alternate, {args.repeats} rounds each in one process. Best round first, every round
-in brackets. channels_last (what `distill.run` now uses on every device) is the candidate; NCHW (what it used on
-CPUs before) the baseline. Random pixels: the step's cost does not depend on them.
+warm-up steps; the three arms alternate, {args.repeats} rounds each in one process. Best round first, every round
+in brackets. NCHW is what `distill.run` used on CPUs first; channels_last what it used next; *small-map* is
+channels_last with `distill.depthwise.small_map_depthwise` (what it uses on CPUs now). Random pixels: the step's
+cost does not depend on them.
 
-| student | NCHW ms | channels_last ms | speed-up |
-|---|---|---|---|
+| student | threads | NCHW ms | channels_last ms | small-map ms | channels_last vs NCHW | small-map vs channels_last |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
     update_section("student-step", body)

@@ -72,11 +72,11 @@ def items_key(items: list[tuple]) -> str:
 @torch.inference_mode()
 def view_cache(teacher, items: list[tuple], folder: Path, *, kind: Kind, views: int, student_size: int,
                view_seed: int = 0, augment: bool = True, batch_size: int = 32, workers: int = 0,
-               progress: bool = False, autocast: Callable[[], ContextManager] = nullcontext) -> ViewCache:
+               progress: bool = False, forward_mode: Callable[[], ContextManager] = nullcontext) -> ViewCache:
     """Load the cache for these images and views from ``folder``, or build and store it.
 
     ``augment=False`` gives one centred view per image (for evaluation). Views are decoded on the
-    CPU and labelled on the teacher's device (under ``autocast``: bf16 on CUDA); the stored
+    CPU and labelled on the teacher's device (under ``forward_mode``: bf16 on CUDA); the stored
     student-size pixels are made on the CPU from the same views."""
     producer = teacher.backbone if kind == "features" else teacher
     views = views if augment else 1
@@ -91,7 +91,7 @@ def view_cache(teacher, items: list[tuple], folder: Path, *, kind: Kind, views: 
             return _load(path)
         return _build(teacher, items, path, kind=kind, views=views, student_size=student_size,
                       view_seed=view_seed, augment=augment, batch_size=batch_size, workers=workers,
-                      progress=progress, autocast=autocast)
+                      progress=progress, forward_mode=forward_mode)
 
 
 def _load(path: Path) -> ViewCache:
@@ -112,7 +112,7 @@ def _one_builder(path: Path) -> Iterator[None]:
 
 def _build(teacher, items: list[tuple], path: Path, *, kind: Kind, views: int,
            student_size: int, view_seed: int, augment: bool, batch_size: int, workers: int, progress: bool,
-           autocast: Callable[[], ContextManager]) -> ViewCache:
+           forward_mode: Callable[[], ContextManager]) -> ViewCache:
     """The teacher over every fixed view, written atomically to ``path``."""
     dataset = FixedViewDataset(items, teacher.size, views, view_seed, augment=augment)
     device = teacher.mean.device
@@ -127,7 +127,7 @@ def _build(teacher, items: list[tuple], path: Path, *, kind: Kind, views: int,
     for batch, ks, _ in loader:
         if batch is not None:
             on_device = batch.to(device, non_blocking=True)
-            with autocast():
+            with forward_mode():
                 out = teacher.features(on_device) if kind == "features" else teacher(on_device)
             small = F.interpolate(batch, size=(student_size, student_size), mode="bilinear", antialias=True)
             pixels = (small.clamp(0, 1) * 255).round().to(torch.uint8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
 import numpy as np
 import torch
@@ -16,8 +16,17 @@ from curator.formats import DistillConfig, StageReport, TeacherReport
 from . import dist
 from .cache import CachedViews, view_cache
 from .data import ImageDataset, LabelledSet, collate_skip_bad
+from .depthwise import small_map_depthwise
 from .models import Student, Teacher
 from .train import Logger, StageResult, evaluate, forever
+
+
+def _forward_mode(gpu: bool, amp: bool) -> Callable[[], ContextManager]:
+    """How forwards run on the run's device: bf16 autocast on CUDA (``amp``); on CPUs, depthwise
+    convolutions on small maps take a faster gradient (``depthwise.py``: 1.5x a Lite0 step on AVX2)."""
+    if gpu:
+        return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+    return small_map_depthwise
 
 
 @dataclass
@@ -40,19 +49,19 @@ class RunContext:
         cfg = self.cfg
         self.n_cls = len(self.data.classes)
         gpu = self.device.type == "cuda"
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if gpu and cfg.amp else nullcontext
+        self.forward_mode = _forward_mode(gpu, cfg.amp)
         self.view = self.teacher.size if self.teacher else cfg.student_size
         # the student always trains and is scored on views made at its own size, whatever the method
         self.train_s = forever(self.loader(self.data.splits["train"], cfg.student_size, True), self.device)
         self.evals_s = {s: self.loader(self.data.splits[s], cfg.student_size, False)
                         for s in ("val", "test") if self.data.splits.get(s)}
         self.common = dict(ckpt_dir=self.out / "checkpoints", logger=self.logger, ckpt_every=cfg.ckpt_every,
-                           progress=cfg.progress and dist.is_main(), autocast=self.autocast,
+                           progress=cfg.progress and dist.is_main(), forward_mode=self.forward_mode,
                            progress_label=self.label)
         # one decode worker at least: decoding overlaps the teacher's forward passes
         self.cache_opts = dict(student_size=cfg.student_size, view_seed=cfg.view_seed, batch_size=cfg.batch_size,
                                workers=max(1, cfg.workers), progress=cfg.progress and dist.is_main(),
-                               autocast=self.autocast)
+                               forward_mode=self.forward_mode)
 
     # -- loaders -------------------------------------------------------------------------
     def loader(self, items, size: int, train: bool, memo: bool = True) -> DataLoader:
@@ -80,11 +89,11 @@ class RunContext:
 
     # -- scoring -------------------------------------------------------------------------
     def scores(self, model, evals) -> dict:
-        return {s: evaluate(model, loader, self.n_cls, self.device, self.autocast) for s, loader in evals.items()}
+        return {s: evaluate(model, loader, self.n_cls, self.device, self.forward_mode) for s, loader in evals.items()}
 
     def val_score(self, model, evals) -> Callable[[], float]:
         def score() -> float:
-            return (evaluate(model, evals["val"], self.n_cls, self.device, self.autocast) or {"accuracy": 0.0})[
+            return (evaluate(model, evals["val"], self.n_cls, self.device, self.forward_mode) or {"accuracy": 0.0})[
                 "accuracy"]
         return score if "val" in evals else (lambda: 0.0)
 
