@@ -27,7 +27,7 @@ def machine() -> str:
     import torch
 
     # the vector ISA ATen's and oneDNN's CPU kernels dispatch to: "AMD EPYC" machines here differ in it
-    # (AVX2 or AVX512), and a student's CPU training step with it (1.9x at 2 threads between two of them,
+    # (AVX2 or AVX512), and a student's CPU training step with it (1.7-1.9x at 2 threads between two of them,
     # BENCHMARKS.md's student-step notes)
     isa = torch.backends.cpu.get_cpu_capability()
     return (f"{os.cpu_count()} cores ({cpu}, {isa}), {platform.system()} {platform.machine()}, Python "
