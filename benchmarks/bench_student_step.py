@@ -10,6 +10,7 @@ larger than their kernel is slow on AVX2). This measures each step by how much, 
 the bench's batch and resolution, on 1 torch thread (a kt bench's run slot) and on 2.
 
     python benchmarks/bench_student_step.py [--batch 64] [--size 64] [--steps 12] [--repeats 3] [--threads 1 2]
+                                            [--section student-step]
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds of the three arms")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, each measured")
+    ap.add_argument("--section", default="student-step",
+                    help="BENCHMARKS.md section: another CPU's figures beside the first's (default: %(default)s)")
     args = ap.parse_args()
     rows = []
     for threads in args.threads:
@@ -97,8 +100,8 @@ cost does not depend on them.
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
-    update_section("student-step", body)
-    print("wrote the student-step section of BENCHMARKS.md")
+    update_section(args.section, body)
+    print(f"wrote the {args.section} section of BENCHMARKS.md")
 
 
 if __name__ == "__main__":
