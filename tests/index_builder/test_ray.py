@@ -67,7 +67,7 @@ def test_ray_builds_the_in_process_index_even_when_a_worker_is_killed(tmp_path, 
             os.kill(pid, signal.SIGKILL)
             killed = pid
         time.sleep(0.05)
-    out, err = proc.communicate(timeout=max(10.0, deadline - time.time()))
+    out, err = proc.communicate(timeout=300)
     assert killed, f"no Ray encoder actor was seen embedding (build-index exited {proc.returncode})"
     assert proc.returncode == 0, err.decode()[-3000:]
     same_index(tmp_path / "local", tmp_path / "ray")
