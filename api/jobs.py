@@ -240,15 +240,16 @@ def failure(job_id: str, exc: Exception) -> str:
 
 def clean_uploads(uploads: Path, store: Store) -> int:
     """At start-up: the inputs of jobs that are over (their folders are removed as each ends; a kill
-    can leave one), and staging folders of requests cut off mid-upload an hour ago (a younger one may
-    be another replica's upload in flight). Returns how many went."""
+    can leave one), and folders without a job (staging, or inputs whose request was cut off before its
+    job was queued) an hour old (a younger one may be another replica's request in flight). Returns
+    how many went."""
     gone = 0
     for folder in uploads.iterdir():
-        if folder.name.startswith("."):
+        job = None if folder.name.startswith(".") else store.get_job(folder.name)
+        if job is None:  # staging, or inputs whose job row is not written yet (maybe another replica's)
             stale = _age(folder) > STALE_SECONDS
         else:
-            job = store.get_job(folder.name)
-            stale = job is None or job["state"] not in ACTIVE
+            stale = job["state"] not in ACTIVE
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
             gone += 1

@@ -48,6 +48,10 @@ MAX_ATTEMPTS = 3
 CLAIMABLE = "state = 'queued' OR (state = 'running' AND (lease_expires IS NULL OR lease_expires < ?))"
 
 
+def new_job_id() -> str:
+    return "job-" + uuid.uuid4().hex[:12]
+
+
 class Store:
     def __init__(self, db: Database):
         self.db = db
@@ -64,11 +68,13 @@ class Store:
 
     # -- jobs ---------------------------------------------------------------------------
     def create_job(self, kind: str, params: dict, owner: Optional[str],
-                   request_key: Optional[str] = None) -> tuple[str, bool]:
+                   request_key: Optional[str] = None, job_id: Optional[str] = None) -> tuple[str, bool]:
         """A new queued job, or, when ``request_key`` (the caller's Idempotency-Key) was seen before
         from the same owner, the job that request made; the flag says whether it is new. A retried
-        request, e.g. after a replica died mid-answer, then never makes a second job."""
-        job_id, now = "job-" + uuid.uuid4().hex[:12], time.time()
+        request, e.g. after a replica died mid-answer, then never makes a second job. ``job_id``
+        (from ``new_job_id``): a job whose inputs were put in place under its id before it is queued,
+        since a queued job can be claimed at once."""
+        job_id, now = job_id or new_job_id(), time.time()
         scoped = None if request_key is None else f"{owner or ''}/{request_key}"
         cur = self.db.execute("INSERT INTO jobs (id, kind, state, owner, params, created_at, updated_at, request_key) "
                               "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) ON CONFLICT (request_key) DO NOTHING",

@@ -17,6 +17,7 @@ from curator.retrieval import PoolIndex
 from ..deps import CurateKey, EncoderLockDep, PoolDep, RunnerDep, SettingsDep, StoreDep
 from ..jobs import save_inputs
 from ..schemas import ERRORS, CurateForm, CurateRequest, JobOut
+from ..store import new_job_id
 from ..uploads import read_curate_request
 
 router = APIRouter(tags=["curation"], responses=ERRORS)
@@ -35,8 +36,9 @@ BODIES = {"requestBody": {"required": True, "content": {
 async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, store: StoreDep, pool: PoolDep,
                       runner: RunnerDep, lock: EncoderLockDep, wait: bool = False,
                       idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    # the inputs are stored first, the job row second: a crash in between leaves no job whose inputs
-    # never arrived (only a staging folder, removed at start-up)
+    # the inputs are stored and put in place first, the job row second: a queued job can be claimed at
+    # once, and a crash in between leaves no job whose inputs never arrived (only a folder without a
+    # job, removed at start-up once stale)
     staging = settings.uploads_dir / f".tmp-{uuid.uuid4().hex}"
     try:
         queries, vectors, params, files = await read_curate_request(request, settings.limits, pool.manifest.dim,
@@ -45,12 +47,18 @@ async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, s
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a refused request leaves nothing behind
         raise
-    job_id, new = store.create_job("curate", params.model_dump(), key.name if key else None, idempotency_key)
+    inputs = settings.uploads_dir / new_job_id()
+    os.replace(staging, inputs)
+    try:
+        job_id, new = store.create_job("curate", params.model_dump(), key.name if key else None, idempotency_key,
+                                       job_id=inputs.name)
+    except BaseException:
+        shutil.rmtree(inputs, ignore_errors=True)
+        raise
     if new:
-        os.replace(staging, settings.uploads_dir / job_id)
         runner.submit(job_id)
     else:  # a retry of a request already taken: its job stands, these inputs are not needed
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(inputs, ignore_errors=True)
         if store.get_job(job_id)["params"] != params.model_dump():
             raise HTTPException(422, "Idempotency-Key was already used for a request with other params")
     if wait:

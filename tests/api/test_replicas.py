@@ -164,3 +164,26 @@ def _caught_running(db, job_id: str, worker: str, timeout: float = 10) -> bool:
         if state not in ("queued", "running"):
             return False
     return False
+
+
+def test_start_up_cleanup_keeps_young_inputs_whose_job_is_not_queued_yet(tmp_path):
+    """A request puts its inputs under the job's id before it queues the job (a queued job can be claimed
+    at once), so a folder without a job may be another replica's request in flight: only a stale one goes."""
+    import os
+
+    from api.jobs import STALE_SECONDS, clean_uploads
+    from api.store import new_job_id
+
+    store = Store(open_database(f"sqlite:///{tmp_path / 'state.sqlite3'}", tmp_path))
+    uploads = tmp_path / "uploads"
+    queued = store.create_job("curate", {}, None, job_id=new_job_id())[0]
+    over = store.create_job("curate", {}, None)[0]
+    store.finish_job(over, "succeeded")
+    young, old, staging = new_job_id(), new_job_id(), ".tmp-abc"
+    for name in (queued, over, young, old, staging):
+        (uploads / name).mkdir(parents=True)
+    for name in (old, staging):
+        past = time.time() - STALE_SECONDS - 60
+        os.utime(uploads / name, (past, past))
+    assert clean_uploads(uploads, store) == 3
+    assert sorted(p.name for p in uploads.iterdir()) == sorted([queued, young])
