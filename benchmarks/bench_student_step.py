@@ -1,13 +1,19 @@
-"""One student training step on the CPU: NCHW, channels_last, and channels_last with the small-map
-depthwise gradient, alternating in one process.
+"""One student training step on the CPU, arm by arm as `distill.run` came to train it, alternating in one process.
 
 A kt bench is student steps (about 3,500 of them at its defaults, per seed): their cost decides how many
-seeds fit in the bench's 60 minutes. ``distill.run`` puts every student in channels_last, since oneDNN
-runs depthwise convnets faster that way on CPUs too, and on CPUs runs its forwards under
-``distill.depthwise.small_map_depthwise`` (oneDNN's weight gradient for depthwise convolutions on maps no
-larger than their kernel is slow on AVX2). This measures each step by how much, for the bench's student
-(ImageNet tf_efficientnet_lite0) and ``curator distill``'s default (mobilenetv3_small_100 from scratch), at
-the bench's batch and resolution, on 1 torch thread (a kt bench's run slot) and on 2.
+seeds fit in the bench's 60 minutes. The arms add one change each:
+
+- ``nchw``: timm's model as built (NCHW, in-place activations);
+- ``channels_last``: oneDNN runs depthwise convnets faster that way on CPUs too;
+- ``out_of_place``: ReLU6 / hard-swish out of place (``distill.models.out_of_place_activations``: in place,
+  autograd clones their input);
+- ``routed``: under ``distill.depthwise.small_map_depthwise``, which takes depthwise weight gradients on maps
+  no larger than their kernel and timm's "same" pads of channels_last batches. This is what ``distill.run``
+  does on CPUs.
+
+Each is measured for the bench's student (ImageNet tf_efficientnet_lite0) and ``curator distill``'s default
+(mobilenetv3_small_100 from scratch), at the bench's batch and resolution, on 1 torch thread (a kt bench's
+run slot) and on 2.
 
     python benchmarks/bench_student_step.py [--batch 64] [--size 64] [--steps 12] [--repeats 3] [--threads 1 2]
                                             [--section student-step]
@@ -27,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from report import command, commit, machine, update_section  # noqa: E402
 
 STUDENTS = (("tf_efficientnet_lite0", "imagenet"), ("mobilenetv3_small_100", "scratch"))
-ARMS = ("nchw", "channels_last", "small_map")  # the last: what distill.run does on a CPU
+ARMS = ("nchw", "channels_last", "out_of_place", "routed")  # the last: what distill.run does on a CPU
 
 
 def step_ms(name: str, init: str, arm: str, batch: int, size: int, steps: int) -> float:
@@ -36,14 +42,17 @@ def step_ms(name: str, init: str, arm: str, batch: int, size: int, steps: int) -
     import torch.nn.functional as F
 
     from distill.depthwise import small_map_depthwise
-    from distill.models import Student
+    from distill.models import CLONED_IN_PLACE, Student
 
     torch.manual_seed(0)
     fmt = torch.contiguous_format if arm == "nchw" else torch.channels_last
-    mode = small_map_depthwise if arm == "small_map" else nullcontext
+    mode = small_map_depthwise if arm == "routed" else nullcontext
     student = Student(name, 15, size, init).to(memory_format=fmt)
+    for layer in student.modules():  # the first two arms: the activations as timm builds them
+        if isinstance(layer, CLONED_IN_PLACE) and arm in ("nchw", "channels_last"):
+            layer.inplace = True
     opt = torch.optim.AdamW(student.parameters(), 1e-3)
-    views, labels = torch.rand(batch, 3, size, size), torch.randint(0, 15, (batch,))
+    views, labels = torch.rand(batch, 3, size, size).to(memory_format=fmt), torch.randint(0, 15, (batch,))
     times = []
     for _ in range(steps + 2):
         t = time.perf_counter()
@@ -59,8 +68,8 @@ def step_ms(name: str, init: str, arm: str, batch: int, size: int, steps: int) -
 def row(name: str, init: str, threads: int, ms: dict[str, list[float]]) -> str:
     best = {arm: min(v) for arm, v in ms.items()}
     cells = " | ".join(f"{best[arm]:.0f} ({', '.join(f'{v:.0f}' for v in ms[arm])})" for arm in ARMS)
-    return (f"| {name} ({init}) | {threads} | {cells} | {best['nchw'] / best['channels_last']:.2f}x "
-            f"| {best['channels_last'] / best['small_map']:.2f}x |")
+    ratios = " | ".join(f"{best[a] / best[b]:.2f}x" for a, b in zip(ARMS, ARMS[1:]))
+    return f"| {name} ({init}) | {threads} | {cells} | {ratios} | {best['nchw'] / best['routed']:.2f}x |"
 
 
 def main() -> None:
@@ -70,7 +79,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds of the three arms")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds of the arms")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, each measured")
     ap.add_argument("--section", default="student-step",
                     help="BENCHMARKS.md section: another CPU's figures beside the first's (default: %(default)s)")
@@ -85,19 +94,18 @@ def main() -> None:
                     ms[arm].append(step_ms(name, init, arm, args.batch, args.size, args.steps))
             rows.append(row(name, init, threads, ms))
             print(rows[-1], flush=True)
-    body = f"""## Student training step on the CPU: NCHW, channels_last, and the small-map depthwise gradient
+    body = f"""## Student training step on the CPU: NCHW, channels_last, out-of-place activations, routed
 
 Machine: {machine()}. Commit {commit()}.
 Command: `{command()}`.
 
 One forward, backward and AdamW step at batch {args.batch}, {args.size} px, median of {args.steps} steps after two
-warm-up steps; the three arms alternate, {args.repeats} rounds each in one process. Best round first, every round
-in brackets. NCHW is what `distill.run` used on CPUs first; channels_last what it used next; *small-map* is
-channels_last with `distill.depthwise.small_map_depthwise` (what it uses on CPUs now). Random pixels: the step's
-cost does not depend on them.
+warm-up steps; the arms alternate, {args.repeats} rounds each in one process. Best round first, every round in
+brackets. Each arm adds one change to the one before (the script's docstring): NCHW is timm's model as built,
+*routed* is what `distill.run` does on CPUs now. Random pixels: the step's cost does not depend on them.
 
-| student | threads | NCHW ms | channels_last ms | small-map ms | channels_last vs NCHW | small-map vs channels_last |
-|---|---|---|---|---|---|---|
+| student | threads | NCHW ms | channels_last ms | out-of-place ms | routed ms | channels_last vs NCHW | out-of-place vs channels_last | routed vs out-of-place | routed vs NCHW |
+|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
     update_section(args.section, body)

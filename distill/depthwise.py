@@ -1,15 +1,19 @@
-"""Depthwise convolutions on small CPU maps: the same forward, a weight gradient by shifted products.
+"""Two CPU training routes for timm's depthwise convnets: small-map depthwise weight gradients, and pads.
 
-Why: a student at the bench's 64 px ends with 5x5 depthwise convolutions on 4x4 and 2x2 maps
+Why the first: a student at the bench's 64 px ends with 5x5 depthwise convolutions on 4x4 and 2x2 maps
 (tf_efficientnet_lite0's last stages). On an AVX2 CPU, oneDNN's weight gradient for these takes
-30-55 ms a layer at batch 64, 10-50x the forward, while the same sum written as one product per
-kernel tap takes 3-9 ms; a whole Lite0 step goes from about 720 to 470 ms on one thread
-(``benchmarks/bench_student_step.py``). Where the output map has more positions than the kernel
-has taps, oneDNN is faster and is left alone.
+30-55 ms a layer at batch 64, 10-50x the forward; on AVX512, 6-13 ms. The same sum written as one product
+per kernel tap, over only the positions the tap sees inside the map, takes 0.3-6 ms
+(``benchmarks/bench_student_step.py``). Where the output map has more positions than the kernel has
+taps, oneDNN is faster and is left alone.
 
-``small_map_depthwise()`` routes such calls of ``F.conv2d`` (``nn.Conv2d`` and timm's
-``Conv2dSame`` alike, with no change to any module or state_dict) while a forward runs; the
-backward of a routed call needs no mode.
+Why the second: timm's "same" padding (``Conv2dSame``) pads before every stride-2 convolution, and
+ATen's pad of a channels_last batch fills the whole padded tensor before copying the map in: 3x
+slower than filling the border alone, on Lite0's largest map.
+
+``small_map_depthwise()`` routes such calls of ``F.conv2d`` and ``F.pad`` (``nn.Conv2d`` and
+``Conv2dSame`` alike, with no change to any module or state_dict) while a forward runs; the backward of
+a routed call needs no mode.
 """
 from __future__ import annotations
 
@@ -55,12 +59,27 @@ class _SmallMapDepthwise(torch.autograd.Function):
 
 
 def _weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int, s: int, p: int) -> torch.Tensor:
-    """dL/dw[c, i, j] = sum over batch and output positions of grad * the input shifted by (i, j)."""
+    """dL/dw[c, i, j] = sum over batch and output positions of grad * the input shifted by (i, j).
+
+    Each tap multiplies only the output positions whose shifted input lies inside the map, so nothing is
+    padded: on a 2x2 map most of a 5x5 kernel's taps fall on padding and cost nothing, and on 4x4 half the
+    products are skipped (2-7x faster than padding first, on an AVX512 CPU)."""
+    n, c, h, w = x.shape
     ho, wo = grad.shape[-2:]
-    xp = F.pad(x, (p, p, p, p))
-    taps = [(xp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] * grad).sum((0, 2, 3))
-            for i in range(k) for j in range(k)]
-    return torch.stack(taps, 1)
+    out = x.new_zeros(c, k, k)
+    for i in range(k):
+        y0, y1 = _inside(i, s, p, h, ho)
+        for j in range(k):
+            x0, x1 = _inside(j, s, p, w, wo)
+            if y0 < y1 and x0 < x1:
+                shifted = x[:, :, y0 * s + i - p:(y1 - 1) * s + i - p + 1:s, x0 * s + j - p:(x1 - 1) * s + j - p + 1:s]
+                out[:, i, j] = (shifted * grad[:, :, y0:y1, x0:x1]).sum((0, 2, 3))
+    return out
+
+
+def _inside(tap: int, s: int, p: int, size: int, out: int) -> tuple[int, int]:
+    """The output positions [lo, hi) whose input under this tap, ``o * s + tap - p``, lies in [0, size)."""
+    return max(0, -((tap - p) // s)), min(out, (size - 1 - tap + p) // s + 1)
 
 
 def routes(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int) -> bool:
@@ -78,12 +97,45 @@ def routes(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, gro
     return h_out * w_out <= k * k
 
 
+class _ChannelsLastPad(torch.autograd.Function):
+    """``F.pad`` with zeros (or a constant) around a channels_last batch: the map is copied once into an
+    uninitialised channels_last tensor and only the border is filled, where ATen fills the whole padded
+    tensor first (3x slower on Lite0's 32x32 stride-2 input; timm's "same" padding pads before every
+    stride-2 convolution)."""
+
+    @staticmethod
+    def forward(ctx, x, left: int, right: int, top: int, bottom: int, value: float):
+        n, c, h, w = x.shape
+        out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last)
+        out[:, :, top:top + h, left:left + w] = x
+        for border in (out[:, :, :top], out[:, :, top + h:], out[:, :, top:top + h, :left],
+                       out[:, :, top:top + h, left + w:]):
+            border.fill_(value)
+        ctx.box = (top, h, left, w)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        top, h, left, w = ctx.box
+        return grad[:, :, top:top + h, left:left + w], None, None, None, None, None
+
+
+def pads_channels_last(x: torch.Tensor, pad, mode: str) -> bool:
+    """Whether an ``F.pad`` call is a constant pad of the two spatial sides of a CPU channels_last batch."""
+    return (mode == "constant" and x.device.type == "cpu" and x.dim() == 4 and len(pad) == 4
+            and all(isinstance(v, int) and v >= 0 for v in pad) and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
 _ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _DEFAULTS = dict(bias=None, stride=1, padding=0, dilation=1, groups=1)
+_PAD_ARGS, _PAD_DEFAULTS = ("input", "pad", "mode", "value"), dict(mode="constant", value=None)
 
 
 class small_map_depthwise(TorchFunctionMode):
-    """While active, ``F.conv2d`` calls that ``routes`` accepts use ``_SmallMapDepthwise``."""
+    """While active, ``F.conv2d`` calls that ``routes`` accepts use ``_SmallMapDepthwise``, and ``F.pad``
+    calls that ``pads_channels_last`` accepts use ``_ChannelsLastPad``."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -92,4 +144,8 @@ class small_map_depthwise(TorchFunctionMode):
             x, weight = call["input"], call["weight"]
             if routes(x, weight, call["stride"], call["padding"], call["dilation"], call["groups"]):
                 return _SmallMapDepthwise.apply(x, weight, call["bias"], _pair(call["stride"]), _pair(call["padding"]))
+        elif func is F.pad:
+            call = {**_PAD_DEFAULTS, **dict(zip(_PAD_ARGS, args)), **kwargs}
+            if pads_channels_last(call["input"], call["pad"], call["mode"]):
+                return _ChannelsLastPad.apply(call["input"], *call["pad"], call["value"] or 0.0)
         return func(*args, **kwargs)

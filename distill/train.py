@@ -87,7 +87,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
     """Train ``params`` for ``steps`` steps (resuming from ``ckpt_dir/name.pt`` if present).
 
     The loss is computed under ``forward_mode`` (``RunContext.forward_mode``: bf16 autocast on CUDA,
-    no loss scaling needed, unlike fp16; faster depthwise gradients on CPU).
+    no loss scaling needed, unlike fp16; faster depthwise gradients and pads on CPU).
 
     ``frozen`` sub-modules stay in eval mode whenever the modules are put in training mode (a
     linear probe's backbone: its BatchNorm statistics must not drift).
