@@ -64,7 +64,7 @@ def _weight_grad(x: torch.Tensor, grad: torch.Tensor, k: int, s: int, p: int) ->
     Each tap multiplies only the output positions whose shifted input lies inside the map, so nothing is
     padded: on a 2x2 map most of a 5x5 kernel's taps fall on padding and cost nothing, and on 4x4 half the
     products are skipped (2-7x faster than padding first, on an AVX512 CPU)."""
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     ho, wo = grad.shape[-2:]
     out = x.new_zeros(c, k, k)
     for i in range(k):
