@@ -6,7 +6,7 @@ Routes ask for what they use (``store: StoreDep``), so tests can swap any part w
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 
@@ -17,6 +17,8 @@ from .jobs import JobRunner
 from .metrics import Metrics
 from .settings import Settings
 from .store import Store
+
+R = TypeVar("R")
 
 
 def get_settings(request: Request) -> Settings:
@@ -81,9 +83,9 @@ def owner_filter(key: Optional[ApiKey]) -> Optional[str]:
     return None if key is None or key.is_admin else key.name
 
 
-def check_owner(key: Optional[ApiKey], row: dict, what: str) -> None:
+def check_owner(key: Optional[ApiKey], row: Any, what: str) -> None:
     """Only the key that made a job (or set), or an admin, may cancel or delete it."""
-    if key is not None and not key.is_admin and row.get("owner") != key.name:
+    if key is not None and not key.is_admin and row.owner != key.name:
         raise HTTPException(403, f"API key {key.name!r} did not create {what}; only its owner or an admin may")
 
 
@@ -91,7 +93,7 @@ def reject(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-def found(row: Optional[dict], what: str) -> dict:
+def found(row: Optional[R], what: str) -> R:
     """``row``, or a 404 that names what was asked for."""
     if row is None:
         raise HTTPException(status_code=404, detail=f"no {what}")

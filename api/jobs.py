@@ -27,7 +27,7 @@ from curator.retrieval import LivePool
 
 from .retention import prune
 from .settings import Settings
-from .store import ACTIVE, Store
+from .store import ACTIVE, JobRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class JobRunner:
         deadline, delay = time.monotonic() + timeout, 0.05
         while time.monotonic() < deadline and not self._stop.is_set():
             job = self.store.get_job(job_id)
-            if job is None or job["state"] not in ACTIVE:
+            if job is None or job.state not in ACTIVE:
                 return
             with self._ended:
                 self._ended.wait(min(delay, max(0.0, deadline - time.monotonic())))
@@ -143,9 +143,9 @@ class JobRunner:
         if job is None:
             return False
         with self._lock:
-            if job["id"] in self._cancel:  # ours, still running: its lease ran out in a stall and we took it
+            if job.id in self._cancel:  # ours, still running: its lease ran out in a stall and we took it
                 return True                # back, which renewed it; a second run would delete the first's work
-            self._cancel[job["id"]] = threading.Event()
+            self._cancel[job.id] = threading.Event()
         self.executor.submit(self._run, job)
         return True
 
@@ -158,8 +158,8 @@ class JobRunner:
             if event is not None:
                 event.set()
 
-    def _run(self, job: dict) -> None:
-        job_id = job["id"]
+    def _run(self, job: JobRow) -> None:
+        job_id = job.id
         try:
             self._curate(job)
         finally:
@@ -169,14 +169,14 @@ class JobRunner:
             with self._ended:
                 self._ended.notify_all()
             now = self.store.get_job(job_id)
-            if now is None or now["state"] not in ACTIVE:  # inputs of a job over are of no more use
+            if now is None or now.state not in ACTIVE:  # inputs of a job over are of no more use
                 shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
             prune(self.settings, self.store)
 
-    def _curate(self, job: dict) -> None:
-        job_id, me = job["id"], self.replica
+    def _curate(self, job: JobRow) -> None:
+        job_id, me = job.id, self.replica
         set_id = "ts-" + job_id.removeprefix("job-")
-        if job["attempts"] > 1 and self._resume(job_id, set_id):
+        if job.attempts > 1 and self._resume(job_id, set_id):
             return
         self.store.update_job(job_id, me, phase="embed", progress=0.0)
         event = self._cancel[job_id]
@@ -192,7 +192,7 @@ class JobRunner:
 
         try:
             queries, vectors = load_inputs(self.settings.uploads_dir / job_id)
-            params = CurateParams.model_validate(job["params"])
+            params = CurateParams.model_validate(job.params)
             manifest = curate(self.pool.current(), queries, params, self.settings.sets_dir, query_vectors=vectors,
                               set_id=set_id, progress=progress, cancelled=event.is_set)
             folder = self.settings.sets_dir / manifest.id
@@ -215,7 +215,7 @@ class JobRunner:
         done = self.store.get_transfer_set(set_id)
         if done is not None:
             self.store.finish_job(job_id, "succeeded", self.replica, phase="done", progress=1.0,
-                                  counts=done["counts"], transfer_set_id=set_id)
+                                  counts=done.counts, transfer_set_id=set_id)
             return True
         for partial in self.settings.sets_dir.glob(f".{set_id}.tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)
@@ -249,7 +249,7 @@ def clean_uploads(uploads: Path, store: Store) -> int:
         if job is None:  # staging, or inputs whose job row is not written yet (maybe another replica's)
             stale = _age(folder) > STALE_SECONDS
         else:
-            stale = job["state"] not in ACTIVE
+            stale = job.state not in ACTIVE
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
             gone += 1
@@ -263,7 +263,7 @@ def clean_partial_sets(sets_dir: Path, store: Store) -> int:
     for partial in sets_dir.glob(".*.tmp-*"):
         set_id = partial.name[1:].split(".tmp-")[0]
         job = store.get_job("job-" + set_id.removeprefix("ts-"))
-        if job is None or job["state"] not in ACTIVE:
+        if job is None or job.state not in ACTIVE:
             shutil.rmtree(partial, ignore_errors=True)
             gone += 1
     return gone

@@ -1,11 +1,15 @@
-"""Request and response models of the HTTP API (the documents themselves live in ``curator.formats``)."""
+"""The HTTP API's own request models, and the store's rows as the protocol's documents (those live in
+``curator.formats.protocol``, where the client and the worker parse them too)."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from curator.formats import CurateParams, FiniteFloat, iso
+from curator.formats.protocol import ClaimOut, DistillJobOut, JobOut, SetSummary
+
+from .store import DistillJobRow, JobRow, SetRow
 
 
 class _Body(BaseModel):
@@ -36,94 +40,24 @@ class CurateForm(BaseModel):
     labels: Optional[str] = Field(None, description="a JSON list of labels, one per file")
 
 
-class DistillJobIn(_Body):
-    """A distillation job: which transfer set, where the labelled set is (as the worker sees it), and any
-    ``curator distill`` options (DistillConfig fields, less those the worker's machine fills in)."""
-    transfer_set_id: str = Field(max_length=128)
-    labelled: str = Field(max_length=4096)
-    config: dict[str, Any] = Field(default_factory=dict)
+def job_out(row: JobRow) -> JobOut:
+    url = f"/transfer-sets/{row.transfer_set_id}" if row.transfer_set_id else None
+    return JobOut(id=row.id, kind=row.kind, state=row.state, phase=row.phase, progress=row.progress or 0.0,
+                  params=row.params, counts=row.counts, error=row.error, transfer_set_id=row.transfer_set_id,
+                  transfer_set_url=url, created_at=iso(row.created_at), updated_at=iso(row.updated_at))
 
 
-class LeaseIn(_Body):
-    """Claim a job, or renew the lease on one: who asks, and for how long."""
-    worker: str = Field(min_length=1, max_length=128)
-    lease_seconds: FiniteFloat = Field(60.0, ge=5.0, le=3600.0)
+def distill_job_out(row: DistillJobRow, lease_token: Optional[str] = None) -> DistillJobOut:
+    fields = dict(id=row.id, state=row.state, owner=row.owner, config=row.config, transfer_set_id=row.transfer_set_id,
+                  worker=row.worker, lease_expires=iso(row.lease_expires), attempts=row.attempts or 0,
+                  report=row.report, student_url=row.student_url, error=row.error, created_at=iso(row.created_at),
+                  updated_at=iso(row.updated_at))
+    return DistillJobOut(**fields) if lease_token is None else ClaimOut(**fields, lease_token=lease_token)
 
 
-class HeartbeatIn(LeaseIn):
-    """Renew a lease: the token that the claim returned proves the caller holds it."""
-    lease_token: str = Field(min_length=8, max_length=128)
-
-
-class FinishIn(_Body):
-    worker: str = Field(min_length=1, max_length=128)
-    lease_token: str = Field(min_length=8, max_length=128)
-    state: str = Field(pattern="^(succeeded|failed)$")
-    report: Optional[dict[str, Any]] = None
-    student_url: Optional[str] = Field(None, max_length=4096)
-    error: Optional[str] = Field(None, max_length=8192)
-
-
-class JobOut(BaseModel):
-    id: str
-    kind: str
-    state: str
-    phase: Optional[str] = None
-    progress: float = 0.0
-    params: dict[str, Any]
-    counts: Optional[dict[str, Any]] = None
-    error: Optional[str] = None
-    transfer_set_id: Optional[str] = None
-    transfer_set_url: Optional[str] = None
-    created_at: str = Field(description="ISO 8601, UTC")
-    updated_at: str
-
-    @classmethod
-    def from_row(cls, job: dict) -> "JobOut":
-        url = f"/transfer-sets/{job['transfer_set_id']}" if job.get("transfer_set_id") else None
-        return cls(**{k: job[k] for k in cls.model_fields if k in job} | _times(job), transfer_set_url=url)
-
-
-class DistillJobOut(BaseModel):
-    id: str
-    state: str
-    owner: Optional[str] = None
-    config: dict[str, Any]
-    transfer_set_id: str
-    worker: Optional[str] = None
-    lease_expires: Optional[str] = None
-    attempts: int = 0
-    report: Optional[dict[str, Any]] = None
-    student_url: Optional[str] = None
-    error: Optional[str] = None
-    created_at: str
-    updated_at: str
-
-    @classmethod
-    def from_row(cls, job: dict) -> "DistillJobOut":
-        return cls(**{k: job[k] for k in cls.model_fields if k in job} | _times(job))
-
-
-def _times(row: dict) -> dict:
-    return {k: iso(row[k]) for k in ("created_at", "updated_at", "lease_expires") if k in row}
-
-
-class ClaimOut(DistillJobOut):
-    lease_token: str = Field(description="the lease's secret: heartbeat and finish must present it")
-
-
-class SetSummary(BaseModel):
-    id: str
-    job_id: Optional[str] = None
-    counts: dict[str, Any]
-    created_at: str
-    manifest_sha256: str
-    manifest_url: str
-
-    @classmethod
-    def from_row(cls, row: dict) -> "SetSummary":
-        return cls(id=row["id"], job_id=row["job_id"], counts=row["counts"], created_at=iso(row["created_at"]),
-                   manifest_sha256=row["manifest_sha256"], manifest_url=f"/transfer-sets/{row['id']}/manifest")
+def set_summary(row: SetRow) -> SetSummary:
+    return SetSummary(id=row.id, job_id=row.job_id, counts=row.counts, created_at=iso(row.created_at),
+                      manifest_sha256=row.manifest_sha256, manifest_url=f"/transfer-sets/{row.id}/manifest")
 
 
 class HitOut(BaseModel):

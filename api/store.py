@@ -6,11 +6,13 @@ job, and a job whose lease ran out, because its replica died, is claimed again b
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .database import Database
@@ -46,6 +48,63 @@ MAX_ATTEMPTS = 3
 #: Jobs claimable now: queued, or running under a lease that ran out (a NULL lease is a job left
 #: running by a server from before leases).
 CLAIMABLE = "state = 'queued' OR (state = 'running' AND (lease_expires IS NULL OR lease_expires < ?))"
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A curation job as stored (times are epoch seconds; the JSON columns parsed)."""
+    id: str
+    kind: str
+    state: str
+    owner: Optional[str]
+    params: dict
+    phase: Optional[str]
+    progress: float
+    counts: Optional[dict]
+    error: Optional[str]
+    transfer_set_id: Optional[str]
+    created_at: float
+    updated_at: float
+    worker: Optional[str] = None
+    lease_expires: Optional[float] = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class DistillJobRow:
+    """A distillation job as stored, less its lease secrets (they never leave the store)."""
+    id: str
+    state: str
+    owner: Optional[str]
+    config: Any
+    transfer_set_id: str
+    worker: Optional[str]
+    lease_expires: Optional[float]
+    attempts: int
+    report: Optional[Any]
+    student_url: Optional[str]
+    error: Optional[str]
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A distillation job just claimed, and the lease's secret (returned once, stored hashed)."""
+    job: DistillJobRow
+    lease_token: str
+
+
+@dataclass(frozen=True)
+class SetRow:
+    """A transfer set as stored; ``owner`` is its job's."""
+    id: str
+    job_id: Optional[str]
+    path: str
+    counts: dict
+    manifest_sha256: str
+    created_at: float
+    owner: Optional[str] = None
 
 
 def new_job_id() -> str:
@@ -99,7 +158,7 @@ class Store:
                               (*args, job_id, *([worker] if worker is not None else [])))
         return cur.rowcount == 1
 
-    def claim_job(self, worker: str, lease_seconds: float) -> Optional[dict]:
+    def claim_job(self, worker: str, lease_seconds: float) -> Optional[JobRow]:
         """Hand the oldest claimable job to replica ``worker`` under a lease, atomically; a job whose
         replicas died MAX_ATTEMPTS times is failed instead."""
         now = time.time()
@@ -126,11 +185,11 @@ class Store:
                                f"id IN ({marks}) RETURNING id", (now + lease_seconds, worker, *job_ids))
         return {r["id"] for r in rows}
 
-    def get_job(self, job_id: str) -> Optional[dict]:
+    def get_job(self, job_id: str) -> Optional[JobRow]:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def list_jobs(self, state: Optional[str] = None, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
+    def list_jobs(self, state: Optional[str] = None, limit: int = 100, owner: Optional[str] = None) -> list[JobRow]:
         """Newest first; ``owner`` (a key's name) shows that key's jobs only (None: everyone's)."""
         where, args = _where(("state", state), ("owner", owner))
         rows = self.db.execute(f"SELECT * FROM jobs{where} ORDER BY created_at DESC LIMIT ?", (*args, limit))
@@ -151,14 +210,14 @@ class Store:
                              (job_id, owner, json.dumps(config), transfer_set_id, now, now))
         return job_id
 
-    def claim_distill_job(self, worker: str, lease_seconds: float, key: Optional[str]) -> Optional[dict]:
+    def claim_distill_job(self, worker: str, lease_seconds: float, key: Optional[str]) -> Optional[ClaimedJob]:
         """Atomically hand the oldest queued job, or one whose lease ran out, to ``worker``. The
         lease is a fresh secret token (returned here only, stored hashed) bound to the claiming key:
         a worker's name is no credential, and another key cannot renew or finish the job."""
         now, token = time.time(), secrets.token_urlsafe(24)
         row = self._claim("distill_jobs", "lease_token = ?, lease_key = ?", (_hash(token), key), worker,
                           lease_seconds, now)
-        return dict(_distill(row), lease_token=token) if row else None
+        return ClaimedJob(_distill(row), token) if row else None
 
     def _claim(self, table: str, extra: str, extra_args: tuple, worker: str, lease_seconds: float,
                now: float) -> Optional[dict]:
@@ -199,11 +258,11 @@ class Store:
                                    "updated_at = ? WHERE id = ? AND state IN ('queued', 'running')", (now, job_id))
         return cur.rowcount == 1
 
-    def get_distill_job(self, job_id: str) -> Optional[dict]:
+    def get_distill_job(self, job_id: str) -> Optional[DistillJobRow]:
         row = self.db.execute("SELECT * FROM distill_jobs WHERE id = ?", (job_id,)).fetchone()
         return _distill(row) if row else None
 
-    def list_distill_jobs(self, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
+    def list_distill_jobs(self, limit: int = 100, owner: Optional[str] = None) -> list[DistillJobRow]:
         where, args = _where(("owner", owner))
         rows = self.db.execute(f"SELECT * FROM distill_jobs{where} ORDER BY created_at DESC LIMIT ?",
                                     (*args, limit))
@@ -224,7 +283,7 @@ class Store:
                                   "worker = ? AND state = 'running')", (*values, job_id, worker))
         return cur.rowcount == 1
 
-    def get_transfer_set(self, set_id: str) -> Optional[dict]:
+    def get_transfer_set(self, set_id: str) -> Optional[SetRow]:
         row = self.db.execute("SELECT transfer_sets.*, jobs.owner AS owner FROM transfer_sets LEFT JOIN jobs "
                                    "ON jobs.id = transfer_sets.job_id WHERE transfer_sets.id = ?", (set_id,)).fetchone()
         return _set(row) if row else None
@@ -244,7 +303,7 @@ class Store:
             "(SELECT job_id FROM transfer_sets WHERE job_id IS NOT NULL)", (before,))
         return cur.rowcount
 
-    def list_transfer_sets(self, limit: int = 100, owner: Optional[str] = None) -> list[dict]:
+    def list_transfer_sets(self, limit: int = 100, owner: Optional[str] = None) -> list[SetRow]:
         """A set belongs to the key whose job made it."""
         where, args = _where(("jobs.owner", owner))
         rows = self.db.execute(f"SELECT transfer_sets.*, jobs.owner AS owner FROM transfer_sets LEFT JOIN jobs "
@@ -275,21 +334,23 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _job(row: dict) -> dict:
-    d = dict(row)
-    d["params"] = json.loads(d["params"])
-    d["counts"] = json.loads(d["counts"]) if d["counts"] else None
-    return d
+def _row(cls: type, row: Any, **parsed: Any) -> Any:
+    """A row dataclass from a database row: its own columns only (secrets and extras stay behind)."""
+    return cls(**{f.name: parsed[f.name] if f.name in parsed else row[f.name]
+                  for f in dataclasses.fields(cls) if f.name in parsed or f.name in row.keys()})
 
 
-def _distill(row: dict) -> dict:
-    d = {k: row[k] for k in row.keys() if k not in ("lease_token", "lease_key")}  # secrets never leave the store
-    d["config"] = json.loads(d["config"])
-    d["report"] = json.loads(d["report"]) if d["report"] else None
-    return d
+def _json(text: Optional[str]) -> Any:
+    return json.loads(text) if text else None
 
 
-def _set(row: dict) -> dict:
-    d = dict(row)
-    d["counts"] = json.loads(d["counts"])
-    return d
+def _job(row: Any) -> JobRow:
+    return _row(JobRow, row, params=_json(row["params"]) or {}, counts=_json(row["counts"]))
+
+
+def _distill(row: Any) -> DistillJobRow:
+    return _row(DistillJobRow, row, config=_json(row["config"]), report=_json(row["report"]))
+
+
+def _set(row: Any) -> SetRow:
+    return _row(SetRow, row, counts=_json(row["counts"]) or {})

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curator.curate import curate  # noqa: E402
-from curator.formats import CurateParams  # noqa: E402
+from curator.formats import CurateParams, save_doc  # noqa: E402
 from curator.pool import list_folder_images  # noqa: E402
 from curator.queries import Query  # noqa: E402
 from curator.refshards import read_segments  # noqa: E402
@@ -74,12 +74,11 @@ def serve_shard(folder: Path, name: str) -> tuple[float, int]:
 
 def add_links(index_dir: Path) -> tuple[float, PoolIndex]:
     """The index's near-duplicate links at curate's default dedup (``build-index --dedup-links``), timed."""
-    from curator import atomic
     from curator.formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc
     from index_builder.links import build_links
 
     manifest = load_doc(index_dir / INDEX_MANIFEST_NAME, IndexManifest)  # an earlier run's links: found again
-    atomic.write_json(index_dir / INDEX_MANIFEST_NAME, manifest.model_copy(update={"links": None}).model_dump())
+    save_doc(index_dir / INDEX_MANIFEST_NAME, manifest.model_copy(update={"links": None}))
     t0 = time.perf_counter()
     build_links(index_dir, CurateParams().dedup, workers=os.cpu_count() or 1, progress=False)
     return time.perf_counter() - t0, PoolIndex.open(index_dir)

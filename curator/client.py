@@ -5,7 +5,7 @@ pull transfer sets, with every shard checked against the manifest's sha256.
 
     client = CuratorClient("http://host:8000", token="...")
     job = client.curate(["q1.jpg", "q2.jpg"], {"per_query": 100})
-    job = client.wait(job["id"])
+    job = client.wait(job.id)
     folder = client.download_transfer_set(job["transfer_set_id"], "/data/sets")
 """
 from __future__ import annotations
@@ -16,12 +16,16 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, TypeVar
 
 import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import CuratorError
-from .formats import TransferManifest, parse_doc
+from .formats import TransferManifest, describe_errors, parse_doc
+from .formats.protocol import ClaimOut, DistillJobOut, JobOut, SetSummary
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ServiceError(CuratorError):
@@ -56,12 +60,15 @@ class CuratorClient:
             raise ServiceError(response.status_code, detail, str(response.request.url))
         return response
 
+    def _get(self, url: str, model: type[M], **params: Any) -> M:
+        return _parse(self._check(self.http.get(url, params=params)), model)
+
     # -- API mirror -------------------------------------------------------------------------
     def health(self) -> dict:
         return self._check(self.http.get("/healthz")).json()
 
     def curate(self, images: Sequence[str | os.PathLike], params: Optional[dict] = None,
-               labels: Optional[Sequence[Optional[str]]] = None, wait: bool = False) -> dict:
+               labels: Optional[Sequence[Optional[str]]] = None, wait: bool = False) -> JobOut:
         """Submit a curation job with query image files; returns the job."""
         files = [("files", (Path(p).name, Path(p).read_bytes(), "application/octet-stream")) for p in images]
         data = {"params": json.dumps(params or {})}
@@ -70,51 +77,51 @@ class CuratorClient:
         return self._submit(files=files, data=data, params={"wait": wait})
 
     def curate_embeddings(self, embeddings: Iterable[Iterable[float]], params: Optional[dict] = None,
-                          labels: Optional[Sequence[Optional[str]]] = None, wait: bool = False) -> dict:
+                          labels: Optional[Sequence[Optional[str]]] = None, wait: bool = False) -> JobOut:
         body = {"params": params or {}, "embeddings": [list(map(float, e)) for e in embeddings], "labels": labels}
         return self._submit(json=body, params={"wait": wait})
 
-    def _submit(self, attempts: int = 4, **request: Any) -> dict:
+    def _submit(self, attempts: int = 4, **request: Any) -> JobOut:
         """POST /curate, retried when the connection fails (a replica behind a load balancer died, say).
         One Idempotency-Key for all tries: a request the service took before the answer was lost
         returns its job, so a retry never makes a second one."""
         headers = {"Idempotency-Key": uuid.uuid4().hex}
         for attempt in range(attempts):
             try:
-                return self._check(self.http.post("/curate", headers=headers, **request)).json()
+                return _parse(self._check(self.http.post("/curate", headers=headers, **request)), JobOut)
             except httpx.TransportError:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(0.5 * 2 ** attempt)
         raise AssertionError("unreachable")
 
-    def job(self, job_id: str) -> dict:
-        return self._check(self.http.get(f"/jobs/{job_id}")).json()
+    def job(self, job_id: str) -> JobOut:
+        return self._get(f"/jobs/{job_id}", JobOut)
 
-    def jobs(self, state: Optional[str] = None) -> list[dict]:
-        return self._check(self.http.get("/jobs", params={"state": state} if state else {})).json()
+    def jobs(self, state: Optional[str] = None) -> list[JobOut]:
+        return self._get("/jobs", list[JobOut], **({"state": state} if state else {}))
 
-    def cancel(self, job_id: str) -> dict:
-        return self._check(self.http.delete(f"/jobs/{job_id}")).json()
+    def cancel(self, job_id: str) -> JobOut:
+        return _parse(self._check(self.http.delete(f"/jobs/{job_id}")), JobOut)
 
-    def wait(self, job_id: str, timeout: float = 3600, poll: float = 0.5) -> dict:
+    def wait(self, job_id: str, timeout: float = 3600, poll: float = 0.5) -> JobOut:
         """Poll until the job is final; a failed or cancelled job raises with its error."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
-            if job["state"] == "succeeded":
+            if job.state == "succeeded":
                 return job
-            if job["state"] in ("failed", "cancelled"):
-                raise CuratorError(f"job {job_id} {job['state']}: {job.get('error')}")
+            if not job.active:
+                raise CuratorError(f"job {job_id} {job.state}: {job.error}")
             if time.monotonic() > deadline:
-                raise CuratorError(f"job {job_id} still {job['state']} after {timeout:.0f} s")
+                raise CuratorError(f"job {job_id} still {job.state} after {timeout:.0f} s")
             time.sleep(poll)
 
-    def transfer_sets(self) -> list[dict]:
-        return self._check(self.http.get("/transfer-sets")).json()
+    def transfer_sets(self) -> list[SetSummary]:
+        return self._get("/transfer-sets", list[SetSummary])
 
-    def transfer_set(self, set_id: str) -> dict:
-        return self._check(self.http.get(f"/transfer-sets/{set_id}")).json()
+    def transfer_set(self, set_id: str) -> SetSummary:
+        return self._get(f"/transfer-sets/{set_id}", SetSummary)
 
     def manifest_bytes(self, set_id: str) -> bytes:
         """The manifest exactly as the service stores it (its sha256 is in the set's summary)."""
@@ -128,18 +135,18 @@ class CuratorClient:
         return self._check(self.http.post("/search", files=files, params={"k": k})).json()
 
     # -- distillation jobs ------------------------------------------------------------------
-    def submit_distill_job(self, transfer_set_id: str, labelled: str, config: Optional[dict] = None) -> dict:
+    def submit_distill_job(self, transfer_set_id: str, labelled: str, config: Optional[dict] = None) -> DistillJobOut:
         body = {"transfer_set_id": transfer_set_id, "labelled": labelled, "config": config or {}}
-        return self._check(self.http.post("/distill-jobs", json=body)).json()
+        return _parse(self._check(self.http.post("/distill-jobs", json=body)), DistillJobOut)
 
-    def distill_job(self, job_id: str) -> dict:
-        return self._check(self.http.get(f"/distill-jobs/{job_id}")).json()
+    def distill_job(self, job_id: str) -> DistillJobOut:
+        return self._get(f"/distill-jobs/{job_id}", DistillJobOut)
 
-    def claim_distill_job(self, worker: str, lease_seconds: float) -> Optional[dict]:
+    def claim_distill_job(self, worker: str, lease_seconds: float) -> Optional[ClaimOut]:
         """The next job for ``worker`` (under a lease), or None when the queue is empty. The job's
         ``lease_token`` is the lease's secret: heartbeats and the result must present it."""
         r = self._check(self.http.post("/distill-jobs/claim", json={"worker": worker, "lease_seconds": lease_seconds}))
-        return r.json() if r.status_code == 200 else None
+        return _parse(r, ClaimOut) if r.status_code == 200 else None
 
     def heartbeat(self, job_id: str, worker: str, lease_seconds: float, lease_token: str) -> bool:
         r = self.http.post(f"/distill-jobs/{job_id}/heartbeat",
@@ -149,9 +156,9 @@ class CuratorClient:
         self._check(r)
         return True
 
-    def finish_distill_job(self, job_id: str, worker: str, state: str, lease_token: str, **fields) -> dict:
+    def finish_distill_job(self, job_id: str, worker: str, state: str, lease_token: str, **fields) -> DistillJobOut:
         body = {"worker": worker, "state": state, "lease_token": lease_token, **fields}
-        return self._check(self.http.post(f"/distill-jobs/{job_id}/finish", json=body)).json()
+        return _parse(self._check(self.http.post(f"/distill-jobs/{job_id}/finish", json=body)), DistillJobOut)
 
     def download_transfer_set(self, set_id: str, dest: str | os.PathLike) -> Path:
         """Download manifest, samples and every shard into ``dest/set_id``, verifying sha256.
@@ -165,7 +172,7 @@ class CuratorClient:
             return final
         tmp.mkdir(parents=True, exist_ok=True)
         raw = self.manifest_bytes(set_id)
-        if hashlib.sha256(raw).hexdigest() != self.transfer_set(set_id)["manifest_sha256"]:
+        if hashlib.sha256(raw).hexdigest() != self.transfer_set(set_id).manifest_sha256:
             raise CuratorError(f"the manifest of {set_id} does not match the sha256 the service recorded for it")
         manifest = _parse_manifest(raw, set_id)
         for shard in manifest.shardlist:
@@ -190,6 +197,15 @@ class CuratorClient:
             with open(path, "wb") as fh:
                 for chunk in response.iter_bytes(1 << 20):
                     fh.write(chunk)
+
+
+def _parse(response: httpx.Response, model: Any) -> Any:
+    """An answer as its protocol model; a body that is not one says which URL sent it."""
+    try:
+        return TypeAdapter(model).validate_json(response.content)
+    except ValidationError as exc:
+        raise CuratorError(f"{response.request.url}: the service's answer is not a valid {getattr(model, '__name__', model)}: "
+                           f"{describe_errors(exc)}") from None
 
 
 def _parse_manifest(raw: bytes, set_id: str) -> TransferManifest:

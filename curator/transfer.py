@@ -19,7 +19,7 @@ import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -90,6 +90,21 @@ class _ShardJob:
     copy: bool
 
 
+class _PoolItem(NamedTuple):
+    """The pool columns a shard's sample is made from."""
+    id: int
+    key: str
+    source: str
+    offset: int
+    size: int
+    sha256: str
+    caption: Optional[str]
+
+
+def _pool_items(rows: pa.Table) -> Iterator[_PoolItem]:
+    return (_PoolItem(*values) for values in zip(*(rows.column(f).to_pylist() for f in _PoolItem._fields)))
+
+
 def _write_shard(job: _ShardJob, stop: Callable[[], bool] = lambda: False) -> tuple[dict, pa.Table, int]:
     """(its manifest entry, its samples.parquet rows, how many samples were unreadable). A pool file
     changed or gone since indexing leaves its sample out, never different bytes in. Rows travel as
@@ -98,23 +113,23 @@ def _write_shard(job: _ShardJob, stop: Callable[[], bool] = lambda: False) -> tu
     name = f"transfer-{job.n:05d}.tar"
     writer = _ShardWriter(name, Path(job.folder) / name if job.copy else None)
     samples, missing = [], 0
-    for i, (row, (qid, qlabel, rank, score)) in enumerate(zip(job.rows.to_pylist(), job.picks)):
+    for i, (row, (qid, qlabel, rank, score)) in enumerate(zip(_pool_items(job.rows), job.picks)):
         if stop():
             raise InterruptedError("cancelled")
         try:
-            data = read_range(row["source"], row["offset"], row["size"])
+            data = read_range(row.source, row.offset, row.size)
         except OSError:
             missing += 1
             continue
-        if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        if hashlib.sha256(data).hexdigest() != row.sha256:
             missing += 1
             continue
-        key, ext = f"{job.start + i:08d}", image_extension(row["key"], row["source"], data)
-        writer.add(key, ext, data, sample_meta({"pool_id": row["id"], "pool_key": row["key"], "query_id": qid,
+        key, ext = f"{job.start + i:08d}", image_extension(row.key, row.source, data)
+        writer.add(key, ext, data, sample_meta({"pool_id": row.id, "pool_key": row.key, "query_id": qid,
                                                  "query_label": qlabel, "rank": rank, "similarity": score,
-                                                 "caption": row["caption"]}))
-        samples.append((key, name, row["id"], row["key"], row["source"], qid, qlabel, rank, score, row["sha256"],
-                        row["caption"], ext, row["offset"], row["size"]))
+                                                 "caption": row.caption}))
+        samples.append((key, name, row.id, row.key, row.source, qid, qlabel, rank, score, row.sha256,
+                        row.caption, ext, row.offset, row.size))
     columns = zip(*samples) if samples else [[] for _ in SAMPLES_SCHEMA]
     return writer.close(), pa.table(dict(zip(SAMPLES_SCHEMA.names, map(list, columns))), schema=SAMPLES_SCHEMA), missing
 

@@ -8,7 +8,6 @@ refused with the settings that differ, unless ``overwrite``.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import time
 from pathlib import Path
@@ -18,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curator import atomic
 from curator.encoders import resolve_device
 from curator.errors import CuratorError
-from curator.formats import DataSummary, DistillConfig, DistillReport, StudentReport, TeacherReport, save_doc
+from curator.formats import (DataSummary, DistillConfig, DistillReport, RunSettings, StudentReport, TeacherReport,
+                             load_settings, save_doc)
 
 from . import dist
 from .context import RunContext
@@ -41,8 +40,8 @@ def check_settings(out: Path, cfg: DistillConfig) -> None:
     if not saved.exists():
         return
     try:
-        old = json.loads(saved.read_text())
-    except json.JSONDecodeError:
+        old = load_settings(saved, RunSettings).settings
+    except CuratorError:
         old = {}
     new = cfg.settings()
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
@@ -91,7 +90,7 @@ def run_distill(cfg: DistillConfig, overwrite: bool = False, label: str = "") ->
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     dist.barrier()  # every rank has compared against the old config before rank 0 rewrites it
     if dist.is_main():
-        atomic.write_json(out / "config.json", cfg.settings())
+        save_doc(out / "config.json", RunSettings(settings=cfg.settings()))
     # convnets run faster NHWC: on tensor cores, and in oneDNN on CPUs (a timm student's step on 2 cores:
     # 1.8-2.1x on an AVX512 CPU, 1.0-1.3x on an AVX2 one); finish() exports a contiguous copy
     student = student.to(memory_format=torch.channels_last)

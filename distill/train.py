@@ -6,6 +6,7 @@ a done-marker with its final weights, so a killed run resumes inside the stage i
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -104,7 +105,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = cosine_with_warmup(optimizer, steps, warmup=max(1, steps // 20))
     start, images, seconds = 0, 0, 0.0
-    best: dict = {"score": -1.0, "state": None}
+    best = Best()
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         for key, module in modules.items():
@@ -112,7 +113,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         start, images, seconds = state["step"], state["images"], state["seconds"]
-        best = state.get("best", best)
+        best = Best.restore(state.get("best"))
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
@@ -131,7 +132,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
             loss = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        dist.average_gradients(p for group in optimizer.param_groups for p in group["params"])
+        dist.average_gradients(p for m in modules.values() for p in m.parameters())  # those without a grad are skipped
         optimizer.step()
         dist.sync_from_main(modules, buffers_only=True)
         schedule.step()
@@ -155,7 +156,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list, loss_fn: C
     if select is not None:
         _keep_best(best, select(), modules)
         for key, module in modules.items():
-            module.load_state_dict(best["state"][key])
+            module.load_state_dict(best.weights[key])
     result = StageResult(steps=steps, seconds=round(seconds + time.perf_counter() - t0, 3), images=images,
                          resumed_from=resumed_from)
     if dist.is_main():
@@ -173,15 +174,28 @@ def _train_mode(modules: dict[str, nn.Module], frozen: Sequence[nn.Module]) -> N
         m.eval()
 
 
-def _keep_best(best: dict, score: float, modules: dict[str, nn.Module]) -> None:
-    if score > best["score"]:
-        best["score"] = score
-        best["state"] = {k: {n: t.detach().clone() for n, t in m.state_dict().items()} for k, m in modules.items()}
+@dataclass
+class Best:
+    """The best-scoring weights of a stage so far (saved in its checkpoints as a plain dict)."""
+    score: float = -1.0
+    weights: Optional[dict] = None
+
+    @classmethod
+    def restore(cls, saved: Optional[dict]) -> "Best":
+        """From a checkpoint; one written before this class kept its weights under "state"."""
+        saved = saved or {}
+        return cls(saved.get("score", -1.0), saved.get("weights", saved.get("state")))
 
 
-def _save(path: Path, modules, optimizer, schedule, step: int, images: int, seconds: float, best: dict) -> None:
+def _keep_best(best: Best, score: float, modules: dict[str, nn.Module]) -> None:
+    if score > best.score:
+        best.score = score
+        best.weights = {k: {n: t.detach().clone() for n, t in m.state_dict().items()} for k, m in modules.items()}
+
+
+def _save(path: Path, modules, optimizer, schedule, step: int, images: int, seconds: float, best: Best) -> None:
     state = {"modules": {k: m.state_dict() for k, m in modules.items()}, "optimizer": optimizer.state_dict(),
-             "schedule": schedule.state_dict(), "step": step, "images": images, "seconds": seconds, "best": best,
+             "schedule": schedule.state_dict(), "step": step, "images": images, "seconds": seconds, "best": dataclasses.asdict(best),
              "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
     atomic.write_with(path, lambda p: torch.save(state, p))

@@ -19,7 +19,6 @@ a finished run's report is reused, a killed one resumes from its checkpoints, an
 from __future__ import annotations
 
 import csv
-import json
 import os
 import statistics
 import time
@@ -33,7 +32,8 @@ from curator import atomic
 from curator.curate import curate
 from curator.errors import CuratorError
 from curator.formats import (ArmResult, CurateParams, DistillConfig, DistillReport, KTConfig, KtResults, Paired,
-                             SkippedItem, Stats, TeacherView, TransferManifest, load_doc, save_doc)
+                             KtSettings, SkippedImages, SkippedItem, Stats, TeacherView, TransferManifest, load_doc,
+                             load_settings, save_doc)
 from curator.pipeline import ImagePipeline, Skip
 from curator.processes import spawn_pool, stop_pool, usable_cpus
 from curator.queries import Query, embed_queries
@@ -89,7 +89,7 @@ def write_split(cfg: KTConfig, out: Path) -> Path:
         return not isinstance(result, Skip)
     data = load_labelled(cfg.target, labels_per_class=cfg.labels_per_class, val_per_class=cfg.val_per_class,
                          seed=cfg.split_seed, usable=usable)
-    atomic.write_json(out / SKIPPED_FILE, [item.model_dump() for item in skipped])
+    save_doc(out / SKIPPED_FILE, SkippedImages(items=skipped))
     rows = [(str(Path(ref).resolve()), data.classes[label], split)
             for split in ("train", "val", "test") for ref, label in data.splits[split]]
 
@@ -320,7 +320,7 @@ def check_saved(path: Path, cfg: KTConfig, mine: dict) -> None:
     extendable; a folder written before the target was fingerprinted keeps its saved target path."""
     if not path.exists():
         return
-    saved = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("seeds", "out")}
+    saved = {k: v for k, v in load_settings(path, KtSettings).settings.items() if k not in ("seeds", "out")}
     if "target_digest" not in saved:
         if saved.pop("target", cfg.target) != cfg.target:
             saved["target_digest"] = "(another target)"
@@ -354,7 +354,7 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
     check_saved(saved, cfg, mine)
     check_models(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(saved, mine)
+    save_doc(saved, KtSettings(settings=mine))
     split = write_split(cfg, out)
     sets = curate_sets(cfg, split, out)
     if not sets["retrieved"].counts.emitted:
@@ -366,8 +366,8 @@ def run_kt(cfg: KTConfig, command: Optional[str] = None) -> KtResults:
     reports["teacher"] = reports["task-oriented-retrieved"]
     results = summarise(cfg, reports, sets, time.perf_counter() - t0, command)
     if (out / SKIPPED_FILE).exists():
-        skipped = json.loads((out / SKIPPED_FILE).read_text())
-        results = results.model_copy(update={"skipped_images": [SkippedItem.model_validate(s) for s in skipped]})
+        skipped = load_doc(out / SKIPPED_FILE, SkippedImages).items
+        results = results.model_copy(update={"skipped_images": skipped})
     save_doc(out / "results.json", results)
     atomic.write_text(out / "results.md", markdown(results, command))
     bar_chart(results, out / "chart.png")

@@ -20,11 +20,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from curator import atomic
 from curator.encoders import create_encoder
 from curator.errors import CuratorError, PlanMismatchError
 from curator.formats import (INDEX_MANIFEST_NAME, BuildConfig, BuildPlan, BuildReport, EncoderInfo, IndexManifest, ShardDone,
-                             ShardTask, load_doc)
+                             ShardTask, load_doc, save_doc)
 from curator.pool import input_kind, plan_tasks
 from curator.progress import progress_bar
 
@@ -108,7 +107,7 @@ def _build(out: Path, tasks: list[ShardTask], encoder, opts: BuildConfig, runner
         index_factory=manifest.index_factory, recall_at_10=manifest.recall_at_10, layout=manifest.layout,
         generation=manifest.generation, peak_rss_bytes=peak_rss(), appended=gen.appended if gen else None,
         warnings=gen.warnings if gen else [])
-    atomic.write_json(out / "build-report.json", report.model_dump())
+    save_doc(out / "build-report.json", report)
     return report
 
 
@@ -175,7 +174,7 @@ def _plan(out: Path, resolved: list[str], new_tasks: list[ShardTask], opts: Buil
     for i, task in enumerate(new_tasks):
         task.shard_id = f"{len(old.tasks) + i:05d}"
     plan = old.model_copy(update={"inputs": old.inputs + resolved, "tasks": old.tasks + new_tasks})
-    atomic.write_json(out / "plan.json", plan.model_dump())
+    save_doc(out / "plan.json", plan)
     return plan
 
 
@@ -207,4 +206,4 @@ def check_plan(out: Path, plan: BuildPlan) -> None:
             raise PlanMismatchError(f"{out} holds a build with other settings ({'; '.join(changed)}); "
                                     f"re-run with the same arguments to resume, or add --overwrite")
         return
-    atomic.write_json(path, plan.model_dump())
+    save_doc(path, plan)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from curator import atomic
 from curator.encoders import Encoder
 from curator.errors import PlanMismatchError
-from curator.formats import ITEM_SCHEMA, ShardDone, ShardTask, SkippedItem, load_doc
+from curator.formats import ITEM_SCHEMA, ShardDone, ShardTask, SkippedItem, load_doc, save_doc
 from curator.images import DEFAULT_MAX_PIXELS
 from curator.pipeline import ImagePipeline, collate
 from curator.pool import PoolItem, list_items
@@ -145,7 +145,7 @@ class _ShardOutput:
                          dim=encoder.dim, n_items=len(kept), n_skipped=len(self.skipped), skipped=self.skipped,
                          embeddings_file=paths["npy"].name, metadata_file=paths["parquet"].name,
                          seconds=round(time.perf_counter() - self.t0, 3))
-        atomic.write_json(paths["done"], done.model_dump())
+        save_doc(paths["done"], done)
         self.vectors = None
         return done
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from curator import atomic
 from curator.errors import CuratorError
-from curator.formats import ITEM_SCHEMA, ShardDone, ShardTask
+from curator.formats import ITEM_SCHEMA, ShardDone, ShardTask, save_doc
 
 from .embed import shard_paths
 from .vectors import releasing_arrow_memory
@@ -118,7 +118,7 @@ def import_shard(task: ShardTask, out: Path, dim: int, encoder: str) -> ShardDon
     done = ShardDone(shard_id=task.shard_id, task_digest=task.digest(), encoder=encoder, dim=dim, n_items=meta.num_rows,
                      n_skipped=0, embeddings_file=paths["npy"].name, metadata_file=paths["parquet"].name,
                      seconds=round(time.perf_counter() - t0, 3))
-    atomic.write_json(paths["done"], done.model_dump())
+    save_doc(paths["done"], done)
     return done
 
 

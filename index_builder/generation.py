@@ -325,5 +325,5 @@ def _finish(out: Path, gdir: Path, index, vectors: ShardVectors, opts: BuildConf
         target_recall=opts.target_recall, index_bytes=size, build_seconds=round(time.perf_counter() - t0, 3),
         index_file=str(rel / "index.faiss"), items_file=str(rel / "items.arrow"),
         lists_file=str(rel / ondisk.LISTS_NAME) if lists.exists() else None, trained_file=str(rel / "trained.faiss"))
-    atomic.write_json(out / INDEX_MANIFEST_NAME, manifest.model_dump())
+    save_doc(out / INDEX_MANIFEST_NAME, manifest)
     return manifest

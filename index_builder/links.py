@@ -23,7 +23,7 @@ import numpy as np
 
 from curator import atomic
 from curator.errors import CuratorError
-from curator.formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc
+from curator.formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc, save_doc
 from curator.links import write_links
 from curator.processes import spawn_pool
 from curator.progress import progress_bar
@@ -61,7 +61,7 @@ def build_links(out: Path, threshold: float, *, workers: int = 1, progress: bool
         raise CuratorError(f"{out}: a new index generation was switched in while its links were found; run the "
                            f"build again with --dedup-links to find the new generation's")
     manifest = manifest.model_copy(update={"links": info.model_copy(update={"recall": recall})})
-    atomic.write_json(out / INDEX_MANIFEST_NAME, manifest.model_dump())
+    save_doc(out / INDEX_MANIFEST_NAME, manifest)
     if pool.ntotal > EXACT_DEDUP_MAX:
         shutil.rmtree(gdir / f"links-{threshold:g}.parts", ignore_errors=True)
     log.info("near-duplicate links at %g: %d in %.1f s", threshold, info.links, info.seconds)

@@ -167,3 +167,19 @@ def opts(spec: str, **kw):
     from curator.formats import BuildConfig
 
     return BuildConfig(encoder=spec, workers=0, progress=False, recall_queries=200, **kw)
+
+
+def distill_report(teacher_test: float = 0.625, student_test: float = 0.5) -> dict:
+    """A distill report as a worker sends it (a valid DistillReport), for tests of the service's side."""
+    from curator.formats import DistillConfig, DistillReport, dump_doc
+
+    def scores(acc: float) -> dict:
+        return {"accuracy": acc, "mean_per_class_accuracy": acc, "n": 40}
+    stage = {"steps": 6, "seconds": 1.0, "images": 48, "resumed_from": 0}
+    report = DistillReport(
+        config=DistillConfig(labelled="/data/target", out="/runs/x"), data={"classes": ["a", "b"]},
+        stages={"a": stage, "b": stage, "c": stage},
+        teacher={"spec": "t", "mode": "linear", "val": scores(0.7), "test": scores(teacher_test)},
+        student={"name": "s", "size": 64, "params": 1, "flops": 1, "latency_ms_cpu_batch1": 1.0,
+                 "after_b": {"test": scores(0.4)}, "final": {"val": scores(0.55), "test": scores(student_test)}})
+    return dump_doc(report)

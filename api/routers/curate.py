@@ -16,7 +16,7 @@ from curator.retrieval import PoolIndex
 
 from ..deps import CurateKey, EncoderLockDep, PoolDep, RunnerDep, SettingsDep, StoreDep
 from ..jobs import save_inputs
-from ..schemas import ERRORS, CurateForm, CurateRequest, JobOut
+from ..schemas import ERRORS, CurateForm, CurateRequest, JobOut, job_out
 from ..store import new_job_id
 from ..uploads import read_curate_request
 
@@ -59,13 +59,12 @@ async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, s
         runner.submit(job_id)
     else:  # a retry of a request already taken: its job stands, these inputs are not needed
         shutil.rmtree(inputs, ignore_errors=True)
-        if store.get_job(job_id)["params"] != params.model_dump():
+        if store.get_job(job_id).params != params.model_dump():
             raise HTTPException(422, "Idempotency-Key was already used for a request with other params")
     if wait:
         await asyncio.to_thread(runner.wait, job_id, settings.wait_seconds)
-    job = store.get_job(job_id)
-    done = job["state"] not in ("queued", "running")
-    return JSONResponse(JobOut.from_row(job).model_dump(), status_code=200 if done else 202,
+    job = job_out(store.get_job(job_id))
+    return JSONResponse(job.model_dump(mode="json"), status_code=202 if job.active else 200,
                         headers={"Location": f"/jobs/{job_id}"})
 
 

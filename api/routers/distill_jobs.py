@@ -10,7 +10,9 @@ from pydantic import ValidationError
 from curator.formats import MACHINE_FIELDS, DistillConfig, describe_errors
 
 from ..deps import CurateKey, ReadKey, SettingsDep, StoreDep, check_owner, found, owner_filter, reject
-from ..schemas import ERRORS, ClaimOut, DistillJobIn, DistillJobOut, FinishIn, HeartbeatIn, LeaseIn, OkOut
+from curator.formats.protocol import ClaimOut, DistillJobIn, DistillJobOut, FinishIn, HeartbeatIn, LeaseIn
+
+from ..schemas import ERRORS, OkOut, distill_job_out
 from .transfer_sets import set_folder
 
 router = APIRouter(tags=["distillation"], responses=ERRORS)
@@ -33,12 +35,12 @@ def post_distill_job(body: DistillJobIn, key: CurateKey, store: StoreDep, settin
     config = validate_config(body)
     set_folder(body.transfer_set_id, store, settings)  # 404 unless the set exists
     job_id = store.create_distill_job(config, body.transfer_set_id, key.name if key else None)
-    return DistillJobOut.from_row(store.get_distill_job(job_id))
+    return distill_job_out(store.get_distill_job(job_id))
 
 
 @router.get("/distill-jobs/{job_id}", response_model=DistillJobOut)
 def get_distill_job(job_id: str, key: ReadKey, store: StoreDep) -> DistillJobOut:
-    return DistillJobOut.from_row(found(store.get_distill_job(job_id), f"distillation job {job_id!r}"))
+    return distill_job_out(found(store.get_distill_job(job_id), f"distillation job {job_id!r}"))
 
 
 @router.delete("/distill-jobs/{job_id}", response_model=DistillJobOut)
@@ -47,27 +49,28 @@ def cancel_distill_job(job_id: str, key: CurateKey, store: StoreDep) -> DistillJ
     check_owner(key, found(store.get_distill_job(job_id), f"distillation job {job_id!r}"),
                 f"distillation job {job_id!r}")
     store.cancel_distill_job(job_id)
-    return DistillJobOut.from_row(store.get_distill_job(job_id))
+    return distill_job_out(store.get_distill_job(job_id))
 
 
 @router.get("/distill-jobs", response_model=list[DistillJobOut])
 def list_distill_jobs(key: ReadKey, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DistillJobOut]:
-    return [DistillJobOut.from_row(j) for j in store.list_distill_jobs(limit, owner_filter(key))]
+    return [distill_job_out(j) for j in store.list_distill_jobs(limit, owner_filter(key))]
 
 
 @router.post("/distill-jobs/claim", response_model=ClaimOut, responses={204: {"description": "queue empty"}})
 def claim_distill_job(body: LeaseIn, key: CurateKey, store: StoreDep) -> Response:
     """The next job whose config a worker can run; a stored config that no longer validates (saved by an
     older server) fails with the reason instead of blocking the queue."""
-    while job := store.claim_distill_job(body.worker, body.lease_seconds, key.name if key else None):
+    while claimed := store.claim_distill_job(body.worker, body.lease_seconds, key.name if key else None):
+        job = claimed.job
         try:
-            DistillConfig(**{k: v for k, v in job["config"].items() if k != "labelled"}, labelled="job",
+            DistillConfig(**{k: v for k, v in job.config.items() if k != "labelled"}, labelled="job",
                           transfer="job", out="job")
         except (ValidationError, TypeError) as exc:
             reason = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
-            store.fail_distill_job(job["id"], f"invalid distill config: {reason}")
+            store.fail_distill_job(job.id, f"invalid distill config: {reason}")
             continue
-        return JSONResponse(ClaimOut.from_row(job).model_dump(), status_code=200)
+        return JSONResponse(distill_job_out(job, claimed.lease_token).model_dump(mode="json"), status_code=200)
     return Response(status_code=204)
 
 
@@ -82,7 +85,8 @@ def heartbeat(job_id: str, body: HeartbeatIn, key: CurateKey, store: StoreDep) -
 @router.post("/distill-jobs/{job_id}/finish", response_model=DistillJobOut)
 def finish(job_id: str, body: FinishIn, key: CurateKey, store: StoreDep) -> DistillJobOut:
     ok = store.finish_distill_job(job_id, body.lease_token, key.name if key else None, body.state,
-                                  report=body.report, student_url=body.student_url, error=body.error)
+                                  report=body.report.model_dump(mode="json", by_alias=True) if body.report else None,
+                                  student_url=body.student_url, error=body.error)
     if not ok:
         raise reject(409, f"this caller does not hold a live lease on {job_id!r}; its result was not recorded")
-    return DistillJobOut.from_row(store.get_distill_job(job_id))
+    return distill_job_out(store.get_distill_job(job_id))

@@ -17,7 +17,7 @@ from curator.transfer import shard_path_or_layout
 from ..deps import CurateKey, MetricsDep, PoolDep, ReadKey, SettingsDep, StoreDep, check_owner, owner_filter, reject
 from ..ranges import assembled_response
 from ..retention import remove_set
-from ..schemas import ERRORS, SetSummary
+from ..schemas import ERRORS, SetSummary, set_summary
 from ..settings import Settings
 from ..store import Store
 
@@ -36,13 +36,13 @@ def set_folder(set_id: str, store: Store, settings: Settings) -> Path:
 
 @router.get("/transfer-sets", response_model=list[SetSummary])
 def list_sets(key: ReadKey, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[SetSummary]:
-    return [SetSummary.from_row(s) for s in store.list_transfer_sets(limit, owner_filter(key))]
+    return [set_summary(s) for s in store.list_transfer_sets(limit, owner_filter(key))]
 
 
 @router.get("/transfer-sets/{set_id}", response_model=SetSummary)
 def get_set(set_id: str, key: ReadKey, store: StoreDep, settings: SettingsDep) -> SetSummary:
     set_folder(set_id, store, settings)
-    return SetSummary.from_row(store.get_transfer_set(set_id))
+    return set_summary(store.get_transfer_set(set_id))
 
 
 @router.delete("/transfer-sets/{set_id}", response_model=SetSummary)
@@ -52,7 +52,7 @@ def delete_set(set_id: str, key: CurateKey, store: StoreDep, settings: SettingsD
     row = store.get_transfer_set(set_id)
     check_owner(key, row, f"transfer set {set_id!r}")
     remove_set(store, settings.sets_dir, set_id)
-    return SetSummary.from_row(row)
+    return set_summary(row)
 
 
 @router.get("/transfer-sets/{set_id}/manifest", response_class=FileResponse,

@@ -120,9 +120,9 @@ def serve_and_curate(out, pool, keys: list[str]) -> None:
         print(f"4/5 serving on http://127.0.0.1:{port}; POST /curate with {len(queries)} stamps of "
               f"{', '.join(targets)} (balanced, 8 per query) ...")
         with CuratorClient(f"http://127.0.0.1:{port}", token) as client:
-            job = client.wait(client.curate(queries, {"per_query": 8}, labels=[q.parent.name for q in queries])["id"])
-            manifest = client.manifest(job["transfer_set_id"])
-        folder = out / "service" / "transfer-sets" / job["transfer_set_id"]
+            job = client.wait(client.curate(queries, {"per_query": 8}, labels=[q.parent.name for q in queries]).id)
+            manifest = client.manifest(job.transfer_set_id)
+        folder = out / "service" / "transfer-sets" / job.transfer_set_id
         rows = pq.read_table(folder / "samples.parquet").to_pylist()
         cats = Counter(r["pool_key"].split("/")[0] for r in rows)
         share = sum(r["pool_key"].split("/")[0] == r["query_label"] for r in rows) / max(1, len(rows))

@@ -30,7 +30,7 @@ def run(args) -> int:
 
     finished = run_worker(args.api, args.token, args.work_dir, name=args.name, lease=args.lease, poll=args.poll,
                           once=args.once, device=args.device)
-    failed = [job for job in finished if job["state"] == "failed"]
+    failed = [job for job in finished if job.state == "failed"]
     for job in failed:
-        print(f"error: distillation job {job['id']} failed: {job.get('error')}", file=sys.stderr)
+        print(f"error: distillation job {job.id} failed: {job.error}", file=sys.stderr)
     return 1 if failed else 0

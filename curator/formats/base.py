@@ -60,6 +60,18 @@ def load_doc(path: str | Path, model: type[M]) -> M:
     return parse_doc(raw, model, str(path))
 
 
+def load_settings(path: str | Path, model: type[M]) -> M:
+    """A settings document (``format`` plus ``settings``); one written before such files were versioned
+    (a bare JSON object of the settings) reads as its settings, so an older run folder still resumes."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CuratorError(f"{path} cannot be read: {exc}") from None
+    if isinstance(raw, dict) and "format" not in raw:
+        raw = {"settings": raw, "format": model.model_fields["format"].default}
+    return parse_doc(raw, model, str(path))
+
+
 def parse_doc(raw: Any, model: type[M], where: str) -> M:
     """Validate an already-parsed document (e.g. an HTTP body) against ``model``."""
     want = model.model_fields.get("format")

@@ -6,7 +6,7 @@ config when it is submitted instead of letting a typo fail later inside a worker
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import ConfigDict, Field
 
@@ -70,6 +70,13 @@ class DistillConfig(ModelChoice):
     def settings(self) -> dict:
         """What makes two runs the same run: the config less the machine's own choices."""
         return self.model_dump(exclude=MACHINE_FIELDS - {"labelled", "transfer", "out"})
+
+
+class RunSettings(Doc):
+    """A run folder's ``config.json``: the settings it was started with (``DistillConfig.settings``), so a
+    re-run with other settings is refused rather than resumed into a mixed run."""
+    format: Literal["curator.distill-config/1"] = CONFIG_FORMAT
+    settings: dict[str, Any]
 
 
 class Scores(Doc):

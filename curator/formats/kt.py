@@ -14,6 +14,8 @@ from .distill import ModelChoice, TeacherView
 from .index import SkippedItem
 
 RESULTS_FORMAT = "curator.kt-bench/1"
+SETTINGS_FORMAT = "curator.kt-settings/1"
+SKIPPED_FORMAT = "curator.skipped-images/1"
 CURVE_FORMAT = "curator.kt-curve/1"
 #: Each curve's points when --values is not given: transfer-set sizes from 400 up, the paper's labels per
 #: class, and distillation steps around the bench's default of 500.
@@ -69,6 +71,19 @@ class KTConfig(ModelChoice):
         what the teacher knows (BENCHMARKS.md, kt-lite2: retrieved beat random at 2.3 standard errors
         with the teacher's index, 1.4 with Lite0's)."""
         return self.index_encoder or self.teacher
+
+
+class KtSettings(Doc):
+    """A bench folder's ``kt-config.json``: what makes two benches the same bench, so that only more
+    seeds extend a folder."""
+    format: Literal["curator.kt-settings/1"] = SETTINGS_FORMAT
+    settings: dict[str, Any]
+
+
+class SkippedImages(Doc):
+    """A bench folder's ``skipped.json``: target images left out of the split (they do not decode)."""
+    format: Literal["curator.skipped-images/1"] = SKIPPED_FORMAT
+    items: list[SkippedItem] = Field(default_factory=list)
 
 
 class Stats(Doc):

@@ -9,7 +9,7 @@ from api import Settings, create_app
 from api.deps import get_settings
 from api.retention import folder_bytes, prune
 from curator.formats import Limits
-from helpers import pattern_image, png_bytes, tiny_index
+from helpers import distill_report, pattern_image, png_bytes, tiny_index
 
 KEY = "inproc-key-0123456789abcdef"
 OTHER = "other-key-0123456789abcdef"
@@ -162,7 +162,7 @@ def test_a_lease_is_a_secret_bound_to_the_claiming_key_and_expired_means_refused
     claimed = client.post("/distill-jobs/claim", json={"worker": "w", "lease_seconds": 60}).json()
     token, job_id = claimed["lease_token"], claimed["id"]
     assert "lease_token" not in client.get(f"/distill-jobs/{job_id}").json()  # shown to the claimant only
-    finish = {"worker": "w", "state": "succeeded", "report": {"forged": True}}
+    finish = {"worker": "w", "state": "succeeded", "report": distill_report()}
     other = {"Authorization": f"Bearer {OTHER}"}
     assert client.post(f"/distill-jobs/{job_id}/finish", json=finish | {"lease_token": "x" * 32}).status_code == 409
     assert client.post(f"/distill-jobs/{job_id}/finish", json=finish | {"lease_token": token},

@@ -44,7 +44,7 @@ def test_concurrent_claims_hand_each_job_out_once(database_url, tmp_path):
             if row is None:
                 return
             with lock:
-                claimed.append(row["id"])
+                claimed.append(getattr(row, "job", row).id)
 
     with ThreadPoolExecutor(12) as pool:
         list(pool.map(drain, range(12)))
@@ -63,13 +63,13 @@ def test_a_job_whose_lease_lapsed_while_it_ran_here_is_not_run_twice(tmp_path):
     job_id = store.create_job("curate", {}, None)[0]
     runner = JobRunner(settings, store, pool=None)
     started: list[str] = []
-    runner.executor = type("Record", (), {"submit": lambda self, fn, job: started.append(job["id"])})()
+    runner.executor = type("Record", (), {"submit": lambda self, fn, job: started.append(job.id)})()
     assert runner._claim(30.0) and started == [job_id]
     store.db.execute("UPDATE jobs SET lease_expires = 0 WHERE id = ?", (job_id,))  # the stall
     assert runner._claim(30.0)
     assert started == [job_id], "the job was started a second time"
     job = store.get_job(job_id)
-    assert job["state"] == "running" and job["worker"] == "r1" and job["lease_expires"] > time.time()
+    assert job.state == "running" and job.worker == "r1" and job.lease_expires > time.time()
 
 
 def test_a_bad_database_url_is_a_clear_error_that_hides_the_password(tmp_path):

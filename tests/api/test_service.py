@@ -69,10 +69,10 @@ def test_upload_job_manifest_download(server, tmp_path):
     with CuratorClient(server.url, CURATE) as client:
         job = client.curate(query_files(tmp_path, [11, 12, 13]), {"per_query": 5, "shard_size": 4},
                             labels=["a", "b", "a"])
-        assert job["state"] in ("queued", "running", "succeeded")
-        job = client.wait(job["id"], timeout=60)
-        assert job["counts"]["emitted"] == 15 and job["transfer_set_url"].endswith(job["transfer_set_id"])
-        folder = client.download_transfer_set(job["transfer_set_id"], tmp_path / "sets")
+        assert job.state in ("queued", "running", "succeeded")
+        job = client.wait(job.id, timeout=60)
+        assert job.counts.emitted == 15 and job.transfer_set_url.endswith(job.transfer_set_id)
+        folder = client.download_transfer_set(job.transfer_set_id, tmp_path / "sets")
         manifest = json.loads((folder / "manifest.json").read_text())
         assert [q["label"] for q in manifest["queries"]] == ["a", "b", "a"]
         n = 0
@@ -81,11 +81,11 @@ def test_upload_job_manifest_download(server, tmp_path):
                 n += sum(name.endswith(".json") for name in tar.getnames())
         assert n == 15
         # HTTP Range on shards (resumable downloads)
-        url = f"{server.url}/transfer-sets/{job['transfer_set_id']}/shards/{manifest['shardlist'][0]['url']}"
+        url = f"{server.url}/transfer-sets/{job.transfer_set_id}/shards/{manifest['shardlist'][0]['url']}"
         r = httpx.get(url, headers={"Authorization": f"Bearer {READ}", "Range": "bytes=0-99"})
         assert r.status_code == 206 and len(r.content) == 100
         # the set is by reference (the default): its shards are assembled from the pool, any byte range
-        assert not list((server.data_dir / "transfer-sets" / job["transfer_set_id"]).glob("*.tar"))
+        assert not list((server.data_dir / "transfer-sets" / job.transfer_set_id).glob("*.tar"))
         whole = (folder / manifest["shardlist"][0]["url"]).read_bytes()
         for spec, want in [("bytes=0-99", whole[:100]), ("bytes=1000-2999", whole[1000:3000]),
                            ("bytes=-700", whole[-700:]), (f"bytes={len(whole) - 5}-", whole[-5:])]:
@@ -94,7 +94,7 @@ def test_upload_job_manifest_download(server, tmp_path):
             assert r.headers["content-range"].endswith(f"/{len(whole)}")
         r = httpx.get(url, headers={"Authorization": f"Bearer {READ}", "Range": f"bytes={len(whole)}-"})
         assert r.status_code == 416
-        assert job["transfer_set_id"] in [s["id"] for s in client.transfer_sets()]
+        assert job.transfer_set_id in [s.id for s in client.transfer_sets()]
 
 
 def test_wait_true_and_json_bodies(server, tmp_path, index_dir):
@@ -203,9 +203,9 @@ def test_concurrent_jobs_and_search_and_metrics(server, tmp_path):
     with CuratorClient(server.url, CURATE) as client:
         with ThreadPoolExecutor(2) as pool:
             jobs = list(pool.map(lambda s: client.curate(query_files(tmp_path, [s]), {"per_query": 20}), [31, 32]))
-        done = [client.wait(j["id"], timeout=60) for j in jobs]
-        assert all(d["state"] == "succeeded" for d in done)
-        assert done[0]["transfer_set_id"] != done[1]["transfer_set_id"]
+        done = [client.wait(j.id, timeout=60) for j in jobs]
+        assert all(d.state == "succeeded" for d in done)
+        assert done[0].transfer_set_id != done[1].transfer_set_id
         hits = client.search(query_files(tmp_path, [33])[0], k=5)["hits"]
         assert len(hits) == 5 and hits[0]["score"] >= hits[-1]["score"]
     r = httpx.get(server.url + "/search?item_id=7&k=3", headers={"Authorization": f"Bearer {READ}"})
@@ -223,7 +223,7 @@ def test_restart_keeps_state_and_reruns_interrupted_jobs(index_dir, tmp_path):
     srv = Server(index_dir, tmp_path / "state").start()
     try:
         with CuratorClient(srv.url, CURATE) as client:
-            job = client.wait(client.curate(query_files(tmp_path, [41]), {"per_query": 4})["id"], timeout=60)
+            job = client.wait(client.curate(query_files(tmp_path, [41]), {"per_query": 4}).id, timeout=60)
         srv.stop(signal.SIGKILL)
         db = sqlite3.connect(tmp_path / "state" / "curator.sqlite3")  # a job that was mid-run when it died
         db.execute("INSERT INTO jobs (id, kind, state, params, created_at, updated_at) "
@@ -232,13 +232,13 @@ def test_restart_keeps_state_and_reruns_interrupted_jobs(index_dir, tmp_path):
         db.close()
         srv.start()
         with CuratorClient(srv.url, CURATE) as client:
-            again = client.job(job["id"])
-            assert again["state"] == "succeeded" and again["transfer_set_id"] == job["transfer_set_id"]
+            again = client.job(job.id)
+            assert again.state == "succeeded" and again.transfer_set_id == job.transfer_set_id
             deadline = time.time() + 30  # claimed again at once; its inputs never arrived
-            while (lost := client.job("job-interrupted"))["state"] in ("queued", "running") and time.time() < deadline:
+            while (lost := client.job("job-interrupted")).state in ("queued", "running") and time.time() < deadline:
                 time.sleep(0.1)
-            assert lost["state"] == "failed" and "inputs were lost" in lost["error"], lost
-            folder = client.download_transfer_set(job["transfer_set_id"], tmp_path / "dl")
+            assert lost.state == "failed" and "inputs were lost" in lost.error, lost
+            folder = client.download_transfer_set(job.transfer_set_id, tmp_path / "dl")
             assert (folder / "samples.parquet").exists()
     finally:
         srv.stop()
@@ -258,14 +258,14 @@ def test_downloads_report_a_missing_shard_and_a_changed_manifest(server, tmp_pat
     from curator.errors import CuratorError
 
     with CuratorClient(server.url, CURATE) as client:
-        job = client.wait(client.curate(query_files(tmp_path, [51]), {"per_query": 3, "materialize": "copy"})["id"],
+        job = client.wait(client.curate(query_files(tmp_path, [51]), {"per_query": 3, "materialize": "copy"}).id,
                           timeout=60)
-        folder = server.data_dir / "transfer-sets" / job["transfer_set_id"]
+        folder = server.data_dir / "transfer-sets" / job.transfer_set_id
         shard = next(folder.glob("*.tar"))
         shard.rename(shard.with_suffix(".gone"))
         try:
             with pytest.raises(ServiceError) as exc:
-                client.download_transfer_set(job["transfer_set_id"], tmp_path / "dl")
+                client.download_transfer_set(job.transfer_set_id, tmp_path / "dl")
             assert exc.value.status == 404 and shard.name in str(exc.value.detail)
         finally:
             shard.with_suffix(".gone").rename(shard)
@@ -274,7 +274,7 @@ def test_downloads_report_a_missing_shard_and_a_changed_manifest(server, tmp_pat
         manifest.write_bytes(original.replace(b'"emitted": 3', b'"emitted": 4'))
         try:
             with pytest.raises(CuratorError, match="does not match the sha256"):
-                client.download_transfer_set(job["transfer_set_id"], tmp_path / "dl2")
+                client.download_transfer_set(job.transfer_set_id, tmp_path / "dl2")
         finally:
             manifest.write_bytes(original)
-        assert client.download_transfer_set(job["transfer_set_id"], tmp_path / "dl3").is_dir()
+        assert client.download_transfer_set(job.transfer_set_id, tmp_path / "dl3").is_dir()

@@ -38,45 +38,45 @@ def test_dead_worker_loses_its_lease_and_the_job_is_retaken(setup, tiny_clip_spe
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with CuratorClient(srv.url, CURATE) as client:
         images = sorted((root / "labelled" / "class0").glob("*"))[:3]
-        ts = client.wait(client.curate(images, {"per_query": 6, "dedup": 1.0, "exclude_threshold": 1.0})["id"])
-        job = client.submit_distill_job(ts["transfer_set_id"], str(root / "labelled"),
+        ts = client.wait(client.curate(images, {"per_query": 6, "dedup": 1.0, "exclude_threshold": 1.0}).id)
+        job = client.submit_distill_job(ts.transfer_set_id, str(root / "labelled"),
                                         job_config(tiny_clip_spec, steps_b=3000))
-        assert job["state"] == "queued"
+        assert job.state == "queued"
         first = subprocess.Popen(worker_cmd(srv, root / "w1", "--name", "w1"), cwd=REPO, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 60
-        while time.time() < deadline and client.distill_job(job["id"])["state"] != "running":
+        while time.time() < deadline and client.distill_job(job.id).state != "running":
             time.sleep(0.1)
-        assert client.distill_job(job["id"])["worker"] == "w1"
+        assert client.distill_job(job.id).worker == "w1"
         assert client.claim_distill_job("w-other", 5) is None  # never two workers on one job
         first.send_signal(signal.SIGKILL)
         first.wait()
         time.sleep(5.5)  # the lease runs out
         retake = client.claim_distill_job("w2", 5)
-        assert retake["id"] == job["id"] and retake["attempts"] == 2
+        assert retake.id == job.id and retake.attempts == 2
         with pytest.raises(ServiceError) as exc:  # the dead worker's name is no credential: its lease is gone
-            client.finish_distill_job(job["id"], "w1", "succeeded", "a-forged-or-stale-token")
+            client.finish_distill_job(job.id, "w1", "succeeded", "a-forged-or-stale-token")
         assert exc.value.status == 409
-        client.finish_distill_job(job["id"], "w2", "failed", retake["lease_token"], error="the test is over")
+        client.finish_distill_job(job.id, "w2", "failed", retake.lease_token, error="the test is over")
 
 
 def test_worker_runs_a_job_to_completion(setup, tiny_clip_spec):
     root, srv = setup
     with CuratorClient(srv.url, CURATE) as client:
         images = sorted((root / "labelled" / "class1").glob("*"))[:3]
-        ts = client.wait(client.curate(images, {"per_query": 6, "dedup": 1.0, "exclude_threshold": 1.0})["id"])
+        ts = client.wait(client.curate(images, {"per_query": 6, "dedup": 1.0, "exclude_threshold": 1.0}).id)
         while client.claim_distill_job("drain", 3600):  # earlier tests' jobs must not be picked up here
             pass
-        job = client.submit_distill_job(ts["transfer_set_id"], str(root / "labelled"), job_config(tiny_clip_spec))
+        job = client.submit_distill_job(ts.transfer_set_id, str(root / "labelled"), job_config(tiny_clip_spec))
         done = subprocess.run(worker_cmd(srv, root / "w3", "--once", "--name", "w3"), cwd=REPO,
                               env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
-        final = client.distill_job(job["id"])
-        assert final["state"] == "succeeded" and final["worker"] == "w3", final.get("error")
-        assert final["report"]["stages"]["b"]["steps"] == 6 and os.path.exists(final["student_url"])
+        final = client.distill_job(job.id)
+        assert final.state == "succeeded" and final.worker == "w3", final.error
+        assert final.report.stages["b"].steps == 6 and os.path.exists(final.student_url)
         for hostile in ({"out": "/etc"}, {"cache_dir": "/etc"}, {"device": "cuda"}):  # the worker's own
             with pytest.raises(ServiceError) as exc:
-                client.submit_distill_job(ts["transfer_set_id"], "x", hostile)
+                client.submit_distill_job(ts.transfer_set_id, "x", hostile)
             assert exc.value.status == 422
 
 
@@ -84,9 +84,9 @@ def test_a_failed_job_makes_a_once_worker_exit_non_zero_with_the_reason(setup, t
     root, srv = setup
     with CuratorClient(srv.url, CURATE) as client:
         images = sorted((root / "labelled" / "class2").glob("*"))[:2]
-        ts = client.wait(client.curate(images, {"per_query": 4, "dedup": 1.0, "exclude_threshold": 1.0})["id"])
-        job = client.submit_distill_job(ts["transfer_set_id"], str(root / "no-such-folder"), job_config(tiny_clip_spec))
+        ts = client.wait(client.curate(images, {"per_query": 4, "dedup": 1.0, "exclude_threshold": 1.0}).id)
+        job = client.submit_distill_job(ts.transfer_set_id, str(root / "no-such-folder"), job_config(tiny_clip_spec))
         done = subprocess.run(worker_cmd(srv, root / "w4", "--once", "--name", "w4"), cwd=REPO,
                               env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 1 and job["id"] in done.stderr and "no-such-folder" in done.stderr
-        assert client.distill_job(job["id"])["state"] == "failed"
+        assert done.returncode == 1 and job.id in done.stderr and "no-such-folder" in done.stderr
+        assert client.distill_job(job.id).state == "failed"

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import CURATE, make_image_folder, tiny_server
+from helpers import CURATE, distill_report, make_image_folder, tiny_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_local, pytest.mark.browser]
 CHROMIUM = os.environ.get("CURATOR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -123,9 +123,7 @@ def test_distill_jobs_show_their_state_and_accuracy_per_stage(page, server):
     job = httpx.post(server.url + "/distill-jobs", headers=auth,
                      json={"transfer_set_id": done["transfer_set_id"], "labelled": "/data/target"}).json()
     lease = httpx.post(server.url + "/distill-jobs/claim", headers=auth, json={"worker": "w1"}).json()
-    scores = lambda acc: {"accuracy": acc, "mean_per_class_accuracy": acc, "n": 40}  # noqa: E731
-    report = {"teacher": {"spec": "t", "mode": "linear", "val": scores(0.7), "test": scores(0.625)},
-              "student": {"after_b": {"test": scores(0.4)}, "final": {"val": scores(0.55), "test": scores(0.5)}}}
+    report = distill_report(teacher_test=0.625, student_test=0.5)
     r = httpx.post(f"{server.url}/distill-jobs/{job['id']}/finish", headers=auth,
                    json={"worker": "w1", "lease_token": lease["lease_token"], "state": "succeeded", "report": report})
     assert r.status_code == 200, r.text
