@@ -18,7 +18,7 @@ from curator import atomic
 from curator.curate import check_vectors
 from curator.errors import BadImageError, CuratorError
 from curator.formats import CurateParams, Limits
-from curator.images import decode_image
+from curator.pipeline import ImagePipeline
 from curator.queries import Query
 from curator.strategies import needs_labels
 
@@ -215,8 +215,7 @@ def check_image(name: str, data: bytes, limits: Limits) -> int:
 
 def decoded_cost(name: str, data: bytes | BinaryIO, limits: Limits) -> int:
     try:
-        img = decode_image(data, max_pixels=limits.max_pixels, min_side=64)
+        sample = ImagePipeline(max_pixels=limits.max_pixels, min_side=64, on_bad="raise").load(data)
     except BadImageError as exc:
         raise reject(IMAGE_STATUS.get(exc.reason, 422), f"file {name!r} rejected ({exc.reason}): {exc.detail}")
-    width, height = img.info.get("original_size", img.size)
-    return min(width * height, limits.max_pixels)
+    return min(sample.width * sample.height, limits.max_pixels)

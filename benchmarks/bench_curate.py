@@ -40,7 +40,7 @@ from index_builder.build import BuildConfig  # noqa: E402
 from index_builder.generation import build_generation  # noqa: E402
 from index_builder.runners import make_runner  # noqa: E402
 from curator.atomic import write_npy  # noqa: E402
-from index_builder.embed import shard_paths  # noqa: E402
+from index_builder.embed_images import shard_paths  # noqa: E402
 from report import command, commit, machine, update_section  # noqa: E402
 from synthetic import ClusteredVectors  # noqa: E402
 

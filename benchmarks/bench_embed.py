@@ -35,7 +35,7 @@ from PIL import Image  # noqa: E402
 from curator.formats import ShardTask  # noqa: E402
 from curator.pool import list_folder_images  # noqa: E402
 from curator.samples import fetch_samples  # noqa: E402
-from index_builder.embed import EmbedOptions, embed_shard  # noqa: E402
+from index_builder.embed_images import EmbedOptions, embed_shard  # noqa: E402
 from report import command, commit, machine, update_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -57,7 +57,7 @@ def _ceiling(encoder, n: int, batch: int) -> float:
 
 def bench_embed(data: Path, batch: int, workers: int, repeat: int) -> list[dict]:
     from curator.pool import plan_tasks
-    from index_builder.embed import EmbedOptions, embed_shard, embed_shards
+    from index_builder.embed_images import EmbedOptions, embed_shard, embed_shards
 
     tars = sorted(str(p) for p in (data / "sets").glob("*/*.tar"))
     tasks = plan_tasks(tars * repeat, shard_size=1000)

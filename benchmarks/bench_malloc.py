@@ -39,7 +39,7 @@ def child(images: int, encoder_spec: str, bounded: bool) -> dict:
     from curator.encoders import create_encoder
     from curator.pool import plan_tasks
     from curator.samples import fetch_samples
-    from index_builder.embed import EmbedOptions, embed_shards
+    from index_builder.embed_images import EmbedOptions, embed_shards
 
     if not bounded:
         curator.encoders.base.bound_freed_memory = lambda: False

@@ -23,7 +23,7 @@ def run(tasks, encoder, memo_items: int) -> tuple[float, int, int]:
     """(seconds, items, distinct contents) of one embed over ``tasks`` into a scratch folder."""
     import pyarrow.parquet as pq
 
-    from index_builder.embed import EmbedOptions, embed_shards
+    from index_builder.embed_images import EmbedOptions, embed_shards
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

@@ -27,7 +27,7 @@ import json, sys, tempfile, time
 from pathlib import Path
 from curator.encoders import create_encoder
 from curator.pool import plan_tasks
-from index_builder.embed import EmbedOptions, embed_shards
+from index_builder.embed_images import EmbedOptions, embed_shards
 enc = create_encoder({spec!r}, device={device!r})
 tasks = plan_tasks([{images!r}], 100)
 out = Path(tempfile.mkdtemp())

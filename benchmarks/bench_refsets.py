@@ -75,7 +75,7 @@ def serve_shard(folder: Path, name: str) -> tuple[float, int]:
 def add_links(index_dir: Path) -> tuple[float, PoolIndex]:
     """The index's near-duplicate links at curate's default dedup (``build-index --dedup-links``), timed."""
     from curator.formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc
-    from index_builder.links import build_links
+    from index_builder.dedup_links import build_links
 
     manifest = load_doc(index_dir / INDEX_MANIFEST_NAME, IndexManifest)  # an earlier run's links: found again
     save_doc(index_dir / INDEX_MANIFEST_NAME, manifest.model_copy(update={"links": None}))

@@ -23,7 +23,7 @@ from bench_embed import make_pool  # noqa: E402  (applies the torchvision shim)
 from curator.encoders import create_encoder  # noqa: E402
 from curator.pool import plan_tasks  # noqa: E402
 from curator.formats import default_workers  # noqa: E402
-from index_builder.embed import EmbedOptions, embed_shards  # noqa: E402
+from index_builder.embed_images import EmbedOptions, embed_shards  # noqa: E402
 from report import command, commit, machine, update_section  # noqa: E402
 
 ENCODER = "packaged:efficientnet-lite0"

@@ -16,11 +16,12 @@ import pyarrow as pa
 
 from .errors import CuratorError
 from .formats import CurateParams, IndexRef, QueryEntry, TransferCounts, TransferManifest
-from .queries import Query, decodable, embed_queries
+from .pipeline import OnBad
+from .queries import Query, embed_queries
 from .retrieval import PoolIndex
 from .select import Selection
 from .setview import DROPPED_FILE, QUERIES_FILE, dropped_table, query_table
-from .strategies import Request, select
+from .strategies import Rules, SelectionRequest, select
 from .transfer import new_set_id, shard_writers, write_transfer_set
 
 Progress = Callable[[str, float], None]
@@ -35,27 +36,23 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
            exclude: Sequence[Query] = (),
            exclude_vectors: Optional[np.ndarray] = None, set_id: Optional[str] = None,
            progress: Progress = lambda phase, f: None, cancelled: Callable[[], bool] = lambda: False,
-           skip_bad: bool = False) -> TransferManifest:
+           on_bad: OnBad = "raise") -> TransferManifest:
     """Curate a transfer set into ``out_root/<set_id>``; returns its manifest.
 
-    ``skip_bad``: query (and exclude) images that do not decode are left out and named in the
-    manifest (a folder of queries); without it, the first one is an error (queries given one by one).
+    ``on_bad``: ``skip`` leaves out query (and exclude) images that do not decode, and names them in the
+    manifest (a folder of queries); ``raise`` makes the first one an error (queries given one by one).
     ``query_owner``: with ``query_vectors`` from ``embed_queries(..., crops=N)``, the query of each row
     (its first row is the whole image); default: one row per query."""
     timings: dict[str, float] = {}
     skipped: list = []
-    if skip_bad and query_vectors is None:
-        min_side = 2 * pool.manifest.encoder.image_size
-        queries, skipped = decodable(queries, min_side=min_side)
-        exclude, bad_exclude = decodable(exclude, min_side=min_side)
-        skipped += bad_exclude
-        if not queries:
-            raise CuratorError(f"none of the query images could be decoded ({len(skipped)} skipped: "
-                               f"{', '.join(s.key + ' (' + s.reason + ')' for s in skipped[:5])})")
     t = time.perf_counter()
     progress("embed", 0.0)
     if query_vectors is None:
-        vecs, owner = embed_queries(pool.encoder(), queries, crops=params.crops, seed=params.seed, cancelled=cancelled)
+        vecs, owner, queries, skipped = embed_queries(pool.encoder(), queries, crops=params.crops, seed=params.seed,
+                                                      on_bad=on_bad, cancelled=cancelled)
+        if not queries:
+            raise CuratorError(f"none of the query images could be decoded ({len(skipped)} skipped: "
+                               f"{', '.join(s.key + ' (' + s.reason + ')' for s in skipped[:5])})")
     else:
         vecs = check_vectors(query_vectors, pool.manifest.dim)
         owner = check_owner(query_owner, len(vecs), len(queries))
@@ -63,7 +60,9 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     if exclude_vectors is not None:
         forbidden.append(check_vectors(exclude_vectors, pool.manifest.dim))
     if exclude:
-        forbidden.append(embed_queries(pool.encoder(), exclude, cancelled=cancelled)[0])
+        excluded = embed_queries(pool.encoder(), exclude, on_bad=on_bad, cancelled=cancelled)
+        forbidden.append(excluded.vectors)
+        skipped += excluded.skipped
     forbidden_vecs = np.concatenate(forbidden)
     timings["embed"] = time.perf_counter() - t
 
@@ -99,10 +98,10 @@ def select_items(pool: PoolIndex, vecs: np.ndarray, owner: np.ndarray, labels: l
         return result
 
     t = time.perf_counter()
-    rules = dict(vectors_of=partial(pool.vectors, dtype=np.float16), forbidden=forbidden, ntotal=pool.ntotal, dedup=params.dedup,
-                 exclude_threshold=params.exclude_threshold, cells=pool.cells,
-                 links=pool.links, near=pool.near)
-    selection = select(Request(search, vecs, owner, labels, rules, cancelled), params)
+    rules = Rules(vectors_of=partial(pool.vectors, dtype=np.float16), forbidden=forbidden, ntotal=pool.ntotal,
+                  dedup=params.dedup, exclude_threshold=params.exclude_threshold, cells=pool.cells, links=pool.links,
+                  near=pool.near)
+    selection = select(SelectionRequest(search, vecs, owner, labels, rules, cancelled), params)
     timings["search"] = search_seconds[0]
     timings["select"] = time.perf_counter() - t - search_seconds[0]
     return selection

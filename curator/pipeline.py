@@ -1,16 +1,17 @@
 """One sample pipeline for every reader of images: read -> hash -> decode -> transform -> batch.
 
-Embedding a pool, the distillation datasets and the view caches all load images through
-:meth:`ImagePipeline.load`, so a bad sample is handled one way everywhere (as webdataset's
-stages share one ``handler``): it becomes a :class:`Skip` with a machine-readable reason and a
-detail, is counted and named by the caller, and never stops a run. A caller that wants the
-error instead (a single query given explicitly) calls :meth:`ImagePipeline.load_or_raise`.
+Embedding a pool, query images (curation, search, uploads), the distillation datasets and the view
+caches all load images through :meth:`ImagePipeline.load`, so a bad sample is handled one way
+everywhere, as webdataset's stages share one ``handler``. The pipeline's ``on_bad`` says what that
+way is: ``skip`` makes it a :class:`Skip` with a machine-readable reason and a detail, counted and
+named by the caller, so a bad file never stops a run over many; ``raise`` makes it a
+:class:`BadImageError` that names the sample, for inputs given one by one (a query, an upload).
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, BinaryIO, Callable, Literal, NamedTuple, Optional, Sequence, Union
 
 from PIL import Image
 
@@ -18,8 +19,11 @@ from .errors import BadImageError
 from .images import DEFAULT_MAX_PIXELS, decode_image
 from .pool import read_range
 
-#: An image's location: a file path, or a ``(source, offset, size)`` byte range of a shard.
-Ref = Union[str, tuple]
+#: An image: a file path, a ``(source, offset, size)`` byte range of a shard, its bytes, or an open binary file
+#: (a large upload is never all in memory).
+Ref = Union[str, tuple, bytes, BinaryIO]
+#: What a pipeline does with a bad sample: leave it out as a Skip, or raise BadImageError.
+OnBad = Literal["skip", "raise"]
 
 
 class Skip(NamedTuple):
@@ -36,10 +40,13 @@ class Sample:
     height: int
 
 
-def read_ref(ref: Ref) -> bytes:
-    """An image's bytes from a file path, or a ``(source, offset, size)`` range of a shard."""
+def read_ref(ref: Ref) -> Union[bytes, BinaryIO]:
+    """An image's bytes from a file path or a ``(source, offset, size)`` range of a shard; bytes and
+    open files are already there."""
     if isinstance(ref, tuple):
         return read_range(*ref)
+    if isinstance(ref, (bytes, bytearray)) or hasattr(ref, "read"):
+        return ref
     with open(ref, "rb") as fh:
         return fh.read()
 
@@ -47,29 +54,38 @@ def read_ref(ref: Ref) -> bytes:
 @dataclass(frozen=True)
 class ImagePipeline:
     """The stages' settings. ``min_side`` lets JPEG draft mode decode reduced (never below it);
-    ``hash`` records the original bytes' sha256 (the index's exact-duplicate check uses it)."""
+    ``hash`` records the original bytes' sha256 (the index's exact-duplicate check uses it); ``on_bad``
+    is the one bad-sample policy."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 0
     hash: bool = False
+    on_bad: OnBad = "skip"
 
-    def decode(self, ref: Ref) -> Union[tuple[Image.Image, Optional[str]], Skip]:
-        """read -> hash -> decode: the image and its sha256, or why not."""
+    def decode(self, ref: Ref, name: str = "") -> Union[tuple[Image.Image, Optional[str]], Skip]:
+        """read -> hash -> decode: the image and its sha256, or why not (``name`` names it in an error)."""
         try:
             data = read_ref(ref)
         except OSError as exc:
-            return Skip("unreadable", f"{type(exc).__name__}: {exc}")
-        sha = hashlib.sha256(data).hexdigest() if self.hash else None
+            return self.bad(Skip("unreadable", f"{type(exc).__name__}: {exc}"), name)
+        sha = hashlib.sha256(data).hexdigest() if self.hash and isinstance(data, (bytes, bytearray)) else None
         try:
             return decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side), sha
         except BadImageError as exc:
-            return Skip(exc.reason, exc.detail)
+            return self.bad(Skip(exc.reason, exc.detail), name)
 
-    def load(self, ref: Ref, transform: Optional[Callable[[Image.Image], Any]] = None) -> Union[Sample, Skip]:
-        """The whole pipeline for one sample; every failure is a :class:`Skip`."""
-        decoded = self.decode(ref)
+    def load(self, ref: Ref, transform: Optional[Callable[[Image.Image], Any]] = None,
+             name: str = "") -> Union[Sample, Skip]:
+        """The whole pipeline for one sample; a failure is handled by ``on_bad``."""
+        decoded = self.decode(ref, name)
         if isinstance(decoded, Skip):
             return decoded
-        return self.finish(*decoded, transform)
+        return self.bad(self.finish(*decoded, transform), name)
+
+    def bad(self, result: Any, name: str = "") -> Any:
+        """``result`` as it is, unless it is a Skip and bad samples raise."""
+        if isinstance(result, Skip) and self.on_bad == "raise":
+            raise BadImageError(result.reason, f"{name}: {result.detail}" if name else result.detail)
+        return result
 
     @staticmethod
     def finish(img: Image.Image, sha: Optional[str], transform=None) -> Union[Sample, Skip]:
@@ -80,12 +96,6 @@ class ImagePipeline:
         except Exception as exc:  # a strange image that breaks a transform must not stop a run
             return Skip("preprocess_failed", f"{type(exc).__name__}: {exc}")
         return Sample(value, sha, width, height)
-
-    def load_or_raise(self, ref: Ref, transform=None) -> Sample:
-        result = self.load(ref, transform)
-        if isinstance(result, Skip):
-            raise BadImageError(result.reason, result.detail)
-        return result
 
 
 class Batch(NamedTuple):

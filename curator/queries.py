@@ -12,14 +12,15 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from .errors import BadImageError, CuratorError
 from .formats import SkippedItem
-from .images import DEFAULT_MAX_PIXELS, decode_image, is_image_name
+from .images import DEFAULT_MAX_PIXELS, is_image_name
+from .pipeline import ImagePipeline, OnBad, Ref, Skip
 
 
 @dataclass
@@ -30,6 +31,11 @@ class Query:
     data: bytes = b""
     label: Optional[str] = None
     path: Optional[Path] = None
+
+    @property
+    def ref(self) -> Ref:
+        """Where the image pipeline reads it from."""
+        return self.data if self.path is None else str(self.path)
 
     def read(self) -> bytes:
         if self.path is None:
@@ -90,30 +96,41 @@ def query_views(img: Image.Image, crops: int, seed: int) -> list[Image.Image]:
     return views
 
 
+class EmbeddedQueries(NamedTuple):
+    vectors: np.ndarray            # every view's embedding
+    owner: np.ndarray              # per view, the position of its query in ``kept``
+    kept: list[Query]              # the queries whose images decoded, in order
+    skipped: list[SkippedItem]     # the others (only when bad images are skipped)
+
+
 def embed_queries(encoder, queries: Sequence[Query], *, crops: int = 0, seed: int = 0,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 64,
-                  cancelled: Callable[[], bool] = lambda: False) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of every view and, per view, the index of its query; bad images name the query.
-    ``cancelled`` is asked between images and batches: a cancelled job stops embedding at once."""
+                  max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 64, on_bad: OnBad = "raise",
+                  source: str = "query", cancelled: Callable[[], bool] = lambda: False) -> EmbeddedQueries:
+    """Embeddings of every view of every query, each image decoded once through the image pipeline.
+    ``on_bad``: ``raise`` names the first bad query (queries given one by one); ``skip`` leaves bad
+    ones out and names them in ``skipped`` (a folder of queries). ``cancelled`` is asked between
+    images and batches: a cancelled job stops embedding at once."""
     import torch
 
-    pixels, owner = [], []
-    for qi, query in enumerate(queries):
+    pipeline = ImagePipeline(max_pixels=max_pixels, min_side=2 * encoder.image_size, on_bad=on_bad)
+    pixels, owner, kept, skipped = [], [], [], []
+    for query in queries:
         if cancelled():
             raise InterruptedError("cancelled")
-        try:
-            img = decode_image(query.read(), max_pixels=max_pixels, min_side=2 * encoder.image_size)
-        except BadImageError as exc:
-            raise BadImageError(exc.reason, f"query {query.id}: {exc.detail}") from None
-        for view in query_views(img, crops, seed + qi):
+        decoded = pipeline.decode(query.ref, f"{source} {query.id}")
+        if isinstance(decoded, Skip):
+            skipped.append(SkippedItem(key=query.id, source=source, reason=decoded.reason, detail=decoded.detail))
+            continue
+        for view in query_views(decoded[0], crops, seed + len(kept)):
             pixels.append(encoder.preprocess(view))
-            owner.append(qi)
-    out = []
+            owner.append(len(kept))
+        kept.append(query)
+    out = [np.zeros((0, encoder.dim), dtype=np.float32)]
     for start in range(0, len(pixels), batch_size):
         if cancelled():
             raise InterruptedError("cancelled")
         out.append(encoder.encode_images(torch.stack(pixels[start:start + batch_size])))
-    return np.concatenate(out), np.asarray(owner, dtype=np.int64)
+    return EmbeddedQueries(np.concatenate(out), np.asarray(owner, dtype=np.int64), kept, skipped)
 
 
 def load_query_input(path: str | Path) -> tuple[list[Query], Optional[np.ndarray]]:
@@ -126,20 +143,6 @@ def load_query_input(path: str | Path) -> tuple[list[Query], Optional[np.ndarray
             raise CuratorError(f"--queries {path}: not a readable .npy array ({exc})") from None
         return [Query(f"embedding-{i}", b"") for i in range(len(vectors))], vectors
     return load_queries(path), None
-
-
-def decodable(queries: Sequence[Query], *, min_side: int = 0,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Query], list[SkippedItem]]:
-    """The queries whose images decode, and the others as skipped items (named, with the reason):
-    a curation over a folder goes on without the one bad image instead of aborting."""
-    good, skipped = [], []
-    for q in queries:
-        try:
-            decode_image(q.read(), max_pixels=max_pixels, min_side=min_side)
-            good.append(q)
-        except BadImageError as exc:
-            skipped.append(SkippedItem(key=q.id, source="query", reason=exc.reason, detail=exc.detail))
-    return good, skipped
 
 
 def text_queries(encoder, texts: Sequence[str], labels: Optional[Sequence[Optional[str]]] = None

@@ -24,11 +24,12 @@ from pydantic import BaseModel
 
 from .errors import CuratorError
 from .cells import ItemCells
-from .links import LinkTable
-from .select import Adjacency
+from .link_table import LinkTable
+from .dedup import Adjacency
 from .faiss_support import import_faiss, native_stdout_to_stderr
 from .formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc
-from .images import DEFAULT_MAX_PIXELS, decode_image
+from .images import DEFAULT_MAX_PIXELS
+from .pipeline import ImagePipeline
 from .pool import read_range
 
 
@@ -131,8 +132,8 @@ class PoolIndex:
         import torch
 
         enc = self.encoder()
-        pixels = [enc.preprocess(decode_image(b, max_pixels=max_pixels, min_side=2 * enc.image_size)) for b in blobs]
-        return enc.encode_images(torch.stack(pixels))
+        pipeline = ImagePipeline(max_pixels=max_pixels, min_side=2 * enc.image_size, on_bad="raise")
+        return enc.encode_images(torch.stack([pipeline.load(b, enc.preprocess).value for b in blobs]))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product. For IVF indexes nprobe grows with k (passed per call, so
@@ -206,7 +207,7 @@ class PoolIndex:
         return self._item_cells(ivf).list_of if ivf is not None and self._item_cells(ivf).available() else None
 
     def links(self, candidates: np.ndarray, threshold: float) -> Optional[Adjacency]:
-        """The candidates' near-duplicates from this generation's precomputed links (``curator.links``),
+        """The candidates' near-duplicates from this generation's precomputed links (``curator.link_table``),
         or None where it has none at this threshold or below."""
         if self.manifest.links is None:
             return None

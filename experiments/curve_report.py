@@ -6,7 +6,7 @@ from pathlib import Path
 from curator import atomic
 from curator.formats import CurveResults
 
-from .kt import arm_label
+from .kt_report import arm_label
 
 
 def _arm_names(doc: CurveResults) -> list[str]:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from curator import atomic
 from curator.curate import curate
 from curator.errors import CuratorError
+from curator.formats.distill import TRAINING_FIELDS
 from curator.formats import (ArmResult, CurateParams, DistillConfig, DistillReport, KTConfig, KtResults, Paired,
                              KtSettings, SkippedImages, SkippedItem, Stats, TeacherView, TransferManifest, load_doc,
                              load_settings, save_doc)
@@ -65,13 +66,6 @@ def arms_for(cfg: KTConfig) -> tuple[str, ...]:
     if cfg.student_init == "imagenet":
         return ARMS[:1] + ("supervised-scratch",) + ARMS[1:]
     return ARMS
-
-
-def arm_label(cfg: KTConfig, arm: str) -> str:
-    """The paper's name for an arm, where it has one, for results.md and the chart."""
-    if arm == "supervised" and cfg.student_init == "imagenet":
-        return "ImageNet pretraining"
-    return {"supervised-scratch": "supervised from scratch"}.get(arm, arm)
 
 
 def write_split(cfg: KTConfig, out: Path) -> Path:
@@ -115,8 +109,8 @@ def curate_sets(cfg: KTConfig, split: Path, out: Path) -> dict[str, TransferMani
         return [Query(Path(ref).name, label=data.classes[label], path=Path(ref))
                 for ref, label in data.splits[split_name]]
     train, held_out = queries("train"), queries("val") + queries("test")
-    q_vecs, owner = embed_queries(pool.encoder(), train, crops=cfg.crops, seed=cfg.split_seed)
-    x_vecs, _ = embed_queries(pool.encoder(), held_out)
+    q_vecs, owner, _, _ = embed_queries(pool.encoder(), train, crops=cfg.crops, seed=cfg.split_seed)
+    x_vecs = embed_queries(pool.encoder(), held_out).vectors
     common = dict(query_vectors=q_vecs, query_owner=owner, exclude_vectors=x_vecs)
     result = {}
     for name, strategy in (("retrieved", "balanced"), ("random", "random")):
@@ -190,17 +184,11 @@ def run_arm(cfg: KTConfig, arm: str, seed: int, split: Path, out: Path) -> Disti
         return report
     # the supervised arm trains as many student steps as the others (b + c), all on the labels
     steps_c = cfg.steps_c + (cfg.steps_b if method == "supervised" else 0)
-    dc = DistillConfig(labelled=str(split), transfer=str(out / "sets" / transfer) if transfer else None,
-                       out=str(folder), method=method, teacher=cfg.teacher, teacher_mode=cfg.teacher_mode,
-                       student=cfg.student, student_size=cfg.student_size,
-                       student_init="scratch" if arm == "supervised-scratch" else cfg.student_init,
-                       steps_a=cfg.steps_a, steps_b=cfg.steps_b,
-                       steps_c=steps_c, mix_labelled=cfg.mix_labelled, batch_size=cfg.batch_size, lr_student=cfg.lr_student,
-                       lr_finetune=cfg.lr_finetune, temperature=cfg.temperature,
-                       cache_teacher=cfg.cache_views if method != "supervised" else 0,
-                       cache_dir=str(out / "cache"), seed=seed, ckpt_every=max(50, cfg.steps_b // 8),
-                       device=cfg.device, workers=cfg.workers, export=False,
-                       progress=cfg.progress)
+    arm_only = dict(labelled=str(split), transfer=str(out / "sets" / transfer) if transfer else None, out=str(folder),
+                    method=method, student_init="scratch" if arm == "supervised-scratch" else cfg.student_init,
+                    steps_c=steps_c, cache_teacher=cfg.cache_views if method != "supervised" else 0,
+                    cache_dir=str(out / "cache"), seed=seed, ckpt_every=max(50, cfg.steps_b // 8), export=False)
+    dc = DistillConfig(**{**cfg.model_dump(include=TRAINING_FIELDS), **arm_only})
     return run_distill(dc, label=f"{arm} seed {seed}: ")
 
 

@@ -8,6 +8,13 @@ from curator import atomic
 from curator.formats import KTConfig, KtResults, dump_doc
 
 
+def arm_label(cfg: KTConfig, arm: str) -> str:
+    """The paper's name for an arm, where it has one, for results.md and the chart."""
+    if arm == "supervised" and cfg.student_init == "imagenet":
+        return "ImageNet pretraining"
+    return {"supervised-scratch": "supervised from scratch"}.get(arm, arm)
+
+
 def markdown(doc: KtResults, command: Optional[str] = None) -> str:
     results = dump_doc(doc)
     rows = ["| arm | test accuracy | test mean per-class | val accuracy | teacher passes | student steps "
@@ -50,7 +57,6 @@ def on_task_table(results: dict) -> str:
 
 def _label(results: dict, arm: str) -> str:
     """The arm's key, and the paper's name for it where it has one."""
-    from .kt import arm_label
 
     name = arm_label(KTConfig.model_validate(results["config"]), arm)
     return arm if name == arm else f"{arm} ({name})"

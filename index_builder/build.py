@@ -3,11 +3,11 @@
 Steps, each restartable on its own:
 1. plan: inputs are split into shard tasks, saved as ``plan.json`` (a re-run must match;
    ``--append`` adds the new inputs' tasks after the existing ones);
-2. embed: every shard without a valid done-marker is embedded (index_builder.embed) on the
+2. embed: every shard without a valid done-marker is embedded (index_builder.embed_images) on the
    chosen runner (index_builder.runners), or imported with ``--embeddings``;
 3. index: a new generation is built or appended (index_builder.generation) and switched in
    by writing ``index.json`` last;
-4. links (``--dedup-links``): the generation's near-duplicate links (index_builder.links).
+4. links (``--dedup-links``): the generation's near-duplicate links (index_builder.dedup_links).
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ from curator.formats import (INDEX_MANIFEST_NAME, BuildConfig, BuildPlan, BuildR
 from curator.pool import input_kind, plan_tasks
 from curator.progress import progress_bar
 
-from .embed import EmbedOptions, read_done
-from .embeddings import import_shard, plan_embedding_tasks
+from .embed_images import EmbedOptions, read_done
+from .import_embeddings import import_shard, plan_embedding_tasks
 from .generation import append_generation, build_generation, current, up_to_date
 from .ingest import download_url_list
-from .links import build_links
+from .dedup_links import build_links
 from .runners import Runner, make_runner
 
 log = logging.getLogger(__name__)

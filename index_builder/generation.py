@@ -226,7 +226,7 @@ def _all_vectors(out: Path, items_path: Path, tasks: list[ShardTask], d: int, op
 
 
 def _npy_rows(out: Path, task: ShardTask) -> int:
-    from .embed import shard_paths
+    from .embed_images import shard_paths
     return int(np.load(shard_paths(out, task.shard_id)["npy"], mmap_mode="r").shape[0])
 
 

@@ -19,7 +19,7 @@ from curator.errors import CuratorError
 from curator.formats import BuildConfig, ShardDone, ShardTask
 from curator.processes import spawn_pool
 
-from .embed import EmbedOptions, embed_shards
+from .embed_images import EmbedOptions, embed_shards
 from .ondisk import fill_part
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class _EmbedActor:
         self.eopts = eopts
 
     def embed(self, task: dict, out: str) -> dict:
-        from .embed import embed_shard
+        from .embed_images import embed_shard
 
         return embed_shard(ShardTask(**task), self.encoder, Path(out), self.eopts).model_dump()
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from curator import atomic
 from curator.formats import INDEX_ITEM_SCHEMA, ShardTask
 
-from .embed import shard_paths
+from .embed_images import shard_paths
 
 #: Bytes per item that duplicate detection holds (two uint64 halves and the sort order).
 DEDUP_BYTES_PER_ITEM = 24

@@ -64,7 +64,7 @@ def run(args) -> int:
         queries, vectors = load_query_input(args.queries)
     # a folder (or table) of queries goes on without an undecodable image; each is named in the manifest
     manifest = curate(index, queries, params, args.out, query_vectors=vectors, exclude=exclude, set_id=args.set_id,
-                      skip_bad=True)
+                      on_bad="skip")
     if args.html:
         from .. import atomic
         from ..gallery import render

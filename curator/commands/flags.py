@@ -38,17 +38,18 @@ def _default_text(info) -> str:
 
 def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], fields: Iterable[str], *,
                     required: Iterable[str] = (), short: Optional[dict[str, str]] = None,
-                    help: Optional[dict[str, str]] = None) -> None:
-    """One flag per model field: type, choices and help (with the model's default) from the field."""
-    required, short, help = set(required), short or {}, help or {}
+                    help: Optional[dict[str, str]] = None, rename: Optional[dict[str, str]] = None) -> None:
+    """One flag per model field: type, choices and help (with the model's default) from the field.
+    ``rename`` gives a field a flag of another name (``index_dir``: ``--index``)."""
+    required, short, help, rename = set(required), short or {}, help or {}, rename or {}
     for name in fields:
         info = model.model_fields[name]
         kind = _base_type(info.annotation)
         text = (help.get(name) or info.description or name.replace("_", " ")) + _default_text(info)
-        names = [flag_name(name)] + ([short[name]] if name in short else [])
+        names = [rename.get(name, flag_name(name))] + ([short[name]] if name in short else [])
         if kind is bool:
             on = not info.default
-            parser.add_argument(*(names if on else [f"--no-{name.replace('_', '-')}"]), dest=name,
+            parser.add_argument(*(names if on else ["--no-" + names[0].removeprefix("--")]), dest=name,
                                 action="store_true" if on else "store_false", default=None, help=text)
             continue
         kwargs: dict[str, Any] = dict(dest=name, default=None, help=text, required=name in required)
@@ -65,14 +66,15 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], fie
         parser.add_argument(*names, **kwargs)
 
 
-def build_model(model: type[BaseModel], args: argparse.Namespace, **fixed: Any):
+def build_model(model: type[BaseModel], args: argparse.Namespace, *, rename: Optional[dict[str, str]] = None,
+                **fixed: Any):
     """The model from the flags the user gave (``None`` means: the model's default) plus ``fixed``;
     a validation error names the flag, never a pydantic internal."""
     given = {k: v for k, v in vars(args).items() if k in model.model_fields and v is not None}
     try:
         return model(**{**given, **fixed})
     except ValidationError as exc:
-        flags = {name: flag_name(name) for name in model.model_fields}
+        flags = {name: (rename or {}).get(name, flag_name(name)) for name in model.model_fields}
         raise CuratorError(describe_errors(exc, flags)) from None
 
 

@@ -10,6 +10,7 @@ import_torchvision()  # before timm/open_clip import torchvision
 
 from .base import Encoder, resolve_device  # noqa: E402
 from .registry import create_encoder, list_encoder_schemes, register_encoder_scheme  # noqa: E402
+from . import open_clip_encoder, packaged, timm_encoder  # noqa: E402,F401  (importing them registers their schemes)
 
 from ..specs import DEFAULT_ENCODER, OFFLINE_ENCODER  # noqa: E402
 

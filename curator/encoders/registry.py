@@ -1,7 +1,8 @@
 """One registry of encoder families, addressed by spec strings.
 
 A spec is ``SCHEME:REST``; the scheme picks a factory (as open_clip and timm pick a model
-config by name) and the factory parses the rest:
+config by name) and the factory parses the rest. The built-in schemes register themselves when
+``curator.encoders`` imports their modules, as timm's ``models/__init__`` imports each family:
 
 * ``open_clip:MODEL/PRETRAINED``  e.g. ``open_clip:ViT-B-32/laion2b_s34b_b79k``
 * ``timm:MODEL[/CHECKPOINT]``     e.g. ``timm:vit_large_patch14_dinov2.lvd142m``
@@ -28,7 +29,6 @@ def register_encoder_scheme(scheme: str, help: str) -> Callable[[EncoderFactory]
 
 
 def list_encoder_schemes() -> dict[str, str]:
-    _load_builtin()
     return dict(_HELP)
 
 
@@ -38,15 +38,9 @@ def create_encoder(spec: str, *, device: str = "cpu", precision: str = "fp32") -
     Raises :class:`~curator.errors.EncoderUnavailableError` (with the fix in the message)
     when weights cannot be had; a pretrained model is never replaced by random weights.
     """
-    _load_builtin()
     scheme, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise CuratorError(f"encoder spec {spec!r} must look like SCHEME:NAME, e.g. packaged:efficientnet-lite2")
     if scheme not in _FACTORIES:
         raise CuratorError(f"unknown encoder scheme {scheme!r} in {spec!r}; known: {', '.join(sorted(_FACTORIES))}")
     return _FACTORIES[scheme](rest, spec=spec, device=device, precision=precision)
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers their schemes.
-    from . import open_clip_encoder, packaged, timm_encoder  # noqa: F401

@@ -11,7 +11,7 @@ from .index import (GENERATION_START_FORMAT, INDEX_FORMAT, INDEX_ITEM_SCHEMA, IN
                     REPORT_FORMAT, SHARD_FORMAT, BuildConfig, BuildPlan, BuildReport, EncoderInfo, IndexManifest, LinksInfo,
                     GenerationStart, ShardDone, ShardTask, SkippedItem, default_workers,
                     parse_bytes)
-from .service import Limits
+from .service import Limits, ServiceSettings
 from .kt import (CURVE_FORMAT, CURVE_VALUES, RESULTS_FORMAT, ArmResult, CurveConfig, CurvePoint, CurveResults,
                  KTConfig, KtResults, KtSettings, Paired, SkippedImages, Stats)
 from .view import MAP_FORMAT, VIEW_FORMAT, MapPoint, SetMap, SetView, ViewItem, ViewQuery
@@ -23,7 +23,7 @@ __all__ = [
     "MACHINE_FIELDS", "DISTILL_REPORT_FORMAT", "DataSummary", "DistillConfig", "DistillReport", "Method", "RunSettings", "Scores",
     "StageReport", "StudentReport", "TeacherReport", "TeacherView",
     "GENERATION_START_FORMAT", "GenerationStart", "INDEX_FORMAT", "INDEX_ITEM_SCHEMA", "INDEX_MANIFEST_NAME", "ITEM_SCHEMA", "PLAN_FORMAT", "REPORT_FORMAT",
-    "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "LinksInfo", "ShardDone", "ShardTask",
+    "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "ServiceSettings", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "LinksInfo", "ShardDone", "ShardTask",
     "SkippedItem",
     "RESULTS_FORMAT", "ArmResult", "KTConfig", "KtResults", "KtSettings", "Paired", "SkippedImages", "Stats",
     "CURVE_FORMAT", "CURVE_VALUES", "CurveConfig", "CurvePoint", "CurveResults",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import ConfigDict, Field, model_serializer, model_validator
 
 from .base import Doc, FiniteFloat, utcnow
 from .index import SkippedItem
@@ -15,16 +15,14 @@ JOB_INPUTS_FORMAT = "curator.job-inputs/1"
 MAX_IMAGES = 10_000_000
 
 
-def _strategy_enum(schema: dict) -> None:
-    from ..strategies import strategy_names
-
-    schema["enum"] = strategy_names()
+#: The selection strategies; ``curator.strategies`` registers one implementation for each.
+Strategy = Literal["balanced", "class-balanced", "threshold", "random"]
 
 
 class CurateParams(Doc):
     """How a transfer set is selected; the same model for the CLI, the API and the manifest."""
-    strategy: str = Field("balanced", json_schema_extra=_strategy_enum,
-                          description="a registered selection strategy (curator.strategies)")
+    strategy: Strategy = Field("balanced", description="balanced (the paper's query-balanced retrieval), "
+                                                       "class-balanced, threshold, or random (the paper's control)")
     budget: Optional[int] = Field(None, ge=1, le=MAX_IMAGES,
                                   description="total images; the per-query quota follows from it")
     per_query: Optional[int] = Field(None, ge=1, le=MAX_IMAGES, description="images per query image (balanced)")
@@ -40,15 +38,6 @@ class CurateParams(Doc):
         "reference", description="reference: the set is samples.parquet (pool source, offset, size, sha256 per "
                                  "sample) and its shards are assembled from the pool when read; copy: the shards "
                                  "are written out")
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        from ..strategies import strategy_names
-
-        if value not in strategy_names():
-            raise ValueError(f"unknown strategy {value!r}; choose one of {', '.join(strategy_names())}")
-        return value
 
     @model_validator(mode="after")
     def _one_size(self) -> "CurateParams":

@@ -6,9 +6,10 @@ config when it is submitted instead of letting a typo fail later inside a worker
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal, Optional
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..specs import TEACHER_ENCODER
 from .base import Doc, FiniteFloat, utcnow
@@ -33,7 +34,37 @@ class ModelChoice(Doc):
     student_size: int = Field(64, ge=16, le=512, description="student input resolution")
 
 
-class DistillConfig(ModelChoice):
+class Training(ModelChoice):
+    """The training knobs a ``curator distill`` run and every arm of ``curator bench kt`` share, declared
+    once; a document whose protocol wants another default takes the field with ``default_of``."""
+    steps_a: int = Field(150, ge=1, le=10_000_000, description="stage (a): teacher adaptation steps")
+    steps_b: int = Field(600, ge=1, le=10_000_000, description="stage (b): distillation steps")
+    steps_c: int = Field(150, ge=1, le=10_000_000, description="stage (c): student finetuning steps (the supervised "
+                                                              "method's only stage)")
+    batch_size: int = Field(32, ge=1, le=65_536)
+    lr_student: FiniteFloat = Field(2e-3, gt=0, description="student learning rate in stage (b)")
+    lr_finetune: FiniteFloat = Field(5e-4, gt=0, description="student learning rate in stage (c)")
+    temperature: FiniteFloat = Field(1.0, gt=0, description="KD temperature")
+    mix_labelled: FiniteFloat = Field(0.0, ge=0.0, lt=1.0, description="share of each stage-(b) batch drawn from the "
+                                                                      "labelled images, trained with cross-entropy")
+    workers: int = Field(0, ge=0, le=256, description="image-decoding processes per loader")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N (under torchrun, cuda is each rank's own GPU)")
+    progress: bool = True
+
+
+#: The fields a bench arm hands to its distill run as they are.
+TRAINING_FIELDS = frozenset(Training.model_fields)
+
+
+def default_of(model: type[BaseModel], name: str, default: Any) -> Any:
+    """``model``'s field ``name`` (type, bounds, description) with another default, for a subclass
+    whose protocol differs: the field is still declared once."""
+    info = copy.copy(model.model_fields[name])
+    info.default = default
+    return info
+
+
+class DistillConfig(Training):
     """One ``curator distill`` run. The CLI's flags and their defaults are generated from here."""
     labelled: str = Field(description="folder with train/ (val/, test/) class folders; a folder of class folders "
                                       "(with --labels-per-class); or a CSV/parquet path,label[,split]")
@@ -42,30 +73,18 @@ class DistillConfig(ModelChoice):
     method: Method = Field("task-oriented", description="task-oriented (the paper), task-agnostic or supervised")
     labels_per_class: Optional[int] = Field(None, ge=1, description="seeded split of a flat class-folder set")
     val_per_class: int = Field(1, ge=0, description="val images per class in a seeded split")
-    steps_a: int = Field(150, ge=1, le=10_000_000, description="stage (a): teacher adaptation steps")
-    steps_b: int = Field(600, ge=1, le=10_000_000, description="stage (b): distillation steps")
-    steps_c: int = Field(150, ge=1, le=10_000_000, description="stage (c): student finetuning steps")
-    batch_size: int = Field(32, ge=1, le=65_536)
     lr_head: FiniteFloat = Field(1e-2, gt=0, description="teacher head learning rate")
     lr_backbone: FiniteFloat = Field(1e-4, gt=0, description="teacher backbone learning rate (finetune mode)")
-    lr_student: FiniteFloat = Field(2e-3, gt=0, description="student learning rate in stage (b)")
-    lr_finetune: FiniteFloat = Field(5e-4, gt=0, description="student learning rate in stage (c)")
-    temperature: FiniteFloat = Field(1.0, gt=0, description="KD temperature")
     cache_teacher: int = Field(0, ge=0, le=64, description="fixed views per transfer image whose teacher outputs "
                                                            "are cached and reused (0: teacher runs online)")
     cache_dir: Optional[str] = Field(None, description="where view caches go (default: beside the transfer set)")
     view_seed: int = Field(0, ge=0, description="seed of the cached views (independent of --seed: seeds share caches)")
-    mix_labelled: FiniteFloat = Field(0.0, ge=0.0, lt=1.0, description="share of each stage-(b) batch drawn from the "
-                                                                      "labelled images, trained with cross-entropy")
-    workers: int = Field(0, ge=0, le=256, description="image-decoding processes per loader")
     seed: int = Field(0, ge=0)
-    device: str = Field("cpu", description="cpu, cuda or cuda:N (under torchrun, cuda is each rank's own GPU)")
     amp: bool = Field(True, description="bf16 autocast and channels_last on CUDA (no effect on CPU)")
     ckpt_every: int = Field(50, ge=1, description="checkpoint every N steps")
     token: Optional[str] = Field(None, description="API key for a transfer-set URL")
     export: bool = Field(True, description="also write the student as a torch.export program (student.pt2); a "
                                            "bench's many runs skip it, their student.pt is kept")
-    progress: bool = True
 
     def settings(self) -> dict:
         """What makes two runs the same run: the config less the machine's own choices."""

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from .base import Doc, FiniteFloat, utcnow
-from .distill import ModelChoice, TeacherView
+from .distill import Training, TeacherView, default_of
 from .index import SkippedItem
 
 RESULTS_FORMAT = "curator.kt-bench/1"
@@ -22,7 +22,7 @@ CURVE_FORMAT = "curator.kt-curve/1"
 CURVE_VALUES = {"size": [400, 800, 1600, 3200], "labels": [2, 5, 10, 25], "compute": [125, 250, 500, 1000]}
 
 
-class KTConfig(ModelChoice):
+class KTConfig(Training):
     """The bench's knobs, shared by every arm (the teacher and student too)."""
     target: str = Field(description="folder with one sub-folder of images per class")
     index: str = Field(description="an existing build-index folder for the pool (default: OUT/index, built once)")
@@ -31,9 +31,8 @@ class KTConfig(ModelChoice):
                                                          "(default: the teacher's own backbone)")
     # the bench's student starts from ImageNet: from scratch, no ordering of the arms beats seed noise
     # at this scale (BENCHMARKS.md, kt); ``curator distill`` keeps ModelChoice's defaults
-    student: str = Field("tf_efficientnet_lite0", description="any timm model name")
-    student_init: str = Field("imagenet", description="scratch, imagenet (packaged weights work offline for "
-                                                      "tf_efficientnet_lite0/2), or a checkpoint path")
+    student: str = default_of(Training, "student", "tf_efficientnet_lite0")
+    student_init: str = default_of(Training, "student_init", "imagenet")
     labels_per_class: int = Field(5, ge=1, description="labelled train images per class")
     val_per_class: int = Field(2, ge=1, description="val images per class; val picks checkpoints, never test")
     split_seed: int = Field(0, ge=0, description="seed of the train/val/test split")
@@ -43,19 +42,13 @@ class KTConfig(ModelChoice):
     crops: int = Field(0, ge=0, le=16, description="extra random crops of each labelled image as retrieval queries "
                                                    "(the paper's image-crop retrieval)")
     cache_views: int = Field(2, ge=1, le=64, description="fixed augmented views per transfer image")
-    steps_a: int = Field(300, ge=1, description="teacher adaptation steps")
-    steps_b: int = Field(500, ge=1, description="distillation steps")
-    steps_c: int = Field(200, ge=1, description="student finetuning steps; the supervised arm's only stage")
-    batch_size: int = Field(64, ge=1)
-    lr_student: FiniteFloat = Field(2e-3, gt=0)
-    lr_finetune: FiniteFloat = Field(5e-4, gt=0)
-    temperature: FiniteFloat = Field(1.0, gt=0, description="KD temperature")
-    mix_labelled: FiniteFloat = Field(0.25, ge=0, lt=1, description="share of each distillation batch from the "
-                                                                    "labelled images")
+    steps_a: int = default_of(Training, "steps_a", 300)
+    steps_b: int = default_of(Training, "steps_b", 500)
+    steps_c: int = default_of(Training, "steps_c", 200)
+    batch_size: int = default_of(Training, "batch_size", 64)
+    mix_labelled: FiniteFloat = default_of(Training, "mix_labelled", 0.25)
     exclude_threshold: FiniteFloat = Field(0.95, gt=0, le=1, description="cosine at which a pool image counts as a "
                                                                          "val/test image")
-    device: str = Field("cpu", description="where every arm trains: cpu, cuda, cuda:N")
-    workers: int = Field(0, ge=0, description="image-decoding processes per loader (0: in the training process)")
     jobs: Optional[int] = Field(None, ge=1, le=64, description="runs trained at once, each on an equal share of the "
                                                             "cores (default: 2 on a CPU with 2+ cores, else 1; on 2 "
                                                             "cores two runs on a thread each train 1.36x faster than "
@@ -63,7 +56,6 @@ class KTConfig(ModelChoice):
     arms: Optional[list[Literal["supervised", "supervised-scratch", "task-agnostic", "task-oriented-random"]]] = Field(
         None, description="trained arms to run beside task-oriented-retrieved (the paper's, which every comparison "
                           "is against, with the teacher); default: all. A bench may run more arms later")
-    progress: bool = True
 
     @property
     def pool_encoder(self) -> str:

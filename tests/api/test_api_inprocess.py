@@ -89,7 +89,7 @@ def test_a_curation_round_trip_in_process(client):
 def test_dependencies_can_be_overridden(client):
     """Routes take typed dependencies from app.state, so a test can swap one (here: tighter limits)."""
     app = client.app
-    tight = Settings(**{**app.state.settings.__dict__, "limits": Limits(max_k=3)})
+    tight = app.state.settings.model_copy(update={"limits": Limits(max_k=3)})
     app.dependency_overrides[get_settings] = lambda: tight
     try:
         assert client.get("/search?item_id=0&k=5").status_code == 422

@@ -234,15 +234,15 @@ def test_cli_curate(pool_index, tmp_path, capsys):
 
 def test_cell_bucketed_dedup_matches_exact(monkeypatch):
     """Above EXACT_DEDUP_MAX, near-duplicates are found within coarse cells: same pairs as exact."""
-    from curator import select
+    from curator import dedup
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 32)).astype(np.float32)
     x[1000:1100] = x[:100] + 0.02 * rng.standard_normal((100, 32)).astype(np.float32)  # planted pairs
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    exact = select.near_duplicate_pairs(x, 0.95)
-    monkeypatch.setattr(select, "EXACT_DEDUP_MAX", 0)
-    bucketed = select.near_duplicate_pairs(x, 0.95)
+    exact = dedup.near_duplicate_pairs(x, 0.95)
+    monkeypatch.setattr(dedup, "EXACT_DEDUP_MAX", 0)
+    bucketed = dedup.near_duplicate_pairs(x, 0.95)
     assert sum(len(a) for a in exact) >= 200
     assert all(set(a) == set(b) for a, b in zip(exact, bucketed))
 
@@ -251,18 +251,18 @@ def test_crowded_cells_are_split_and_still_find_every_pair(monkeypatch):
     """A deep curation crowds thousands of candidates into one coarse cell; such a cell is split again by
     k-means (each candidate in its 3 nearest sub-cells) and must find the same pairs as exact search,
     from float16 candidates as the pool stores them."""
-    from curator import select
+    from curator import dedup
 
     rng = np.random.default_rng(3)
     centre = rng.standard_normal(64).astype(np.float32)
     x = centre + 0.8 * rng.standard_normal((4000, 64)).astype(np.float32)  # one cluster (cosine ~0.6 within)
     x[2000:2150] = x[:150] + 0.03 * rng.standard_normal((150, 64)).astype(np.float32)  # planted pairs
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
-    exact = select.near_duplicate_pairs(x, 0.95)
-    monkeypatch.setattr(select, "EXACT_DEDUP_MAX", 0)
-    monkeypatch.setattr(select, "SPLIT_ABOVE", 300)  # 8,000 memberships in one cell: ~31 sub-cells of 256
+    exact = dedup.near_duplicate_pairs(x, 0.95)
+    monkeypatch.setattr(dedup, "EXACT_DEDUP_MAX", 0)
+    monkeypatch.setattr(dedup, "SPLIT_ABOVE", 300)  # 8,000 memberships in one cell: ~31 sub-cells of 256
     one_cell = lambda v, n, ids=None: np.zeros((len(v), n), dtype=np.int64)  # noqa: E731 (every row in cell 0)
-    split = select.near_duplicate_pairs(x, 0.95, one_cell)
+    split = dedup.near_duplicate_pairs(x, 0.95, one_cell)
     assert sum(len(a) for a in exact) >= 300
     assert all(set(a) == set(b) for a, b in zip(exact, split))
 

@@ -10,7 +10,6 @@ from curator.errors import CuratorError
 from curator.formats import CurateParams, DistillConfig, Method, TransferManifest, load_doc
 from curator.queries import load_queries
 from curator.retrieval import PoolIndex
-from curator.select import Selection
 from curator.strategies import _STRATEGIES, register_strategy, strategy_names
 from curator.transfer import read_manifest
 from helpers import make_image_folder, tiny_index
@@ -38,20 +37,15 @@ def test_manifest_is_written_and_read_through_its_model(pool, tmp_path):
         read_manifest(tmp_path / "s")
 
 
-def test_a_registered_strategy_is_usable_everywhere(pool, tmp_path):
-    @register_strategy("first-items")
-    def first_items(req, params):
-        n = params.per_query * req.n_queries
-        return Selection(np.arange(n), np.arange(n) % req.n_queries, np.zeros(n, np.int64), np.ones(n, np.float32),
-                         np.full(req.n_queries, params.per_query), {"candidates": n}, [])
-    try:
-        assert "first-items" in strategy_names()
-        params = CurateParams(strategy="first-items", per_query=2)
-        m = curate(PoolIndex.open(pool / "index"), load_queries(pool / "queries"), params, tmp_path, set_id="f")
-        assert m.counts.emitted == 8 and m.params.strategy == "first-items"
-    finally:
-        _STRATEGIES.pop("first-items")
-    with pytest.raises(ValueError, match="unknown strategy"):
+def test_every_declared_strategy_has_one_implementation_and_no_other_name_registers():
+    from typing import get_args
+
+    from curator.formats.curate import Strategy
+
+    assert set(_STRATEGIES) == set(get_args(Strategy)) == set(strategy_names())
+    with pytest.raises(CuratorError, match="not declared"):
+        register_strategy("first-items")
+    with pytest.raises(ValueError, match="'balanced', 'class-balanced', 'threshold' or 'random'"):
         CurateParams(strategy="first-items")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curator.links import LinkTable, write_links
+from curator.link_table import LinkTable, write_links
 
 
 def test_pairs_are_stored_once_from_each_end_and_filtered_on_lookup(tmp_path):

@@ -99,14 +99,14 @@ def test_an_imagenet_student_runs_the_papers_two_supervised_baselines(tmp_path, 
     """With --student-init imagenet the supervised arm is the paper's "ImageNet pretraining" baseline,
     and the same student from scratch runs beside it; the arm's config says which it is."""
     from curator.formats import KTConfig
-    from experiments import kt
+    from experiments import kt, kt_report
 
     cfg = KTConfig(target=str(tmp_path), index=str(tmp_path / "index"), student="tf_efficientnet_lite0",
                    student_init="imagenet")
     assert kt.arms_for(cfg) == ("supervised", "supervised-scratch", "task-agnostic", "task-oriented-random",
                                 "task-oriented-retrieved", "teacher")
-    assert kt.arm_label(cfg, "supervised") == "ImageNet pretraining"
-    assert kt.arm_label(cfg, "supervised-scratch") == "supervised from scratch"
+    assert kt_report.arm_label(cfg, "supervised") == "ImageNet pretraining"
+    assert kt_report.arm_label(cfg, "supervised-scratch") == "supervised from scratch"
     assert "supervised-scratch" not in kt.arms_for(cfg.model_copy(update={"student_init": "scratch"}))
     seen = {}
     monkeypatch.setattr(kt, "run_distill", lambda dc, label="": seen.setdefault(label, dc))

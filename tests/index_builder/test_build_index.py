@@ -142,7 +142,7 @@ def test_shards_sharing_one_loader_match_a_loader_per_shard(messy_pool, tmp_path
     same outputs, in the same order, as a loader per shard; a shard of only bad files is written too."""
     from curator.encoders import create_encoder
     from curator.pool import plan_tasks
-    from index_builder.embed import EmbedOptions, embed_shards
+    from index_builder.embed_images import EmbedOptions, embed_shards
 
     bad_only = tmp_path / "bad"
     bad_only.mkdir()
@@ -206,7 +206,7 @@ def test_exact_duplicates_take_their_first_copys_vector_without_a_forward_pass(m
     and every shard's vectors match a run that encodes every item."""
     from curator.encoders import create_encoder
     from curator.pool import plan_tasks
-    from index_builder.embed import EmbedOptions, embed_shards
+    from index_builder.embed_images import EmbedOptions, embed_shards
 
     tasks = plan_tasks([str(messy_pool), str(messy_pool)], 7)
     encoder = create_encoder(tiny_clip_spec)

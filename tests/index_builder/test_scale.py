@@ -81,7 +81,7 @@ def test_embeddings_from_an_fsspec_url_are_downloaded_and_indexed_the_same(tmp_p
 def test_item_cells_match_the_quantizer_and_find_the_same_near_duplicates(tmp_path, tiny_clip_spec, monkeypatch):
     """Cells from the list an item is stored in and that list's neighbours, not a search against every
     centroid: the same nearest cell, nearly always the same second, and the same near-duplicate pairs."""
-    from curator import select
+    from curator import dedup
 
     src = write_embeddings(tmp_path / "emb", [20000], d=32)
     x = np.load(src / "img_emb" / "img_emb_0.npy").astype(np.float32)
@@ -94,11 +94,11 @@ def test_item_cells_match_the_quantizer_and_find_the_same_near_duplicates(tmp_pa
     by_search, by_list = pool.cells(vecs, 2), pool.cells(vecs, 2, ids)
     assert np.array_equal(by_search[:, 0], by_list[:, 0])
     assert np.mean((np.sort(by_search, axis=1) == np.sort(by_list, axis=1)).all(axis=1)) > 0.98
-    monkeypatch.setattr(select, "EXACT_DEDUP_MAX", 0)
+    monkeypatch.setattr(dedup, "EXACT_DEDUP_MAX", 0)
     ids = np.r_[np.arange(0, 200), np.arange(15000, 15200), np.arange(5000, 8000)]
     vecs = pool.vectors(ids)
-    pairs = select.near_duplicate_pairs(vecs, 0.95, pool.cells, ids)
-    exact = select.near_duplicate_pairs(vecs, 0.95, lambda v, n, _ids=None: pool.cells(v, n))
+    pairs = dedup.near_duplicate_pairs(vecs, 0.95, pool.cells, ids)
+    exact = dedup.near_duplicate_pairs(vecs, 0.95, lambda v, n, _ids=None: pool.cells(v, n))
     assert sum(len(p) for p in pairs) >= 400 and all(set(a) == set(b) for a, b in zip(pairs, exact))
 
 

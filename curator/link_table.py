@@ -17,7 +17,7 @@ import numpy as np
 
 from . import atomic
 from .formats import LinksInfo
-from .select import Adjacency
+from .dedup import Adjacency
 
 INDPTR, NEIGHBOURS, COSINES = "links-indptr.npy", "links-neighbours.npy", "links-cosines.npy"
 

@@ -5,7 +5,7 @@ cell, pairs are compared by dense products; a cell is first split into small sub
 in its 3 nearest), because at build time every cell is full (~5,000 items at 20M over 8,192
 lists) and comparing whole cells would cost an hour of 2 cores. The work goes in parts of cells,
 each saved when done, so a killed build resumes; the parts are merged into one CSR table
-(``curator.links``) recorded in ``index.json`` last. The share of pairs the sub-cells keep against
+(``curator.link_table``) recorded in ``index.json`` last. The share of pairs the sub-cells keep against
 comparing whole cells is measured on a sample and recorded (``LinksInfo.recall``).
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ import numpy as np
 from curator import atomic
 from curator.errors import CuratorError
 from curator.formats import INDEX_MANIFEST_NAME, IndexManifest, load_doc, save_doc
-from curator.links import write_links
+from curator.link_table import write_links
 from curator.processes import spawn_pool
 from curator.progress import progress_bar
 from curator.retrieval import PoolIndex
-from curator.select import CELL_BLOCK, EXACT_DEDUP_MAX, cell_groups, cell_pairs, close_pairs, coarse_cells
+from curator.dedup import CELL_BLOCK, EXACT_DEDUP_MAX, cell_groups, cell_pairs, close_pairs, coarse_cells
 
 log = logging.getLogger(__name__)
 #: Sub-cells at build time: cells over SPLIT_ABOVE items are split into sub-cells of about SIZE, each

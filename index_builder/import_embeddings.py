@@ -32,7 +32,7 @@ from curator import atomic
 from curator.errors import CuratorError
 from curator.formats import ITEM_SCHEMA, ShardDone, ShardTask, save_doc
 
-from .embed import shard_paths
+from .embed_images import shard_paths
 from .vectors import releasing_arrow_memory
 
 #: Tolerance on |v| - 1 for vectors linked as they are (float16 rounding is ~1e-3).
