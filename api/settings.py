@@ -2,6 +2,6 @@
 service has always used."""
 from __future__ import annotations
 
-from curator.formats.service import ServiceSettings as Settings, default_replica
+from curator.formats.service import Limits, ServiceSettings as Settings, default_replica
 
-__all__ = ["Settings", "default_replica"]
+__all__ = ["Limits", "Settings", "default_replica"]

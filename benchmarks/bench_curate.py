@@ -41,7 +41,7 @@ from index_builder.generation import build_generation  # noqa: E402
 from index_builder.runners import make_runner  # noqa: E402
 from curator.atomic import write_npy  # noqa: E402
 from index_builder.embed_images import shard_paths  # noqa: E402
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 from synthetic import ClusteredVectors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,7 +191,7 @@ Warm server, one query x k=100, {60} requests each (`curator serve`, loopback HT
 | request | p50 ms | p95 ms |
 |---|---|---|
 """ + "\n".join(f"| {k} | {v[0]:.1f} | {v[1]:.1f} |" for k, v in lat.items()) + "\n"
-    update_section("curate", body)
+    record_result("curate", body)
     print(body)
 
 

@@ -1,4 +1,4 @@
-"""The paper's three curves (`curator bench curve`), each into its own section of BENCHMARKS.md.
+"""The paper's three curves (`curator bench curve`), each into its own record (docs/benchmarks.md).
 
     python benchmarks/bench_curves.py [--axes compute size labels] [--from bench-out/kt-bench] [curve args]
 
@@ -7,7 +7,7 @@ Every point is a whole kt bench. The point at the bench's default value (budget 
 lends that point its split, transfer sets, teacher cache and runs (linked, not copied; the kt bench's settings
 check refuses the link if its settings differ), and the compute curve, whose points share one split and one
 set of transfer sets, takes them for every point. The charts are copied to benchmarks/charts/ so that
-BENCHMARKS.md shows them.
+docs/benchmarks.md shows them.
 
 Each finished curve is also recorded in benchmarks/results/curve-AXIS.json (tracked; bench-out/ is not), and
 the next call passes that record as `--recorded`: its points are kept and only the values it lacks run, so a
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import ROOT, command, commit, keep_chart, machine, update_section  # noqa: E402
+from report import ROOT, command, commit, keep_chart, machine, record_result  # noqa: E402
 
 #: Where finished curves are kept between machines (tracked in git).
 RECORDS = ROOT / "benchmarks" / "results"
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--from", dest="bench", default="bench-out/kt-bench",
                         help="a finished default `bench kt` whose point is lent (default: %(default)s; 'none': none)")
     parser.add_argument("--out", default="bench-out/curves")
-    parser.add_argument("--section", help="BENCHMARKS.md section and chart name, one axis only (default: "
+    parser.add_argument("--section", help="bench record and chart name, one axis only (default: "
                                           "curve-AXIS): a part of a curve beside the section of the whole")
     args, extra = parser.parse_known_args()
     if args.section and len(args.axes) != 1:
@@ -91,8 +91,8 @@ Command: `{command()}`. This call took {wall / 60:.1f} min.{reuse}
 {(out / f'curve-{axis}.md').read_text()}
 ![curve {axis}]({chart})
 """
-        update_section(section, body)
-        print(f"wrote the {section} section of BENCHMARKS.md ({wall / 60:.1f} min)", flush=True)
+        record_result(section, body)
+        print(f"wrote the {section} record (docs/benchmarks.md) ({wall / 60:.1f} min)", flush=True)
 
 
 if __name__ == "__main__":

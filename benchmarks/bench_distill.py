@@ -24,7 +24,7 @@ from curator.curate import curate  # noqa: E402
 from curator.formats import CurateParams  # noqa: E402
 from curator.queries import Query  # noqa: E402
 from curator.retrieval import PoolIndex  # noqa: E402
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ teacher `packaged:efficientnet-lite0` (linear head; test accuracy {teacher['accu
 Stage (b) speed-up from caching: {rows[1][2] / rows[2][2]:.1f}x. With one seed and a pool of a few
 hundred images this is a plumbing-scale check, not the paper's comparison (issue 5 runs that).
 """
-    update_section("distill", body)
+    record_result("distill", body)
     print(body)
 
 

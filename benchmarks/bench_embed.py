@@ -36,7 +36,7 @@ from curator.formats import ShardTask  # noqa: E402
 from curator.pool import list_folder_images  # noqa: E402
 from curator.samples import fetch_samples  # noqa: E402
 from index_builder.embed_images import EmbedOptions, embed_shard  # noqa: E402
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "ViT-B-32"
@@ -214,7 +214,7 @@ checkpoint; hub weights are unreachable here, and throughput does not depend on 
 Steady-state pipeline vs its own ceiling: fp32 {steady32 / ceil32:.0%}, bf16 {steady16 / ceil16:.0%}
 (bf16 autocast on this CPU's AVX512-BF16: ceiling {ceil16 / ceil32:.2f}x fp32).
 """
-    update_section("embed", body)
+    record_result("embed", body)
     print(body)
 
 

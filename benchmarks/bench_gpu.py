@@ -1,6 +1,6 @@
 """The GPU paths, measured on a CUDA machine: embedding (build-index's inner loop) and distillation.
 
-Run on the GPU machine (writes a JSON of figures), then here to write BENCHMARKS.md's section:
+Run on the GPU machine (writes a JSON of figures), then here to write docs/benchmarks.md's section:
 
     python benchmarks/bench_gpu.py run --data .gpu/kt --json OUT/gpu.json [--parts embed distill]
     python benchmarks/bench_gpu.py report OUT/gpu.json
@@ -157,8 +157,8 @@ def bench_kt(data: Path, work: Path, args) -> dict:
 
 
 def report_kt(doc: dict, commit: str) -> None:
-    """BENCHMARKS.md's gpu-kt section from a ``--parts kt`` JSON."""
-    from report import update_section
+    """docs/benchmarks.md's gpu-kt section from a ``--parts kt`` JSON."""
+    from report import record_result
 
     from curator.formats import KtResults
     from experiments.kt_report import markdown
@@ -170,12 +170,12 @@ def report_kt(doc: dict, commit: str) -> None:
             "(CPU: 300/500/200), batch {bs} (CPU: 64); same packed split and transfer sets, same student.\n\n".format(
                 v=c["cache_views"], a=c["steps_a"], b=c["steps_b"], c=c["steps_c"], bs=c["batch_size"])
             + markdown(KtResults.model_validate(doc["kt"])))
-    update_section("gpu-kt", body)
+    record_result("gpu-kt", body)
     print(body)
 
 
 def report(doc: dict, commit: str, section: str = "gpu") -> None:
-    from report import update_section
+    from report import record_result
 
     title = "GPU paths: embedding and distillation" if doc.get("distill") else "GPU embedding, re-measured"
     lines = [f"## {title} on {doc['device'].split(' (')[0]}", "",
@@ -203,7 +203,7 @@ def report(doc: dict, commit: str, section: str = "gpu") -> None:
                   f"| {r['student_test']:.3f} |" for r in d]
     if doc.get("notes"):
         lines += ["", doc["notes"]]
-    update_section(section, "\n".join(lines))
+    record_result(section, "\n".join(lines))
     print("\n".join(lines))
 
 
@@ -231,7 +231,7 @@ def main() -> None:
     w = sub.add_parser("report")
     w.add_argument("json", type=Path)
     w.add_argument("--commit", default="", help="the commit the figures were taken at (when the JSON lacks it)")
-    w.add_argument("--section", default="gpu", help="BENCHMARKS.md section to write (a re-measurement: its own)")
+    w.add_argument("--section", default="gpu", help="bench record to write (a re-measurement: its own)")
     args = ap.parse_args()
     if args.cmd == "report":
         doc = json.loads(args.json.read_text())

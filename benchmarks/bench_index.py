@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 
 from index_builder import faiss_index as fi  # noqa: E402
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 from synthetic import ClusteredVectors  # noqa: E402
 
 K = 10
@@ -162,7 +162,7 @@ autofaiss runs with its defaults (`max_index_query_time_ms=10`) in its own venv,
 
 {chr(10).join(lines)}
 """
-    update_section("index", body)
+    record_result("index", body)
     print(body)
 
 

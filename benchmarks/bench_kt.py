@@ -1,4 +1,4 @@
-"""The paper's comparison end to end (`curator bench kt`), timed from scratch, into BENCHMARKS.md.
+"""The paper's comparison end to end (`curator bench kt`), timed from scratch, into docs/benchmarks.md.
 
 Runs the public protocol by default (Tux Paint target, openclipart + Oxygen icons pool), index
 build included, in a fresh --out, and records the wall clock against the 60-minute budget (issue 18).
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, commit, keep_chart, machine, update_section  # noqa: E402
+from report import command, commit, keep_chart, machine, record_result  # noqa: E402
 
 
 #: The default bench's budget on 2 CPU cores (issue 18).
@@ -88,8 +88,8 @@ Command: `{command()}`, which runs `{results['command']}`.
 {table}
 ![chart]({chart})
 """
-    update_section(section, body)
-    print(f"wrote the {section} section of BENCHMARKS.md ({wall / 60:.1f} min)")
+    record_result(section, body)
+    print(f"wrote the {section} record (docs/benchmarks.md) ({wall / 60:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 
 #: arm -> (CURATOR_MALLOC_TUNING, whether the free heap is bounded after each batch). The unbounded arm is
 #: commit 4b502fa's policy, kept here to show what the bound costs and saves.
@@ -108,7 +108,7 @@ default `bench kt`'s index build, 9.5 GB private over 10,165 images, against `--
 |---|---|---|---|---|---|---|
 {chr(10).join(row(name) for name in ARMS)}
 """
-    update_section("malloc", body)
+    record_result("malloc", body)
     print(body)
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 
 
 def run(tasks, encoder, memo_items: int) -> tuple[float, int, int]:
@@ -70,7 +70,7 @@ process, so both see the same machine. The outputs are the same: a repeat takes 
 |---|---|---|---|
 {rows}
 """
-    update_section("memo", body)
+    record_result("memo", body)
     print(body)
 
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = """
@@ -56,8 +56,8 @@ def main() -> None:
     ap.add_argument("--baseline-dir", type=Path, help="or: a folder holding the baseline's curator/ and index_builder/")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--section", default="pipeline-refactor", help="BENCHMARKS.md section to write")
-    ap.add_argument("--body-out", type=Path, help="write the section's text here instead of BENCHMARKS.md "
+    ap.add_argument("--section", default="pipeline-refactor", help="bench record to write")
+    ap.add_argument("--body-out", type=Path, help="write the section's text here instead of docs/benchmarks.md "
                                                   "(on a machine whose results come back as files)")
     ap.add_argument("--images", default=None, help="image folder (default: the Tux Paint samples)")
     ap.add_argument("--encoder", default="packaged:efficientnet-lite0")
@@ -106,7 +106,7 @@ Ratio (this commit / baseline): **{med['this commit'] / med['baseline']:.2f}x**.
     if args.body_out:
         args.body_out.write_text(body)
     else:
-        update_section(args.section, body)
+        record_result(args.section, body)
     print(body)
 
 

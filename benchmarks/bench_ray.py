@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from bench_embed import make_pool  # noqa: E402
 from curator.retrieval import PoolIndex  # noqa: E402
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODER = "packaged:efficientnet-lite0"
@@ -88,7 +88,7 @@ Same ids: {same['same_ids']}; identical vectors: {same['identical_vectors']} (ma
 float16 storage); top-10 neighbours equal for {100 * same['same_neighbours']:.1f}% of 200 queries.
 What this flatters: one machine, no network; a cluster adds object-store and scheduling latency per shard.
 """
-    update_section("ray", body)
+    record_result("ray", body)
     print(body)
 
 

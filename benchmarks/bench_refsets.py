@@ -34,7 +34,7 @@ from curator.retrieval import PoolIndex  # noqa: E402
 from curator.samples import fetch_samples  # noqa: E402
 from curator import transfer  # noqa: E402
 from curator.transfer import shard_path_or_layout  # noqa: E402
-from report import checkout, command, commit, machine, update_section  # noqa: E402
+from report import checkout, command, commit, machine, record_result  # noqa: E402
 from synthetic import ClusteredVectors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs for --baseline (default: %(default)s)")
     ap.add_argument("--changed", default="shards hashed with md5 as well as sha256",
                     help="what the baseline does differently, for the write-up (default: %(default)s)")
-    ap.add_argument("--section", default="refsets", help="the BENCHMARKS.md section (default: %(default)s)")
+    ap.add_argument("--section", default="refsets", help="the bench record (default: %(default)s)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     src = fetch_samples(["openclipart"], ROOT / ".cache" / "samples")["openclipart"]
@@ -214,7 +214,7 @@ shards it lays out (the manifest's per-shard sha256); only the copy writes the b
                      f"Page cache warm for both (the curation just read the pool's files); a cold pool on network "
                      f"storage costs its reads in both the curation and the serving.")
     body = "\n\n".join(parts) + "\n"
-    update_section(args.section, body)
+    record_result(args.section, body)
     print(body)
 
 

@@ -35,7 +35,7 @@ from curator.pool import list_folder_images  # noqa: E402
 from curator.samples import fetch_samples  # noqa: E402
 from helpers import free_port  # noqa: E402
 from postgres import Cluster, find_bindir  # noqa: E402
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 from synthetic import ClusteredVectors  # noqa: E402
 
 
@@ -273,7 +273,7 @@ What this flatters and hides: all replicas share these 2 cores with PostgreSQL, 
 a second replica adds no CPU; replicas on separate machines would. Jobs are small, so the figure is mostly the
 service's own overhead (HTTP, the database, the claim loop) rather than search.
 """
-    update_section("replicas", body)
+    record_result("replicas", body)
     print(body)
 
 

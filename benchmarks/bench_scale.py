@@ -39,7 +39,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from curator.faiss_support import import_faiss  # noqa: E402
 from index_builder.ondisk import peak_tree_rss, tree_rss_bytes  # noqa: E402
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 from synthetic import ClusteredVectors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +255,7 @@ def main() -> None:
                                                           "autofaiss"])
     ap.add_argument("--work", type=Path, default=ROOT / "bench-out" / "scale")
     ap.add_argument("--section", default="scale",
-                    help="the BENCHMARKS.md section to write (default: %(default)s; e.g. scale-20m for a bigger run "
+                    help="the bench record to write (default: %(default)s; e.g. scale-20m for a bigger run "
                          "beside it)")
     args = ap.parse_args()
     args.work = args.work.resolve()  # the subsets are symlinks: a relative target would not resolve from them
@@ -421,7 +421,7 @@ def write_section(d: dict, args) -> None:
                          f"{_gb(a['peak_private_rss'])} until then, on the same cores and disk as curator's build above.")
     lines += ["", "What this flatters: synthetic vectors from a known mixture (real CLIP embeddings are less clustered; the",
               "broad variant is the check), one local disk with the page cache warm after generation, and no concurrent load."]
-    update_section(args.section, "\n".join(lines))
+    record_result(args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":

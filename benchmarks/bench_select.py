@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE)]
 
-from report import checkout, command, commit, machine, update_section  # noqa: E402
+from report import checkout, command, commit, machine, record_result  # noqa: E402
 
 CHANGED_SINCE_D803745 = ("near-duplicate cells come from the list each item is stored in and that list's "
                          "neighbouring centroids instead of a search against all 2,048 centroids; near-duplicates "
@@ -57,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="d803745", help="the commit to compare with (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each (default: %(default)s)")
-    ap.add_argument("--section", default="select", help="the BENCHMARKS.md section to write (default: %(default)s)")
+    ap.add_argument("--section", default="select", help="the bench record to write (default: %(default)s)")
     ap.add_argument("--changed", default=CHANGED_SINCE_D803745,
                     help="what the current code changed since the baseline, for the write-up")
     ap.add_argument("--dedup", type=float, default=0.9,
@@ -99,7 +99,7 @@ bench_curate's pool, each checkout in its own process, alternating, after one wa
 output: **{same}** (selected ids, their queries, ranks and scores, and every item left out; {times['current'][0]['n']:,}
 selected, {times['current'][0]['dropped']} left out). What changed: {args.changed}
 """
-    update_section(args.section, body)
+    record_result(args.section, body)
     print(body)
 
 

@@ -24,7 +24,7 @@ from curator.encoders import create_encoder  # noqa: E402
 from curator.pool import plan_tasks  # noqa: E402
 from curator.formats import default_workers  # noqa: E402
 from index_builder.embed_images import EmbedOptions, embed_shards  # noqa: E402
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 
 ENCODER = "packaged:efficientnet-lite0"
 MODES = {"a loader per shard": 1, "one shared loader": EmbedOptions.loader_items}
@@ -71,8 +71,8 @@ DataLoader per shard, as build-index ran before; now consecutive shards share on
 | shard size | shards | a loader per shard img/s | one shared loader img/s | speed-up |
 |---|---|---|---|---|
 """ + "\n".join(lines) + "\n"
-    update_section("embed-shards", body)
-    print("wrote the embed-shards section of BENCHMARKS.md")
+    record_result("embed-shards", body)
+    print("wrote the embed-shards record (docs/benchmarks.md)")
 
 
 if __name__ == "__main__":

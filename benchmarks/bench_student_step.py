@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from report import command, commit, machine, update_section  # noqa: E402
+from report import command, commit, machine, record_result  # noqa: E402
 
 STUDENTS = (("tf_efficientnet_lite0", "imagenet"), ("mobilenetv3_small_100", "scratch"))
 ARMS = ("nchw", "channels_last", "out_of_place", "routed")  # the last: what distill.run does on a CPU
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds of the arms")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, each measured")
     ap.add_argument("--section", default="student-step",
-                    help="BENCHMARKS.md section: another CPU's figures beside the first's (default: %(default)s)")
+                    help="bench record: another CPU's figures beside the first's (default: %(default)s)")
     args = ap.parse_args()
     rows = []
     for threads in args.threads:
@@ -108,8 +108,8 @@ brackets. Each arm adds one change to the one before (the script's docstring): N
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
-    update_section(args.section, body)
-    print(f"wrote the {args.section} section of BENCHMARKS.md")
+    record_result(args.section, body)
+    print(f"wrote the {args.section} record (docs/benchmarks.md)")
 
 
 if __name__ == "__main__":

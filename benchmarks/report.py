@@ -1,4 +1,5 @@
-"""Write one benchmark's section of BENCHMARKS.md, leaving the other sections alone."""
+"""Record one benchmark run as data (``benchmarks/results/<bench>-<machine>-<commit>.json``) and rebuild
+docs/benchmarks.md from every record."""
 from __future__ import annotations
 
 import contextlib
@@ -9,10 +10,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nEvery figure here was measured by a script in `benchmarks/`, which rewrites its own section.\n"
+RESULTS = ROOT / "benchmarks" / "results"
+#: Each bench's topic in docs/benchmarks.md, by the start of its name (the longest match wins).
+TOPICS = {"embed": "embedding", "pipeline": "embedding", "memo": "embedding", "malloc": "embedding", "ray": "embedding",
+          "index": "index", "scale": "index", "curate": "curation", "select": "curation", "refsets": "curation",
+          "replicas": "service", "distill": "distillation", "student-step": "distillation",
+          "kt": "knowledge transfer", "curve": "curves", "gpu": "gpu", "pipeline-refactor-gpu": "gpu"}
 
 
 def machine() -> str:
@@ -28,7 +34,7 @@ def machine() -> str:
 
     # the vector ISA ATen's and oneDNN's CPU kernels dispatch to: "AMD EPYC" machines here differ in it
     # (AVX2 or AVX512), and a student's CPU training step with it (1.7-1.9x at 2 threads between two of them,
-    # BENCHMARKS.md's student-step notes)
+    # docs/benchmarks.md's student-step notes)
     isa = torch.backends.cpu.get_cpu_capability()
     return (f"{os.cpu_count()} cores ({cpu}, {isa}), {platform.system()} {platform.machine()}, Python "
             f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
@@ -40,7 +46,7 @@ def command() -> str:
 
 #: What benches write themselves (sections, kept charts, curve records): not a change to the code measured.
 #: A bench copies its chart and record before it writes its section, so counting them flagged every run.
-BENCH_OUTPUTS = (":!BENCHMARKS.md", ":!benchmarks/charts", ":!benchmarks/results")
+BENCH_OUTPUTS = (":!docs/benchmarks.md", ":!benchmarks/charts", ":!benchmarks/results")
 
 
 def commit() -> str:
@@ -55,23 +61,53 @@ def commit() -> str:
 
 
 def keep_chart(chart: Path, name: str) -> str:
-    """Copy a chart from an (ignored) bench folder into the tracked benchmarks/charts/, so that BENCHMARKS.md
-    shows it; returns the path to link from there."""
+    """Copy a chart from an (ignored) bench folder into the tracked benchmarks/charts/, so that
+    docs/benchmarks.md shows it; returns the path to link from the repository root."""
     kept = ROOT / "benchmarks" / "charts" / name
     kept.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(chart, kept)
     return str(kept.relative_to(ROOT))
 
 
-def update_section(name: str, body: str) -> None:
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    block = f"{begin}\n{body.strip()}\n{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS.write_text(text)
+def topic_of(bench: str) -> str:
+    prefix = max((p for p in TOPICS if bench.startswith(p)), key=len, default=None)
+    if prefix is None:
+        raise ValueError(f"bench {bench!r} has no topic: add its prefix to benchmarks/report.py TOPICS")
+    return TOPICS[prefix]
+
+
+def machine_id(text: str) -> str:
+    """A short name for a machine kind (the record's file name): GPU model, else cores, CPU vendor and ISA."""
+    gpu = re.search(r"NVIDIA (\w+)", text)
+    if gpu:
+        return gpu.group(1).lower()
+    cores = re.match(r"(\d+) cores", text)
+    vendor = "amd" if "AMD" in text else "intel" if ("Intel" in text or "Xeon" in text) else "cpu"
+    isa = re.search(r"(AVX512|AVX2)", text, flags=re.I)
+    return "-".join(x for x in (f"{cores.group(1)}c" if cores else "", vendor, isa.group(1).lower() if isa else "")
+                    if x)
+
+
+def record_result(name: str, body: str, summary: str = "", data: Optional[dict] = None,
+                  chart: Optional[str] = None) -> Path:
+    """Write this run's record and rebuild docs/benchmarks.md. ``body`` is the run's write-up (its first
+    ``## `` line is the title); ``summary`` is the one line a reader wants first."""
+    sys.path.insert(0, str(ROOT))
+    from curator.formats import BenchRecord, save_doc
+
+    lines = body.strip().splitlines()
+    title = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else name
+    text = machine()
+    rec = BenchRecord(bench=name, topic=topic_of(name), title=title, summary=summary[:300], machine=text,
+                      machine_id=machine_id(text), command=command(), commit=commit(),
+                      body="\n".join(lines[1:] if lines and lines[0].startswith("#") else lines).strip(),
+                      data=data or {}, chart=chart)
+    path = RESULTS / f"{name}-{rec.machine_id}-{rec.commit.split()[0]}.json"
+    save_doc(path, rec)
+    from make_docs import write_docs
+
+    write_docs()
+    return path
 
 
 @contextlib.contextmanager

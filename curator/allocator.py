@@ -7,7 +7,7 @@ Why two policies:
   260 px are 100+ MB each. glibc serves blocks that large with ``mmap`` and unmaps them as soon as they
   are freed, so every batch faults its activations in again, page by page. On 2 cores a third of
   EfficientNet-Lite2's inference time went to the kernel that way, and the pool index of
-  ``curator bench kt`` embedded at half the speed it does with the freed memory kept (BENCHMARKS.md,
+  ``curator bench kt`` embedded at half the speed it does with the freed memory kept (docs/benchmarks.md,
   *malloc*). PyTorch's CUDA allocator caches freed blocks; its CPU allocator leaves that to malloc.
   :func:`keep_freed_memory` raises glibc's mmap and trim thresholds to :data:`KEEP_BYTES`.
 - **A service** (``curator serve``): uploads of 20 MB pass through many threads. glibc's dynamic mmap

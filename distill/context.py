@@ -24,7 +24,7 @@ from .train import Logger, StageResult, evaluate, forever
 def _forward_mode(gpu: bool, amp: bool) -> Callable[[], ContextManager]:
     """How forwards run on the run's device: bf16 autocast on CUDA (``amp``); on CPUs, depthwise
     convolutions on small maps take a faster gradient and channels_last pads a faster route
-    (``depthwise.py``; BENCHMARKS.md *student-step*)."""
+    (``depthwise.py``; docs/benchmarks.md *student-step*)."""
     if gpu:
         return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
     return small_map_depthwise

@@ -91,7 +91,7 @@ def out_of_place_activations(net: nn.Module) -> int:
     """Turn timm's in-place ReLU6 / hard-swish / SiLU layers out of place; returns how many. Why: their
     backward needs the input, so an in-place call on a tensor that needs a gradient makes autograd clone
     it first: a copy plus an in-place pass, where out of place is one pass. The copy is memory traffic
-    more than time (a Lite0 step on an AVX512 CPU: 1.00-1.02x, BENCHMARKS.md *student-step-avx512*).
+    more than time (a Lite0 step on an AVX512 CPU: 1.00-1.02x, docs/benchmarks.md *student-step-avx512*).
     ReLU's gradient reads its output, so in-place ReLU stays."""
     layers = [m for m in net.modules() if isinstance(m, CLONED_IN_PLACE) and getattr(m, "inplace", False)]
     for layer in layers:

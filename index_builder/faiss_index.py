@@ -48,7 +48,7 @@ def choose_index(n: int, d: int, max_bytes: int) -> IndexChoice:
     product quantisation at d/4, d/8, d/16 bytes. IVF lists are ~2*sqrt(n) centroids,
     rounded to a power of two: on 1M x 512 this trained and filled in 60 s on 2 cores,
     against 13 s for sqrt(n) and 89 s for 4*sqrt(n), while searching 3.5x faster than
-    sqrt(n) at recall@10 0.95 (BENCHMARKS.md). Past 65k lists an HNSW coarse quantizer
+    sqrt(n) at recall@10 0.95 (docs/benchmarks.md). Past 65k lists an HNSW coarse quantizer
     keeps centroid search from dominating.
     """
     if n <= FLAT_MAX_ITEMS:

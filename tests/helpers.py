@@ -125,18 +125,19 @@ class Server:
 
 
 
-def tiny_index(root: Path, encoder: str, n: int, *, classes: int = 2, seed: int = 0) -> Path:
-    """``root/pool`` of ``n`` generated images and ``root/index`` built over it with ``encoder``."""
+def build_tiny_index(root: Path, encoder: str, n: int, *, classes: int = 2, seed: int = 0, **config) -> Path:
+    """``root/pool`` of ``n`` generated images and ``root/index`` built over it with ``encoder`` (tests
+    take it through the session-cached ``tiny_index`` fixture)."""
     from index_builder import BuildConfig, build_index
 
     make_image_folder(root / "pool", n, classes=classes, seed=seed)
-    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=encoder, workers=0, progress=False))
+    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=encoder, workers=0, progress=False, **config))
     return root / "index"
 
 
-def tiny_server(root: Path, encoder: str, n: int, *flags: str, seed: int = 0) -> "Server":
-    """A started ``curator serve`` process over a :func:`tiny_index` (stop it when done)."""
-    return Server(tiny_index(root, encoder, n, seed=seed), root / "state", *flags).start()
+def tiny_server(index: Path, root: Path, *flags: str) -> "Server":
+    """A started ``curator serve`` process over ``index``, its state in ``root/state`` (stop it when done)."""
+    return Server(index, root / "state", *flags).start()
 
 
 # Precomputed-embedding pools (clip-retrieval's layout), for the web-scale and links tests.
@@ -183,3 +184,13 @@ def distill_report(teacher_test: float = 0.625, student_test: float = 0.5) -> di
         student={"name": "s", "size": 64, "params": 1, "flops": 1, "latency_ms_cpu_batch1": 1.0,
                  "after_b": {"test": scores(0.4)}, "final": {"val": scores(0.55), "test": scores(student_test)}})
     return dump_doc(report)
+
+
+# The in-process service's keys (tests/api/conftest.py's client).
+INPROC_KEY = "inproc-key-0123456789abcdef"
+INPROC_OTHER = "other-key-0123456789abcdef"
+INPROC_ROOT = "root-key-0123456789abcdefgh"
+
+
+def curate_json(client, **body):
+    return client.post("/curate", json=body)

@@ -12,6 +12,7 @@ from .index import (GENERATION_START_FORMAT, INDEX_FORMAT, INDEX_ITEM_SCHEMA, IN
                     GenerationStart, ShardDone, ShardTask, SkippedItem, default_workers,
                     parse_bytes)
 from .service import Limits, ServiceSettings
+from .bench import BENCH_RECORD_FORMAT, BenchRecord
 from .kt import (CURVE_FORMAT, CURVE_VALUES, RESULTS_FORMAT, ArmResult, CurveConfig, CurvePoint, CurveResults,
                  KTConfig, KtResults, KtSettings, Paired, SkippedImages, Stats)
 from .view import MAP_FORMAT, VIEW_FORMAT, MapPoint, SetMap, SetView, ViewItem, ViewQuery
@@ -23,7 +24,7 @@ __all__ = [
     "MACHINE_FIELDS", "DISTILL_REPORT_FORMAT", "DataSummary", "DistillConfig", "DistillReport", "Method", "RunSettings", "Scores",
     "StageReport", "StudentReport", "TeacherReport", "TeacherView",
     "GENERATION_START_FORMAT", "GenerationStart", "INDEX_FORMAT", "INDEX_ITEM_SCHEMA", "INDEX_MANIFEST_NAME", "ITEM_SCHEMA", "PLAN_FORMAT", "REPORT_FORMAT",
-    "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "ServiceSettings", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "LinksInfo", "ShardDone", "ShardTask",
+    "SHARD_FORMAT", "BuildConfig", "default_workers", "parse_bytes", "Limits", "ServiceSettings", "BENCH_RECORD_FORMAT", "BenchRecord", "BuildPlan", "BuildReport", "EncoderInfo", "IndexManifest", "LinksInfo", "ShardDone", "ShardTask",
     "SkippedItem",
     "RESULTS_FORMAT", "ArmResult", "KTConfig", "KtResults", "KtSettings", "Paired", "SkippedImages", "Stats",
     "CURVE_FORMAT", "CURVE_VALUES", "CurveConfig", "CurvePoint", "CurveResults",

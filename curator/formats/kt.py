@@ -1,7 +1,8 @@
 """``curator bench kt``'s documents: the bench's config and its results.
 
-KTConfig's defaults run the public protocol (Tux Paint against openclipart + Oxygen icons) in about
-an hour on 2 CPU cores (62.9 minutes measured, index build included); the CLI's flags are generated from it.
+KTConfig's defaults run the public protocol (Tux Paint against openclipart + Oxygen icons) within an
+hour on 2 CPU cores, index build included (docs/benchmarks.md, knowledge transfer, has the measured
+time); the CLI's flags are generated from it.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class KTConfig(Training):
     index_encoder: Optional[str] = Field(None, description="encoder of the pool index, when the bench builds it "
                                                          "(default: the teacher's own backbone)")
     # the bench's student starts from ImageNet: from scratch, no ordering of the arms beats seed noise
-    # at this scale (BENCHMARKS.md, kt); ``curator distill`` keeps ModelChoice's defaults
+    # at this scale (docs/benchmarks.md, kt); ``curator distill`` keeps ModelChoice's defaults
     student: str = default_of(Training, "student", "tf_efficientnet_lite0")
     student_init: str = default_of(Training, "student_init", "imagenet")
     labels_per_class: int = Field(5, ge=1, description="labelled train images per class")
@@ -50,9 +51,8 @@ class KTConfig(Training):
     exclude_threshold: FiniteFloat = Field(0.95, gt=0, le=1, description="cosine at which a pool image counts as a "
                                                                          "val/test image")
     jobs: Optional[int] = Field(None, ge=1, le=64, description="runs trained at once, each on an equal share of the "
-                                                            "cores (default: 2 on a CPU with 2+ cores, else 1; on 2 "
-                                                            "cores two runs on a thread each train 1.36x faster than "
-                                                            "one on both)")
+                                                            "cores (default: 2 on a CPU with 2+ cores, else 1: two "
+                                                            "runs on a thread each train faster than one on both)")
     arms: Optional[list[Literal["supervised", "supervised-scratch", "task-agnostic", "task-oriented-random"]]] = Field(
         None, description="trained arms to run beside task-oriented-retrieved (the paper's, which every comparison "
                           "is against, with the teacher); default: all. A bench may run more arms later")
@@ -60,7 +60,7 @@ class KTConfig(Training):
     @property
     def pool_encoder(self) -> str:
         """The encoder the bench indexes the pool with: retrieval by the teacher's own features finds
-        what the teacher knows (BENCHMARKS.md, kt-lite2: retrieved beat random at 2.3 standard errors
+        what the teacher knows (docs/benchmarks.md, kt-lite2: retrieved beat random at 2.3 standard errors
         with the teacher's index, 1.4 with Lite0's)."""
         return self.index_encoder or self.teacher
 

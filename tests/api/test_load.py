@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import CURATE, Server, tiny_index
+from helpers import CURATE, Server
 from curator.retrieval import PoolIndex
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_local]
@@ -40,8 +40,8 @@ def wave(url: str, vectors: list) -> list[tuple[float, dict]]:
         return [r for batch in pool.map(lambda _: one_client(url, vectors, PER_CLIENT), range(CLIENTS)) for r in batch]
 
 
-def test_concurrent_clients_lose_nothing_and_memory_stays_flat(tiny_clip_spec, tmp_path):
-    tiny_index(tmp_path, tiny_clip_spec, 40, classes=2, seed=41)
+def test_concurrent_clients_lose_nothing_and_memory_stays_flat(tiny_index, tmp_path):
+    tiny_index(40, classes=2, seed=41, into=tmp_path)
     vectors = PoolIndex.open(tmp_path / "index").vectors(np.arange(10)).tolist()
     srv = Server(tmp_path / "index", tmp_path / "state").start()
     try:
@@ -68,13 +68,13 @@ def test_concurrent_clients_lose_nothing_and_memory_stays_flat(tiny_clip_spec, t
         srv.stop()
 
 
-def test_a_server_killed_under_load_loses_no_finished_set(tiny_clip_spec, tmp_path):
+def test_a_server_killed_under_load_loses_no_finished_set(tiny_index, tmp_path):
     """SIGKILL while jobs run: after a restart every job runs to the end (the one that was running is
     taken back at once by the restarted replica, its half-written set removed) and every set is
     complete: its manifest matches the recorded sha256."""
     import hashlib
 
-    tiny_index(tmp_path, tiny_clip_spec, 40, classes=2, seed=42)
+    tiny_index(40, classes=2, seed=42, into=tmp_path)
     vectors = PoolIndex.open(tmp_path / "index").vectors(np.arange(10)).tolist()
     auth = {"Authorization": f"Bearer {CURATE}"}
     srv = Server(tmp_path / "index", tmp_path / "state", "--job-workers", "1").start()

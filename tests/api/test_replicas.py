@@ -17,7 +17,7 @@ from api.database import open_database
 from api.store import Store
 from curator.errors import CuratorError
 from curator.retrieval import PoolIndex
-from helpers import CURATE, Server, tiny_index
+from helpers import CURATE, Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_local]
 
@@ -82,11 +82,11 @@ def test_a_bad_database_url_is_a_clear_error_that_hides_the_password(tmp_path):
         open_database("mysql://x", tmp_path / "db")
 
 
-def test_replicas_share_the_queue_and_a_killed_replicas_job_completes_elsewhere(postgres, tiny_clip_spec, tmp_path):
+def test_replicas_share_the_queue_and_a_killed_replicas_job_completes_elsewhere(postgres, tiny_index, tmp_path):
     import psycopg
 
     url = postgres.database()
-    index = tiny_index(tmp_path, tiny_clip_spec, 40, classes=2, seed=7)
+    index = tiny_index(40, classes=2, seed=7)
     vectors = PoolIndex.open(index).vectors(np.arange(10)).tolist()
     flags = ("--database", url, "--job-workers", "1", "--job-lease-seconds", "2")
     replicas = [Server(index, tmp_path / "state", *flags, "--replica", name) for name in ("a", "b")]

@@ -28,10 +28,10 @@ MEDIUM_CLIP = {"embed_dim": 64, "vision_cfg": {"image_size": 160, "layers": 4, "
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_index):
     root = tmp_path_factory.mktemp("resources")
     (root / "medium-clip.json").write_text(json.dumps(MEDIUM_CLIP))
-    srv = tiny_server(root, f"open_clip:{root / 'medium-clip.json'}/none", 30, seed=71)
+    srv = tiny_server(tiny_index(30, seed=71, encoder=f"open_clip:{root / 'medium-clip.json'}/none"), root)
     yield srv
     srv.stop()
 

@@ -14,9 +14,9 @@ AUTH = {"Authorization": f"Bearer {CURATE}"}
 
 
 @pytest.fixture(scope="module")
-def live(tiny_clip_spec, tmp_path_factory):
-    srv = tiny_server(tmp_path_factory.mktemp("fuzz"), tiny_clip_spec, 30, "--max-files", "4", "--max-file-bytes",
-                      "200000", seed=31)
+def live(tiny_index, tmp_path_factory):
+    srv = tiny_server(tiny_index(30, seed=31), tmp_path_factory.mktemp("fuzz"), "--max-files", "4", "--max-file-bytes",
+                      "200000")
     yield srv
     assert httpx.get(srv.url + "/healthz").status_code == 200  # still healthy after the fuzzing
     srv.stop()

@@ -12,9 +12,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.network_local]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_clip_spec, tmp_path_factory):
-    srv = tiny_server(tmp_path_factory.mktemp("slow"), tiny_clip_spec, 20, "--body-timeout", "2", "--header-timeout",
-                      "2", seed=61)
+def server(tiny_index, tmp_path_factory):
+    srv = tiny_server(tiny_index(20, seed=61), tmp_path_factory.mktemp("slow"), "--body-timeout", "2",
+                      "--header-timeout", "2")
     yield srv
     srv.stop()
 

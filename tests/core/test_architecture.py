@@ -74,3 +74,36 @@ def test_every_top_level_package_is_installed(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, *packages], cwd=tmp_path, env=env, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+PRODUCT = ("curator", "index_builder", "api", "distill", "experiments")
+#: The HTTP protocol and the store's rows are models: none of them is indexed as a dict.
+UNTYPED = ('["state"]', '["config"]', '["params"]', '["id"]')
+
+
+def test_no_product_file_is_over_400_lines():
+    long = [f"{p.relative_to(REPO)}: {n}" for pkg in PRODUCT for p in (REPO / pkg).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400]
+    assert not long, long
+
+
+def test_protocol_documents_are_models_not_dicts():
+    found = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for folder in ("curator", "distill", "api/routers")
+             for p in (REPO / folder).rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+             if any(u in line for u in UNTYPED)]
+    assert not found, found
+
+
+def test_no_deferred_import_closes_a_cycle_in_the_core():
+    """The formats import no strategy registry, encoders register their schemes on import, and
+    experiments' reports need nothing from the bench module."""
+    assert "strategies" not in set(imports_of_relative(REPO / "curator" / "formats" / "curate.py"))
+    assert "kt" not in set(imports_of_relative(REPO / "experiments" / "kt_report.py"))
+    registry = (REPO / "curator" / "encoders" / "registry.py").read_text()
+    assert "_load_builtin" not in registry
+
+
+def imports_of_relative(path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module.split(".")[-1]

@@ -193,7 +193,7 @@ def test_precomputed_crop_views_with_their_owners_make_the_same_set(pool_index, 
     q = queries_from_seeds([1000, 1001, 1002])
     params = CurateParams(per_query=9, crops=2, seed=3)
     itself = curate(index, q, params, tmp_path, set_id="itself")
-    vecs, owner = embed_queries(index.encoder(), q, crops=2, seed=3)
+    vecs, owner, _, _ = embed_queries(index.encoder(), q, crops=2, seed=3)
     given = curate(index, q, params, tmp_path, set_id="given", query_vectors=vecs, query_owner=owner)
     assert [s["sha256"] for s in given["shardlist"]] == [s["sha256"] for s in itself["shardlist"]]
     with pytest.raises(CuratorError, match="one row per query"):

@@ -2,24 +2,22 @@
 found by name, the index's preprocessing checked on open, the IVF layer found under wrappers."""
 import json
 
-import numpy as np
 import pytest
 
 from curator.curate import curate
 from curator.errors import CuratorError
-from curator.formats import CurateParams, DistillConfig, Method, TransferManifest, load_doc
+from curator.formats import CurateParams, DistillConfig, Method, TransferManifest
 from curator.queries import load_queries
 from curator.retrieval import PoolIndex
 from curator.strategies import _STRATEGIES, register_strategy, strategy_names
 from curator.transfer import read_manifest
-from helpers import make_image_folder, tiny_index
-from index_builder import BuildConfig, build_index
+from helpers import make_image_folder
 
 
 @pytest.fixture(scope="module")
-def pool(tiny_clip_spec, tmp_path_factory):
+def pool(tiny_index, tmp_path_factory):
     root = tmp_path_factory.mktemp("fmt")
-    tiny_index(root, tiny_clip_spec, 60, classes=3, seed=21)
+    tiny_index(60, classes=3, seed=21, into=root)
     make_image_folder(root / "queries", 4, classes=2, seed=22)
     return root
 
@@ -69,29 +67,3 @@ def test_distill_config_defaults_are_the_cli_defaults():
         assert name in flags, f"DistillConfig.{name} has no flag"
         if info.default not in (None, True, False) and not info.is_required() and name != "token":
             assert f"(default: {info.default})" in flags[name].help, name
-
-
-def test_reopening_an_index_checks_its_preprocessing(pool, tmp_path):
-    import shutil
-
-    copy = tmp_path / "index"
-    shutil.copytree(pool / "index", copy)
-    manifest = json.loads((copy / "index.json").read_text())
-    manifest["encoder"]["preprocess"]["mean"] = [0.1, 0.2, 0.3]  # as if a library upgrade changed it
-    (copy / "index.json").write_text(json.dumps(manifest))
-    with pytest.raises(CuratorError, match="preprocessing differs.*mean"):
-        PoolIndex.open(copy).encoder()
-    PoolIndex.open(pool / "index").encoder()  # the untouched index opens and embeds
-
-
-def test_the_ivf_layer_is_found_under_a_pre_transform(tiny_clip_spec, pool, tmp_path):
-    build_index([str(pool / "pool")], tmp_path / "opq", BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False,
-                                                                    index_factory="PCAR16,IVF4,Flat"))
-    index = PoolIndex.open(tmp_path / "opq")
-    assert index._ivf() is not None and index._search_params(50) is not None  # k-scaled nprobe kept
-    vecs = index.vectors(np.arange(5))
-    cells = index.cells(vecs, 1)  # near-duplicate cells in the IVF layer's own (reduced) space
-    assert cells.shape == (5, 1) and (cells >= 0).all() and (cells < 4).all()
-    scores, ids = index.search(vecs, 10)
-    assert all(i in row for i, row in zip(range(5), ids))  # each item finds itself (ties allowed: untrained model)
-    assert load_doc(tmp_path / "opq" / "index.json", type(index.manifest)).index_factory == "PCAR16,IVF4,Flat"

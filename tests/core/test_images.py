@@ -57,3 +57,33 @@ def test_large_images_of_every_mode_are_reduced(mode):
     big = Image.new("RGB", (2400, 1200), (200, 30, 30)).convert(mode) if mode != "I;16" else Image.new(mode, (2400, 1200))
     img = decode_image(png_bytes(big), min_side=256)
     assert img.mode == "RGB" and min(img.size) >= 256 and img.size[0] < 2400
+
+
+def test_one_bad_sample_policy_skips_or_raises_naming_the_sample():
+    from curator.errors import BadImageError
+    from curator.pipeline import ImagePipeline, Skip
+
+    skipped = ImagePipeline().load(b"not an image")
+    assert isinstance(skipped, Skip) and skipped.reason == "not_an_image"
+    with pytest.raises(BadImageError, match="query q.png") as exc:
+        ImagePipeline(on_bad="raise").load(b"not an image", name="query q.png")
+    assert exc.value.reason == "not_an_image"
+
+
+def test_query_images_are_decoded_once_and_bad_ones_follow_the_policy(tiny_clip_spec, monkeypatch):
+    from curator import pipeline
+    from curator.encoders import create_encoder
+    from curator.errors import BadImageError
+    from curator.queries import Query, embed_queries
+
+    calls = []
+    real = pipeline.decode_image
+    monkeypatch.setattr(pipeline, "decode_image", lambda data, **kw: calls.append(1) or real(data, **kw))
+    encoder = create_encoder(tiny_clip_spec)
+    queries = [Query("a.png", png_bytes(pattern_image(1, 96))), Query("bad.png", b"junk"),
+               Query("b.png", png_bytes(pattern_image(2, 96)))]
+    vectors, owner, kept, skipped = embed_queries(encoder, queries, crops=1, on_bad="skip")
+    assert len(calls) == 3 and [q.id for q in kept] == ["a.png", "b.png"] and owner.tolist() == [0, 0, 1, 1]
+    assert vectors.shape[0] == 4 and [(s.key, s.reason) for s in skipped] == [("bad.png", "not_an_image")]
+    with pytest.raises(BadImageError, match="query bad.png"):
+        embed_queries(encoder, queries)

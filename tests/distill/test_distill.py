@@ -17,7 +17,6 @@ from curator.formats import CurateParams, DistillConfig, dump_doc
 from distill import run_distill as distill_run
 
 from distill.losses import info_nce, kd_loss
-from index_builder import BuildConfig, build_index
 
 
 def run_distill(config, **kw) -> dict:
@@ -28,13 +27,11 @@ STUDENT = "resnet18"
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory, tiny_clip_spec):
+def task(tmp_path_factory, tiny_index):
     """A 3-class labelled set, a pool, and a balanced transfer set curated from the labelled images."""
     root = tmp_path_factory.mktemp("kt")
     make_image_folder(root / "labelled", 36, classes=3, seed=5)
-    make_image_folder(root / "pool", 60, classes=3, seed=6)
-    build_index([str(root / "pool")], root / "index", BuildConfig(encoder=tiny_clip_spec, workers=0,
-                                                                    progress=False))
+    tiny_index(60, classes=3, seed=6, into=root)
     curate(PoolIndex.open(root / "index"), load_queries(root / "labelled")[:6], CurateParams(per_query=5, dedup=1.0,
            exclude_threshold=1.0), root / "sets", set_id="t")
     return root

@@ -2,7 +2,7 @@
 Tux Paint category beats a student trained from scratch on those labels. The distilled
 student's accuracy is printed beside them: at this scale (about a hundred retrieved clip-art
 images, a from-scratch 64 px student, a CPU budget) it does not reliably beat the supervised
-student; BENCHMARKS.md (knowledge transfer) reports the full bench and the diagnosis.
+student; docs/benchmarks.md (knowledge transfer) reports the full bench and the diagnosis.
 Every choice here is fixed in advance; test images are only scored."""
 import csv
 import shutil
@@ -62,7 +62,7 @@ def kt_task(samples_root, tmp_path_factory):
 
 def run(kt_task, method: str):
     # stage b is short: only the teacher (stage a) and the supervised student are asserted on here;
-    # the distilled student's accuracy is printed, and the full bench measures it (BENCHMARKS.md)
+    # the distilled student's accuracy is printed, and the full bench measures it (docs/benchmarks.md)
     return run_distill(DistillConfig(
         labelled=str(kt_task / "split.csv"), transfer=str(kt_task / "sets" / "retrieved"), out=str(kt_task / method),
         method=method, teacher=TEACHER, student="mobilenetv3_small_100", student_size=64, steps_a=40,

@@ -9,18 +9,15 @@ from helpers import make_image_folder
 from curator.cli import main
 from curator.formats import CurvePoint, Paired, Stats
 from experiments.curves import compute_ratio
-from index_builder import BuildConfig, build_index
 
 
 @pytest.fixture(scope="module")
-def bench(tiny_clip_spec, tmp_path_factory):
+def bench(tiny_clip_spec, tiny_index, tmp_path_factory):
     root = tmp_path_factory.mktemp("curves")
     make_image_folder(root / "target", 24, classes=3, seed=11)
-    make_image_folder(root / "pool", 80, classes=3, seed=12)
     # real ImageNet features: the untrained tiny CLIP maps these images so close together that dedup
     # leaves a set of one, and a size curve needs sets that grow
-    build_index([str(root / "pool")], root / "index", BuildConfig(encoder="packaged:efficientnet-lite0", workers=0,
-                                                                   progress=False))
+    tiny_index(80, classes=3, seed=12, encoder="packaged:efficientnet-lite0", into=root)
     return root, ["--target", str(root / "target"), "--pool", str(root / "pool"), "--index", str(root / "index"),
                   "--out", str(root / "out"), "--teacher", tiny_clip_spec, "--student", "test_efficientnet", "--student-init", "scratch",
                   "--student-size", "32", "--budget", "24", "--seeds", "1", "--labels-per-class", "3",

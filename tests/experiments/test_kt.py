@@ -7,15 +7,12 @@ from PIL import Image
 
 from helpers import make_image_folder, png_header_only
 from curator.cli import main
-from index_builder import BuildConfig, build_index
 
 
-def test_miniature_bench_reports_every_arm(tiny_clip_spec, tmp_path, capsys):
+def test_miniature_bench_reports_every_arm(tiny_clip_spec, tiny_index, tmp_path, capsys):
     make_image_folder(tmp_path / "target", 36, classes=3, seed=11)
     (tmp_path / "target" / "class0" / "bomb.png").write_bytes(png_header_only(50_000, 50_000))  # must not stop it
-    make_image_folder(tmp_path / "pool", 80, classes=3, seed=12)
-    build_index([str(tmp_path / "pool")], tmp_path / "index", BuildConfig(encoder=tiny_clip_spec, workers=0,
-                                                                           progress=False))
+    tiny_index(80, classes=3, seed=12, into=tmp_path)
     args = ["bench", "kt", "--target", str(tmp_path / "target"), "--pool", str(tmp_path / "pool"),
             "--index", str(tmp_path / "index"), "--out", str(tmp_path / "out"), "--teacher", tiny_clip_spec,
             "--student", "test_efficientnet", "--student-init", "scratch", "--student-size", "32", "--budget", "24", "--seeds", "1",

@@ -13,7 +13,7 @@ from curator.curate import select_items
 from curator.formats import CurateParams
 from curator.retrieval import PoolIndex
 from index_builder import build_index
-from index_builder import links as links_mod
+from index_builder import dedup_links as links_mod
 
 from helpers import opts, write_embeddings
 

@@ -23,9 +23,9 @@ ALL_LOADED = """sel => { const imgs = [...document.querySelectorAll(sel)];
 
 
 @pytest.fixture(scope="module")
-def server(tiny_clip_spec, tmp_path_factory):
+def server(tiny_index, tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
-    srv = tiny_server(root, tiny_clip_spec, 40, "--public-docs", seed=81)
+    srv = tiny_server(tiny_index(40, seed=81), root, "--public-docs")
     srv.queries = make_image_folder(root / "queries", 3, classes=3, seed=82)
     yield srv
     srv.stop()
