@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .retention import prune
 from .routers import ROUTERS, docs, ui
 from .settings import Settings
+from .signing import load_secret
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Retrieval-augmented transfer sets for task-oriented knowledge transfer.")
     app.state.settings, app.state.keys, app.state.metrics = settings, keys, Metrics()
     app.state.store = app_store
+    app.state.signing_secret = load_secret(settings.data_dir)
     middleware.install(app, settings, app.state.metrics)
     for router in ROUTERS:
         app.include_router(router)

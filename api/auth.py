@@ -1,8 +1,10 @@
 """API keys: bearer tokens with scopes, kept only as sha256 hashes.
 
 Keys come from a file (``--api-keys FILE``) and/or ``CURATOR_API_KEYS``; each entry is
-``name:scope1,scope2:secret``. Scopes: ``read`` (GET everything), ``curate`` (POST jobs,
-cancel them), ``admin`` (all). Entries separated by newlines (file) or ``;`` (variable).
+``name:scope1,scope2:secret``. Scopes: ``read`` (search, and read what the key owns), ``curate`` (POST
+jobs, cancel them, and read them), ``worker`` (claim distillation jobs, report on them, and read the
+transfer sets they name: the operator's fleet), ``admin`` (all). Entries separated by newlines (file)
+or ``;`` (variable).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Optional
 
 from curator.errors import CuratorError
 
-SCOPES = ("read", "curate", "admin")
+SCOPES = ("read", "curate", "worker", "admin")
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,12 @@ class ApiKey:
         return "admin" in self.scopes
 
     def allows(self, scope: str) -> bool:
-        return "admin" in self.scopes or scope in self.scopes or (scope == "read" and "curate" in self.scopes)
+        return ("admin" in self.scopes or scope in self.scopes
+                or (scope == "read" and bool({"curate", "worker"} & self.scopes)))
+
+    def reads_all(self) -> bool:
+        """An admin, or a worker: it reads the set of any job it claims."""
+        return bool({"admin", "worker"} & self.scopes)
 
 
 def _digest(secret: str) -> str:

@@ -75,12 +75,21 @@ def require(scope: str) -> Callable[..., Optional[ApiKey]]:
 
 ReadKey = Annotated[Optional[ApiKey], Depends(require("read"))]
 CurateKey = Annotated[Optional[ApiKey], Depends(require("curate"))]
+WorkerKey = Annotated[Optional[ApiKey], Depends(require("worker"))]
 AdminKey = Annotated[Optional[ApiKey], Depends(require("admin"))]
 
 
 def owner_filter(key: Optional[ApiKey]) -> Optional[str]:
     """Whose rows a listing shows: the caller's own, or everyone's for an admin (or under --no-auth)."""
     return None if key is None or key.is_admin else key.name
+
+
+def readable(key: Optional[ApiKey], row: Optional[R], what: str) -> R:
+    """``row`` when the caller may read it (its owner, an admin, a worker, or anyone under --no-auth);
+    otherwise the same 404 as for no row at all, so ids of other owners' work are not disclosed."""
+    if row is None or not (key is None or key.reads_all() or getattr(row, "owner", None) == key.name):
+        raise HTTPException(status_code=404, detail=f"no {what}")
+    return row
 
 
 def check_owner(key: Optional[ApiKey], row: Any, what: str) -> None:
@@ -91,10 +100,3 @@ def check_owner(key: Optional[ApiKey], row: Any, what: str) -> None:
 
 def reject(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
-
-
-def found(row: Optional[R], what: str) -> R:
-    """``row``, or a 404 that names what was asked for."""
-    if row is None:
-        raise HTTPException(status_code=404, detail=f"no {what}")
-    return row

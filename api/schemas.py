@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from curator.formats import CurateParams, FiniteFloat, iso
+from curator.formats import CurateParams, DistillReport, FiniteFloat, iso
 from curator.formats.protocol import ClaimOut, DistillJobOut, JobOut, SetSummary
 
 from .store import DistillJobRow, JobRow, SetRow
@@ -48,16 +48,26 @@ def job_out(row: JobRow) -> JobOut:
 
 
 def distill_job_out(row: DistillJobRow, lease_token: Optional[str] = None) -> DistillJobOut:
-    fields = dict(id=row.id, state=row.state, owner=row.owner, config=row.config, transfer_set_id=row.transfer_set_id,
-                  worker=row.worker, lease_expires=iso(row.lease_expires), attempts=row.attempts or 0,
-                  report=row.report, student_url=row.student_url, error=row.error, created_at=iso(row.created_at),
-                  updated_at=iso(row.updated_at))
+    """The job as the protocol shows it, whatever its row holds: a config that is not an object, or a
+    report that no longer validates (written by an older server), reads as empty, never as a 500."""
+    fields = dict(id=row.id, state=row.state, owner=row.owner, config=row.config if isinstance(row.config, dict) else {},
+                  transfer_set_id=row.transfer_set_id, worker=row.worker, lease_expires=iso(row.lease_expires),
+                  attempts=row.attempts or 0, report=_report(row.report), student_url=row.student_url,
+                  error=row.error, created_at=iso(row.created_at), updated_at=iso(row.updated_at))
     return DistillJobOut(**fields) if lease_token is None else ClaimOut(**fields, lease_token=lease_token)
 
 
-def set_summary(row: SetRow) -> SetSummary:
+def _report(raw) -> Optional[DistillReport]:
+    try:
+        return DistillReport.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        return None
+
+
+def set_summary(row: SetRow, wids_url: Optional[str] = None) -> SetSummary:
     return SetSummary(id=row.id, job_id=row.job_id, counts=row.counts, created_at=iso(row.created_at),
-                      manifest_sha256=row.manifest_sha256, manifest_url=f"/transfer-sets/{row.id}/manifest")
+                      manifest_sha256=row.manifest_sha256, manifest_url=f"/transfer-sets/{row.id}/manifest",
+                      wids_url=wids_url)
 
 
 class HitOut(BaseModel):

@@ -51,12 +51,14 @@ async def read_curate_request(request: Request, limits: Limits, dim: int, stagin
         parsed = await _read_json(request, limits, dim, embed_texts)
     else:
         raise reject(415, "POST /curate takes multipart/form-data (files + params) or application/json")
-    check_request(*parsed[:3], limits)
-    return parsed
+    params = check_request(*parsed[:3], limits)
+    return (parsed[0], parsed[1], params, *parsed[3:])
 
 
-def check_request(queries: list[Query], vectors: Optional[np.ndarray], params: CurateParams, limits: Limits) -> None:
-    """The checks both body forms share: size of the set, labels the strategy needs."""
+def check_request(queries: list[Query], vectors: Optional[np.ndarray], params: CurateParams,
+                  limits: Limits) -> CurateParams:
+    """The checks both body forms share: size of the set, labels the strategy needs. Returns the params
+    the job runs with: a threshold without a budget takes at most ``--max-budget`` images."""
     if params.budget and params.budget > limits.max_budget:
         raise reject(422, f"budget {params.budget} exceeds this server's limit of {limits.max_budget}")
     wanted = params.per_query * len(queries) if params.per_query else 0
@@ -65,6 +67,9 @@ def check_request(queries: list[Query], vectors: Optional[np.ndarray], params: C
                           f"{limits.max_budget} images")
     if needs_labels(params.strategy) and any(q.label is None for q in queries):
         raise reject(422, f"strategy {params.strategy!r} needs a label for every query ('labels')")
+    if params.strategy == "threshold" and params.budget is None:
+        return params.model_copy(update={"budget": limits.max_budget})
+    return params
 
 
 async def _read_multipart(request: Request, limits: Limits, staging: Path) -> Parsed:

@@ -177,9 +177,10 @@ def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
         raise CuratorError(f"embeddings must be a rectangular (n, {dim}) array of numbers") from None
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         raise CuratorError(f"embeddings must be (n, {dim}) for this index, got {vectors.shape}")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
-        raise CuratorError("embeddings must be finite and non-zero")
+    with np.errstate(over="ignore"):  # an overflowing norm is refused below, not warned about
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not np.all(np.isfinite(vectors)) or not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise CuratorError("embeddings must be finite and non-zero, with a norm that float32 can hold")
     # Rows already of unit length are kept bit for bit: dividing by a norm of 1 +- 1 ulp would shift
     # their similarities in the last digit, and an encoder's own output would then select differently
     # passed in than embedded here.

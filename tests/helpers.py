@@ -34,6 +34,7 @@ REAL_ENCODER = SMALL_ENCODER
 
 CURATE = "curate-key-0123456789abcdef"
 READ = "read-key-0123456789abcdef"
+WORKER = "worker-key-0123456789abcdef"
 ADMIN = "admin-key-0123456789abcdef"
 
 
@@ -95,7 +96,7 @@ class Server:
     def __init__(self, index_dir, data_dir, *extra, preexec=None):
         self.index_dir, self.data_dir, self.extra, self.preexec = index_dir, data_dir, extra, preexec
         self.keys = data_dir.parent / "keys.txt"
-        self.keys.write_text(f"alice:curate:{CURATE}\nbob:read:{READ}\nroot:admin:{ADMIN}\n")
+        self.keys.write_text(f"alice:curate:{CURATE}\nbob:read:{READ}\nroot:admin:{ADMIN}\nfleet:worker:{WORKER}\n")
         self.proc = None
 
     def start(self):
@@ -190,6 +191,10 @@ def distill_report(teacher_test: float = 0.625, student_test: float = 0.5) -> di
 INPROC_KEY = "inproc-key-0123456789abcdef"
 INPROC_OTHER = "other-key-0123456789abcdef"
 INPROC_ROOT = "root-key-0123456789abcdefgh"
+INPROC_WORKER = "fleet-key-0123456789abcdefgh"
+INPROC_WORKER2 = "fleet2-key-0123456789abcdefg"
+#: Headers of the in-process service's worker key: only it claims and reports on distill jobs.
+AS_WORKER = {"Authorization": f"Bearer {INPROC_WORKER}"}
 
 
 def curate_json(client, **body):

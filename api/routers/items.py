@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
 from curator import atomic
@@ -21,7 +21,8 @@ CACHE = {"Cache-Control": "private, max-age=86400"}
 
 
 @router.get("/items/{item_id}/thumbnail", response_class=Response, responses=JPEG)
-async def item_thumbnail(item_id: int, key: ReadKey, pool: PoolDep, settings: SettingsDep,
+async def item_thumbnail(item_id: Annotated[int, Path(ge=0, le=2 ** 62)], key: ReadKey, pool: PoolDep,
+                         settings: SettingsDep,
                          size: Annotated[int, Query(ge=MIN_SIZE, le=MAX_SIZE)] = DEFAULT_SIZE) -> Response:
     if not 0 <= item_id < pool.ntotal:
         raise reject(404, f"no pool item {item_id}")

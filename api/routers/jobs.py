@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query
 
 from curator.formats.protocol import ACTIVE_STATES
 
-from ..deps import CurateKey, ReadKey, RunnerDep, StoreDep, check_owner, found, owner_filter
+from ..deps import CurateKey, ReadKey, RunnerDep, StoreDep, check_owner, owner_filter, readable
 from ..schemas import ERRORS, JobOut, job_out
 
 router = APIRouter(tags=["jobs"], responses=ERRORS)
@@ -15,7 +15,7 @@ router = APIRouter(tags=["jobs"], responses=ERRORS)
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, key: ReadKey, store: StoreDep) -> JobOut:
-    return job_out(found(store.get_job(job_id), f"job {job_id!r}"))
+    return job_out(readable(key, store.get_job(job_id), f"job {job_id!r}"))
 
 
 @router.get("/jobs", response_model=list[JobOut])
@@ -26,7 +26,7 @@ def list_jobs(key: ReadKey, store: StoreDep, state: Annotated[Optional[str], Que
 
 @router.delete("/jobs/{job_id}", response_model=JobOut)
 def cancel_job(job_id: str, key: CurateKey, store: StoreDep, runner: RunnerDep) -> JobOut:
-    job = found(store.get_job(job_id), f"job {job_id!r}")
+    job = readable(key, store.get_job(job_id), f"job {job_id!r}")
     check_owner(key, job, f"job {job_id!r}")
     if job.state in ACTIVE_STATES:
         runner.cancel(job_id)

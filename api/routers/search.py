@@ -56,7 +56,7 @@ async def search_upload(request: Request, key: ReadKey, settings: SettingsDep, p
 
 @router.get("/search", response_model=SearchOut)
 async def search_item(key: ReadKey, settings: SettingsDep, pool: PoolDep, metrics: MetricsDep,
-                      item_id: Annotated[int, Query(ge=0)], k: Annotated[int, Query(ge=1, le=K_MAX)] = 10) -> dict:
+                      item_id: Annotated[int, Query(ge=0, le=2 ** 62)], k: Annotated[int, Query(ge=1, le=K_MAX)] = 10) -> dict:
     _k(k, settings)
     if item_id >= pool.ntotal:
         raise reject(404, f"no pool item {item_id}")

@@ -12,7 +12,7 @@ from .flags import add_model_flags, build_model
 #: The settings a user sets on the command line (the others are the service's own tuning).
 SERVE_FLAGS = ("index_dir", "data_dir", "api_keys_file", "no_auth", "public_metrics", "public_docs", "keep_sets_days",
                "max_data_bytes", "job_workers", "database", "replica", "job_lease_seconds", "body_timeout",
-               "header_timeout")
+               "header_timeout", "signed_url_seconds")
 RENAME = {"index_dir": "--index", "data_dir": "--data", "api_keys_file": "--api-keys"}
 LIMIT_FLAGS = ("max_files", "max_file_bytes", "max_request_bytes", "max_pixels", "max_request_pixels", "max_budget",
                "max_k")

@@ -108,3 +108,22 @@ class SetSummary(_Answer):
     created_at: str
     manifest_sha256: str
     manifest_url: str
+    wids_url: Optional[str] = Field(None, description="the set's wids index, signed for the caller: readers "
+                                                      "that send no header (wids, webdataset) start here")
+
+
+class WidsShard(_Answer):
+    url: str = Field(description="absolute, signed: a reader fetches it with no header until it expires")
+    nsamples: int
+    filesize: int
+    sha256: str
+
+
+class WidsIndex(_Answer):
+    """``GET /transfer-sets/ID/wids.json``: the set as a wids shard index whose shard URLs are signed for
+    the caller, so ``wids.ShardListDataset(url)`` and ``webdataset.WebDataset(urls)`` read it as they are."""
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    kind: Literal["wids-shard-index-v1"] = Field("wids-shard-index-v1", alias="__kind__")
+    wids_version: Literal[1] = 1
+    name: str
+    shardlist: list[WidsShard]

@@ -58,6 +58,8 @@ class ServiceSettings(Doc):
                          description="this replica's name, which must differ between replicas and stay the same "
                                      "across a restart, so it takes back at once the jobs it was running (default: "
                                      "HOST:PORT)")
+    signed_url_seconds: FiniteFloat = Field(3600.0, gt=0, le=7 * 86400,
+                                            description="how long a signed shard or wids-index URL stays valid")
     job_lease_seconds: FiniteFloat = Field(30.0, gt=0, description="a job whose replica stopped renewing its lease "
                                                                    "for this long is run by another")
     poll_seconds: FiniteFloat = Field(1.0, gt=0, description="how often an idle replica looks for jobs queued on "

@@ -4,7 +4,7 @@ import base64
 import pytest
 
 from curator.formats import Limits
-from helpers import curate_json, pattern_image, png_bytes
+from helpers import AS_WORKER, curate_json, pattern_image, png_bytes
 
 
 def test_json_and_multipart_share_one_params_model_and_its_limits(client):
@@ -54,7 +54,8 @@ def test_a_curation_round_trip_in_process(client):
     ("/curate", b''),
 ])
 def test_non_finite_and_malformed_json_is_422_never_500(client, path, body):
-    r = client.post(path, content=body, headers={"content-type": "application/json"})
+    worker = AS_WORKER if path.startswith("/distill-jobs") else {}
+    r = client.post(path, content=body, headers={"content-type": "application/json", **worker})
     assert r.status_code == 422, r.text
 
 
@@ -165,3 +166,29 @@ def test_the_body_is_counted_as_it_arrives_whatever_the_headers_say():
             scope, receive, send)
         return sent[0]["status"]
     assert asyncio.run(run(3)) == 200 and asyncio.run(run(9)) == 413
+
+
+def test_every_path_respects_the_limits(client):
+    """A threshold without a budget stops at --max-budget; a vector whose norm overflows float32 is refused
+    at submit; integers beyond any id in a path are a 422, never a 500."""
+    from api.deps import get_settings
+
+    app = client.app
+    tight = app.state.settings.model_copy(update={"limits": Limits(max_budget=5)})
+    app.dependency_overrides[get_settings] = lambda: tight
+    try:
+        vector = [1.0] + [0.0] * (client.dim - 1)
+        r = curate_json(client, params={"strategy": "threshold", "threshold": -1, "dedup": 1.0,
+                                        "exclude_threshold": 1.0}, embeddings=[vector])
+        assert r.status_code == 202, r.text
+        assert r.json()["params"]["budget"] == 5
+    finally:
+        app.dependency_overrides.clear()
+    huge = curate_json(client, params={"per_query": 2}, embeddings=[[1e38] * client.dim])
+    assert huge.status_code == 422 and "norm" in huge.text
+    done = client.post("/curate?wait=true", json={"params": {"per_query": 2}, "embeddings": [vector]}).json()
+    for n in (2 ** 63, -(2 ** 63) - 1, 10 ** 30, -(10 ** 30)):
+        r = client.get(f"/transfer-sets/{done['transfer_set_id']}/queries/{n}/thumbnail")
+        assert r.status_code == 422, (n, r.status_code)
+        assert client.get(f"/items/{n}/thumbnail").status_code == 422
+        assert client.get(f"/search?item_id={n}").status_code == 422

@@ -19,7 +19,7 @@ def test_item_thumbnails_are_bounded_cached_and_need_a_key(client):
     assert client.get("/items/3/thumbnail?size=4096").status_code == 422
     assert client.get("/items/3/thumbnail?size=0").status_code == 422
     assert client.get("/items/99999/thumbnail").status_code == 404
-    assert client.get("/items/-1/thumbnail").status_code == 404
+    assert client.get("/items/-1/thumbnail").status_code == 422  # never an id
     assert client.get("/items/3/thumbnail", headers={"Authorization": ""}).status_code == 401
 
 

@@ -82,17 +82,17 @@ def test_upload_job_manifest_download(server, tmp_path):
         assert n == 15
         # HTTP Range on shards (resumable downloads)
         url = f"{server.url}/transfer-sets/{job.transfer_set_id}/shards/{manifest['shardlist'][0]['url']}"
-        r = httpx.get(url, headers={"Authorization": f"Bearer {READ}", "Range": "bytes=0-99"})
+        r = httpx.get(url, headers={"Authorization": f"Bearer {CURATE}", "Range": "bytes=0-99"})
         assert r.status_code == 206 and len(r.content) == 100
         # the set is by reference (the default): its shards are assembled from the pool, any byte range
         assert not list((server.data_dir / "transfer-sets" / job.transfer_set_id).glob("*.tar"))
         whole = (folder / manifest["shardlist"][0]["url"]).read_bytes()
         for spec, want in [("bytes=0-99", whole[:100]), ("bytes=1000-2999", whole[1000:3000]),
                            ("bytes=-700", whole[-700:]), (f"bytes={len(whole) - 5}-", whole[-5:])]:
-            r = httpx.get(url, headers={"Authorization": f"Bearer {READ}", "Range": spec})
+            r = httpx.get(url, headers={"Authorization": f"Bearer {CURATE}", "Range": spec})
             assert r.status_code == 206 and r.content == want, spec
             assert r.headers["content-range"].endswith(f"/{len(whole)}")
-        r = httpx.get(url, headers={"Authorization": f"Bearer {READ}", "Range": f"bytes={len(whole)}-"})
+        r = httpx.get(url, headers={"Authorization": f"Bearer {CURATE}", "Range": f"bytes={len(whole)}-"})
         assert r.status_code == 416
         assert job.transfer_set_id in [s.id for s in client.transfer_sets()]
 
@@ -182,7 +182,7 @@ def test_malformed_multipart_is_a_400(server):
 
 
 def test_paths_and_types_that_are_refused(server):
-    auth = {"Authorization": f"Bearer {READ}"}
+    auth = {"Authorization": f"Bearer {ADMIN}"}
     for path, status in [("/transfer-sets/..%2F..%2Fcurator.sqlite3/manifest", 404),
                          ("/transfer-sets/nope/manifest", 404),
                          ("/jobs/job-nope", 404)]:

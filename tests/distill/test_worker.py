@@ -8,7 +8,7 @@ import time
 import pytest
 
 from curator.client import CuratorClient, ServiceError
-from helpers import CURATE, REPO, Server, make_image_folder
+from helpers import CURATE, REPO, WORKER, Server, make_image_folder
 
 pytestmark = pytest.mark.network_local  # starts a loopback HTTP server
 
@@ -41,14 +41,14 @@ def lease_runs_out(srv, job_id: str) -> None:
 
 
 def worker_cmd(srv, work, *extra):
-    return [sys.executable, "-m", "curator.cli", "worker", "--api", srv.url, "--token", CURATE, "--work-dir",
+    return [sys.executable, "-m", "curator.cli", "worker", "--api", srv.url, "--token", WORKER, "--work-dir",
             str(work), "--lease", "5", "--poll", "0.2", *extra]
 
 
 def test_dead_worker_loses_its_lease_and_the_job_is_retaken(setup, tiny_clip_spec):
     root, srv = setup
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    with CuratorClient(srv.url, CURATE) as client:
+    with CuratorClient(srv.url, CURATE) as client, CuratorClient(srv.url, WORKER) as fleet:
         images = sorted((root / "labelled" / "class0").glob("*"))[:3]
         ts = client.wait(client.curate(images, {"per_query": 6, "dedup": 1.0, "exclude_threshold": 1.0}).id)
         job = client.submit_distill_job(ts.transfer_set_id, str(root / "labelled"),
@@ -60,24 +60,24 @@ def test_dead_worker_loses_its_lease_and_the_job_is_retaken(setup, tiny_clip_spe
         while time.time() < deadline and client.distill_job(job.id).state != "running":
             time.sleep(0.1)
         assert client.distill_job(job.id).worker == "w1"
-        assert client.claim_distill_job("w-other", 5) is None  # never two workers on one job
+        assert fleet.claim_distill_job("w-other", 5) is None  # never two workers on one job
         first.send_signal(signal.SIGKILL)
         first.wait()
         lease_runs_out(srv, job.id)
-        retake = client.claim_distill_job("w2", 5)
+        retake = fleet.claim_distill_job("w2", 5)
         assert retake.id == job.id and retake.attempts == 2
         with pytest.raises(ServiceError) as exc:  # the dead worker's name is no credential: its lease is gone
-            client.finish_distill_job(job.id, "w1", "succeeded", "a-forged-or-stale-token")
+            fleet.finish_distill_job(job.id, "w1", "succeeded", "a-forged-or-stale-token")
         assert exc.value.status == 409
-        client.finish_distill_job(job.id, "w2", "failed", retake.lease_token, error="the test is over")
+        fleet.finish_distill_job(job.id, "w2", "failed", retake.lease_token, error="the test is over")
 
 
 def test_worker_runs_a_job_to_completion(setup, tiny_clip_spec):
     root, srv = setup
-    with CuratorClient(srv.url, CURATE) as client:
+    with CuratorClient(srv.url, CURATE) as client, CuratorClient(srv.url, WORKER) as fleet:
         images = sorted((root / "labelled" / "class1").glob("*"))[:3]
         ts = client.wait(client.curate(images, {"per_query": 6, "dedup": 1.0, "exclude_threshold": 1.0}).id)
-        while client.claim_distill_job("drain", 3600):  # earlier tests' jobs must not be picked up here
+        while fleet.claim_distill_job("drain", 3600):  # earlier tests' jobs must not be picked up here
             pass
         job = client.submit_distill_job(ts.transfer_set_id, str(root / "labelled"), job_config(tiny_clip_spec))
         done = subprocess.run(worker_cmd(srv, root / "w3", "--once", "--name", "w3"), cwd=REPO,

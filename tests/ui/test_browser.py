@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import CURATE, distill_report, make_image_folder, tiny_server
+from helpers import CURATE, WORKER, distill_report, make_image_folder, tiny_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.network_local, pytest.mark.browser]
 CHROMIUM = os.environ.get("CURATOR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -122,9 +122,10 @@ def test_distill_jobs_show_their_state_and_accuracy_per_stage(page, server):
                       json={"params": {"per_query": 2}, "embeddings": [vector]}).json()
     job = httpx.post(server.url + "/distill-jobs", headers=auth,
                      json={"transfer_set_id": done["transfer_set_id"], "labelled": "/data/target"}).json()
-    lease = httpx.post(server.url + "/distill-jobs/claim", headers=auth, json={"worker": "w1"}).json()
+    fleet = {"Authorization": f"Bearer {WORKER}"}
+    lease = httpx.post(server.url + "/distill-jobs/claim", headers=fleet, json={"worker": "w1"}).json()
     report = distill_report(teacher_test=0.625, student_test=0.5)
-    r = httpx.post(f"{server.url}/distill-jobs/{job['id']}/finish", headers=auth,
+    r = httpx.post(f"{server.url}/distill-jobs/{job['id']}/finish", headers=fleet,
                    json={"worker": "w1", "lease_token": lease["lease_token"], "state": "succeeded", "report": report})
     assert r.status_code == 200, r.text
     page.goto(server.url + "/#distill")
