@@ -81,6 +81,9 @@ def run(args) -> int:
         print(f"  skipped {item.key}: {item.reason} ({item.detail})")
     if manifest.dry_queries:
         print(f"  {len(manifest.dry_queries)} queries ran out of neighbours: the pool is too small for the quota")
+    if manifest.params.materialize == "reference":
+        print(f"  by reference: no shard is on disk; for wids or webdataset run "
+              f"curator materialize {os.path.join(args.out, manifest.id)} --out DIR")
     return 0
 
 

@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
                                    "from their checkpoints when a job is taken over.")
     p.add_argument("--api", required=True, help="service URL, e.g. http://host:8000")
     p.add_argument("--token", default=os.environ.get("CURATOR_TOKEN"),
-                   help="API key with the curate scope (default: $CURATOR_TOKEN)")
+                   help="API key with the worker scope (default: $CURATOR_TOKEN)")
     p.add_argument("--work-dir", default="worker-runs",
                    help="where runs (checkpoints, students) are written (default: %(default)s)")
     p.add_argument("--name", help="worker name (default: host name + a number)")

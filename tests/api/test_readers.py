@@ -96,3 +96,22 @@ def test_the_served_manifests_relative_shard_urls_resolve(served):
     first = manifest["shardlist"][0]
     r = httpx.get(f"{srv.url}/transfer-sets/{summary.id}/{first['url']}", headers=auth)
     assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == first["sha256"]
+
+
+def test_wids_reads_a_local_set_once_materialized(tiny_index, tmp_path, capsys):
+    """A local by-reference set holds no tar: curate says so and names curator materialize, whose output
+    wids reads as it is."""
+    import wids
+
+    from curator.cli import main
+
+    index = tiny_index(40, classes=2, seed=17)
+    queries = make_image_folder(tmp_path / "queries", 2, classes=2, seed=18)[0].parent.parent
+    assert main(["curate", "--index", str(index), "--queries", str(queries), "--out", str(tmp_path / "sets"),
+                 "--per-query", "4", "--set-id", "s", "--dedup", "1", "--exclude-threshold", "1"]) == 0
+    assert f"curator materialize {tmp_path / 'sets' / 's'} --out DIR" in capsys.readouterr().out
+    assert main(["materialize", str(tmp_path / "sets" / "s"), "--out", str(tmp_path / "wds")]) == 0
+    expected = {r["key"]: r["sha256"] for r in pq.read_table(tmp_path / "sets" / "s" / "samples.parquet").to_pylist()}
+    dataset = wids.ShardListDataset(str(tmp_path / "wds" / "s" / "manifest.json"), transformations=[],
+                                    cache_dir=str(tmp_path / "cache"))
+    check_samples((dataset[i] for i in range(len(dataset))), expected)

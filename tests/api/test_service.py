@@ -226,8 +226,8 @@ def test_restart_keeps_state_and_reruns_interrupted_jobs(index_dir, tmp_path):
             job = client.wait(client.curate(query_files(tmp_path, [41]), {"per_query": 4}).id, timeout=60)
         srv.stop(signal.SIGKILL)
         db = sqlite3.connect(tmp_path / "state" / "curator.sqlite3")  # a job that was mid-run when it died
-        db.execute("INSERT INTO jobs (id, kind, state, params, created_at, updated_at) "
-                   "VALUES ('job-interrupted', 'curate', 'running', '{}', 0, 0)")
+        db.execute("INSERT INTO jobs (id, kind, state, owner, params, created_at, updated_at) "
+                   "VALUES ('job-interrupted', 'curate', 'running', 'alice', '{}', 0, 0)")
         db.commit()
         db.close()
         srv.start()

@@ -27,4 +27,5 @@ def test_the_readme_example_runs_verbatim(tmp_path, samples_root):
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "auto__beetle.png" in done.stdout and '"state":"succeeded"' in done.stdout.replace(" ", "")
+    assert "8 samples read by wids" in done.stdout and "8 samples read by webdataset" in done.stdout
     assert (tmp_path / "sets" / "food" / "manifest.json").exists()
