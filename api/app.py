@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from curator import __version__
 from curator.errors import CuratorError
@@ -53,6 +54,11 @@ async def curator_error(request: Request, exc: CuratorError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
+async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    """A client that went away mid-upload is a normal event, not an error to log with a traceback."""
+    return Response(status_code=400)
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 whatever the input was: the offending value is left out (NaN, Infinity or raw bytes
     cannot be written as JSON, and echoing a caller's input back is never needed)."""
@@ -82,4 +88,5 @@ def create_app(settings: Settings) -> FastAPI:
     ui.mount_assets(app)
     app.add_exception_handler(CuratorError, curator_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     return app

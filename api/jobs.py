@@ -5,6 +5,7 @@ is queued, so a queued job survives a restart, and any replica sharing the data 
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import logging
@@ -65,6 +66,10 @@ def load_inputs(folder: Path) -> tuple[list[Query], Optional[np.ndarray]]:
     return queries, vectors
 
 
+#: Requests waiting at once (``?wait=true``) on one replica; more are answered at once with 202.
+MAX_WAITERS = 64
+
+
 class JobRunner:
     """Runs curation jobs claimed from the store, at most ``job_workers`` at once.
 
@@ -81,7 +86,7 @@ class JobRunner:
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._wake, self._stop = threading.Event(), threading.Event()
-        self._ended = threading.Condition()  # notified as each job run here ends: waiters look again
+        self._waiters = 0  # requests waiting (?wait=true) on this replica's event loop
         self._dispatcher = threading.Thread(target=self._dispatch, name="curate-dispatch", daemon=True)
 
     def start(self) -> None:
@@ -92,22 +97,33 @@ class JobRunner:
         self._wake.set()
 
     def cancel(self, job_id: str) -> bool:
+        """Cancel a job; a queued one's inputs go at once (no replica holds them), a running one's as it stops."""
         event = self._cancel.get(job_id)
         if event is not None:
             event.set()
-        return self.store.finish_job(job_id, "cancelled", error="cancelled by the caller")
+        before = self.store.get_job(job_id)
+        done = self.store.finish_job(job_id, "cancelled", error="cancelled by the caller")
+        if done and before is not None and before.state == "queued":
+            shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
+        return done
 
-    def wait(self, job_id: str, timeout: float) -> None:
+    async def wait(self, job_id: str, timeout: float) -> None:
         """Until the job is over, whichever replica runs it, or ``timeout`` (then the caller gets 202).
-        A job run here wakes its waiters as it ends; one run by another replica is polled for."""
-        deadline, delay = time.monotonic() + timeout, 0.05
-        while time.monotonic() < deadline and not self._stop.is_set():
-            job = self.store.get_job(job_id)
-            if job is None or job.state not in ACTIVE:
-                return
-            with self._ended:
-                self._ended.wait(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 0.5)
+        It waits on the event loop, never on a thread: a waiter holds no thread that searches, uploads
+        and thumbnails share. At most MAX_WAITERS wait at once; others are answered at once (202)."""
+        if self._waiters >= MAX_WAITERS:
+            return
+        self._waiters += 1
+        try:
+            deadline, delay = time.monotonic() + timeout, 0.05
+            while time.monotonic() < deadline and not self._stop.is_set():
+                job = await asyncio.to_thread(self.store.get_job, job_id)  # one short read
+                if job is None or job.state not in ACTIVE:
+                    return
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 1.5, 0.5)
+        finally:
+            self._waiters -= 1
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -135,7 +151,10 @@ class JobRunner:
             self._wake.clear()
 
     def _claim(self, lease: float) -> bool:
-        """Claim one job when a worker is free; whether one was started."""
+        """Claim one job when a worker is free; whether one was started. Jobs whose replicas died
+        MAX_ATTEMPTS times are failed first, and what they left on disk goes with them."""
+        for job_id in self.store.fail_abandoned_jobs():
+            self._remove_leftovers(job_id)
         with self._lock:
             if len(self._cancel) >= self.settings.job_workers:
                 return False
@@ -166,8 +185,6 @@ class JobRunner:
             with self._lock:
                 self._cancel.pop(job_id, None)
             self._wake.set()  # a worker is free
-            with self._ended:
-                self._ended.notify_all()
             now = self.store.get_job(job_id)
             if now is None or now.state not in ACTIVE:  # inputs of a job over are of no more use
                 shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
@@ -208,6 +225,13 @@ class JobRunner:
             self.store.finish_job(job_id, "failed", me, error=str(exc))
         except Exception as exc:  # never leave a job "running": record what broke
             self.store.finish_job(job_id, "failed", me, error=failure(job_id, exc))
+
+    def _remove_leftovers(self, job_id: str) -> None:
+        """A failed job's inputs and the set it half-wrote (never recorded, so never served)."""
+        set_id = "ts-" + job_id.removeprefix("job-")
+        shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
+        for partial in self.settings.sets_dir.glob(f".{set_id}.tmp-*"):
+            shutil.rmtree(partial, ignore_errors=True)
 
     def _resume(self, job_id: str, set_id: str) -> bool:
         """A job taken over from a replica that died: if that replica recorded the set before it

@@ -16,6 +16,19 @@ from .metrics import Metrics
 from .settings import Settings
 
 
+#: The slowest a body may arrive, bytes a second, beyond the first --body-timeout seconds.
+MIN_BODY_RATE = 32 << 10
+
+
+#: On every answer: never framed by another site (clickjacking), never sniffed into another type, and no
+#: URL (a signed one carries its signature) sent on as a referrer.
+SECURITY_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+#: The web UI loads nothing but its own files; images it shows are blobs it fetched with the key.
+UI_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; "
+             "img-src 'self' blob: data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+             "form-action 'self'; object-src 'none'")
+
+
 class BoundedRequests:
     def __init__(self, app, *, max_body: int, max_headers: int, max_header_bytes: int, body_timeout: float):
         self.app, self.max_body, self.body_timeout = app, max_body, body_timeout
@@ -27,16 +40,20 @@ class BoundedRequests:
         refusal = self.refuse(scope)
         if refusal:
             return await _reply(send, *refusal)
-        received, complete = 0, False
+        received, complete, started = 0, False, time.monotonic()
 
         async def bounded():
             nonlocal received, complete
             if complete:  # the body is in: later reads wait for a disconnect, unbounded
                 return await receive()
+            # each read within --body-timeout, and the whole body by a deadline that grows only with what
+            # arrived (MIN_BODY_RATE): a byte every few seconds keeps no connection open for long
+            left = started + self.body_timeout + received / MIN_BODY_RATE - time.monotonic()
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.body_timeout, left)))
             except asyncio.TimeoutError:
-                raise HTTPException(408, f"the request body did not arrive within {self.body_timeout:.0f} s") from None
+                raise HTTPException(408, f"the request body did not arrive within {self.body_timeout:.0f} s "
+                                         f"(--body-timeout), or arrived slower than {MIN_BODY_RATE >> 10} KB/s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
@@ -75,6 +92,9 @@ def install(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     async def measure(request: Request, call_next):
         t0 = time.perf_counter()
         response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        if request.url.path == "/" or request.url.path.startswith("/ui/"):
+            response.headers["Content-Security-Policy"] = UI_POLICY
         route = request.scope.get("route")
         metrics.observe(request.method, getattr(route, "path", "unmatched"), response.status_code,
                         time.perf_counter() - t0)

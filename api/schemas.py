@@ -41,7 +41,7 @@ class CurateForm(BaseModel):
 
 
 def job_out(row: JobRow) -> JobOut:
-    url = f"/transfer-sets/{row.transfer_set_id}" if row.transfer_set_id else None
+    url = f"/transfer-sets/{row.transfer_set_id}" if row.transfer_set_id and row.set_exists else None
     return JobOut(id=row.id, kind=row.kind, state=row.state, phase=row.phase, progress=row.progress or 0.0,
                   params=row.params, counts=row.counts, error=row.error, transfer_set_id=row.transfer_set_id,
                   transfer_set_url=url, created_at=iso(row.created_at), updated_at=iso(row.updated_at))

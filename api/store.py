@@ -68,6 +68,7 @@ class JobRow:
     worker: Optional[str] = None
     lease_expires: Optional[float] = None
     attempts: int = 0
+    set_exists: bool = False   # whether the set it made is still there (a deleted set's job keeps its id)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,10 @@ class SetRow:
     manifest_sha256: str
     created_at: float
     owner: Optional[str] = None
+
+
+#: A job row's extra column: whether its set is still there.
+SET_EXISTS = "EXISTS (SELECT 1 FROM transfer_sets WHERE transfer_sets.id = jobs.transfer_set_id) AS set_exists"
 
 
 def new_job_id() -> str:
@@ -158,14 +163,20 @@ class Store:
                               (*args, job_id, *([worker] if worker is not None else [])))
         return cur.rowcount == 1
 
-    def claim_job(self, worker: str, lease_seconds: float) -> Optional[JobRow]:
-        """Hand the oldest claimable job to replica ``worker`` under a lease, atomically; a job whose
-        replicas died MAX_ATTEMPTS times is failed instead."""
+    def fail_abandoned_jobs(self) -> list[str]:
+        """Jobs whose replicas died MAX_ATTEMPTS times are failed rather than handed out again (they may be
+        what kills them); returns their ids, so their leftovers can go."""
         now = time.time()
-        self.db.execute("UPDATE jobs SET state = 'failed', updated_at = ?, error = ? WHERE state = 'running' "
-                        "AND (lease_expires IS NULL OR lease_expires < ?) AND attempts >= ?",
-                        (now, f"the server running this job stopped {MAX_ATTEMPTS} times; submit it again", now,
-                         MAX_ATTEMPTS))
+        rows = self.db.execute("UPDATE jobs SET state = 'failed', updated_at = ?, error = ? WHERE state = 'running' "
+                               "AND (lease_expires IS NULL OR lease_expires < ?) AND attempts >= ? RETURNING id",
+                               (now, f"the server running this job stopped {MAX_ATTEMPTS} times; submit it again",
+                                now, MAX_ATTEMPTS))
+        return [r["id"] for r in rows]
+
+    def claim_job(self, worker: str, lease_seconds: float) -> Optional[JobRow]:
+        """Hand the oldest claimable job to replica ``worker`` under a lease, atomically (after
+        ``fail_abandoned_jobs``, a job past MAX_ATTEMPTS is not claimable)."""
+        now = time.time()
         row = self._claim("jobs", "", (), worker, lease_seconds, now)
         return _job(row) if row else None
 
@@ -186,13 +197,14 @@ class Store:
         return {r["id"] for r in rows}
 
     def get_job(self, job_id: str) -> Optional[JobRow]:
-        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self.db.execute(f"SELECT jobs.*, {SET_EXISTS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
     def list_jobs(self, state: Optional[str] = None, limit: int = 100, owner: Optional[str] = None) -> list[JobRow]:
         """Newest first; ``owner`` (a key's name) shows that key's jobs only (None: everyone's)."""
         where, args = _where(("state", state), ("owner", owner))
-        rows = self.db.execute(f"SELECT * FROM jobs{where} ORDER BY created_at DESC LIMIT ?", (*args, limit))
+        rows = self.db.execute(f"SELECT jobs.*, {SET_EXISTS} FROM jobs{where} ORDER BY created_at DESC LIMIT ?",
+                               (*args, limit))
         return [_job(r) for r in rows]
 
     def count_jobs(self) -> dict[str, int]:
@@ -345,7 +357,8 @@ def _json(text: Optional[str]) -> Any:
 
 
 def _job(row: Any) -> JobRow:
-    return _row(JobRow, row, params=_json(row["params"]) or {}, counts=_json(row["counts"]))
+    return _row(JobRow, row, params=_json(row["params"]) or {}, counts=_json(row["counts"]),
+                set_exists=bool(row["set_exists"]) if "set_exists" in row.keys() else False)
 
 
 def _distill(row: Any) -> DistillJobRow:

@@ -62,7 +62,7 @@ async def post_curate(request: Request, key: CurateKey, settings: SettingsDep, s
         if store.get_job(job_id).params != params.model_dump():
             raise HTTPException(422, "Idempotency-Key was already used for a request with other params")
     if wait:
-        await asyncio.to_thread(runner.wait, job_id, settings.wait_seconds)
+        await runner.wait(job_id, settings.wait_seconds)
     job = job_out(store.get_job(job_id))
     return JSONResponse(job.model_dump(mode="json"), status_code=202 if job.active else 200,
                         headers={"Location": f"/jobs/{job_id}"})

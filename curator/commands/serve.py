@@ -59,5 +59,6 @@ def run(args) -> int:
     release_large_buffers()
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
                 timeout_keep_alive=settings.keep_alive_timeout,
-                http=type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": settings.header_timeout}))
+                http=type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": settings.header_timeout,
+                                                                 "max_header_bytes": settings.max_header_bytes}))
     return 0

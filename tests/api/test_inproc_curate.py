@@ -1,5 +1,6 @@
 """POST /curate in process (FastAPI's TestClient): bodies, bounds, cancelling, retries."""
 import base64
+import time
 
 import pytest
 
@@ -192,3 +193,57 @@ def test_every_path_respects_the_limits(client):
         assert r.status_code == 422, (n, r.status_code)
         assert client.get(f"/items/{n}/thumbnail").status_code == 422
         assert client.get(f"/search?item_id={n}").status_code == 422
+
+
+def test_waiting_requests_hold_no_thread_that_others_need(tiny_index, tmp_path):
+    """Ten ?wait=true requests on jobs that never start: search still answers at once (waiters sleep on
+    the event loop, not on the threads that searches, uploads and thumbnails share)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from api import Settings, create_app
+
+    app = create_app(Settings(index_dir=tiny_index(40, classes=2, seed=5), data_dir=tmp_path / "data", no_auth=True,
+                              wait_seconds=3))
+    with TestClient(app) as c:
+        c.app.state.store.claim_job = lambda *args, **kw: None  # the queue stands still
+        body = {"params": {"per_query": 2}, "embeddings": [[1.0] + [0.0] * (c.app.state.pool.current().manifest.dim - 1)]}
+        with ThreadPoolExecutor(10) as pool:
+            waiting = [pool.submit(c.post, "/curate?wait=true", json=body) for _ in range(10)]
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            r = c.get("/search?item_id=3&k=3")
+            assert r.status_code == 200 and time.monotonic() - t0 < 1.0
+            assert [f.result().status_code for f in waiting] == [202] * 10
+
+
+def test_a_cancelled_queued_jobs_uploads_and_an_abandoned_jobs_leftovers_are_freed(tiny_index, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api import Settings, create_app
+
+    app = create_app(Settings(index_dir=tiny_index(40, classes=2, seed=5), data_dir=tmp_path / "data", no_auth=True))
+    with TestClient(app) as c:
+        store, uploads = c.app.state.store, c.app.state.settings.uploads_dir
+        claim = store.claim_job
+        store.claim_job = lambda *args, **kw: None  # the queue stands still
+        files = [("files", ("a.png", png_bytes(pattern_image(1, 96)), "image/png"))]
+        job = c.post("/curate", files=files, data={"params": '{"per_query": 2}'}).json()
+        assert (uploads / job["id"]).is_dir()
+        assert c.delete(f"/jobs/{job['id']}").json()["state"] == "cancelled"
+        assert not (uploads / job["id"]).exists()  # not kept until a restart
+        # a job whose replicas died three times is failed, and its inputs and half-written set go with it
+        dead = c.post("/curate", files=files, data={"params": '{"per_query": 2}'}).json()["id"]
+        partial = c.app.state.settings.sets_dir / f".ts-{dead.removeprefix('job-')}.tmp-x"
+        partial.mkdir()
+        store.db.execute("UPDATE jobs SET state = 'running', attempts = 3, lease_expires = 0 WHERE id = ?", (dead,))
+        store.claim_job = claim
+        c.app.state.runner.submit(dead)
+        for _ in range(100):
+            if c.get(f"/jobs/{dead}").json()["state"] == "failed":
+                break
+            time.sleep(0.05)
+        assert "stopped 3 times" in c.get(f"/jobs/{dead}").json()["error"]
+        assert not (uploads / dead).exists() and not partial.exists()

@@ -39,6 +39,8 @@ def test_sets_can_be_deleted_by_their_owner_and_expire(client):
     assert client.delete(f"/transfer-sets/{set_id}", headers=other).status_code == 404
     assert client.delete(f"/transfer-sets/{set_id}").status_code == 200
     assert client.get(f"/transfer-sets/{set_id}").status_code == 404 and not (sets_dir / set_id).exists()
+    after = client.get(f"/jobs/{job['id']}").json()
+    assert after["transfer_set_id"] == set_id and after["transfer_set_url"] is None  # no link to a deleted set
     old = client.post("/curate?wait=true", json={"params": {"per_query": 2}, "embeddings": [[1.0] * client.dim]},
                       headers=root).json()["transfer_set_id"]
     settings = client.app.state.settings
