@@ -59,3 +59,12 @@ def test_the_ui_page_and_its_assets_ship_in_the_package(client):
     for asset in ("/ui/app.js", "/ui/style.css"):
         body = client.get(asset).text
         assert "http://" not in body and "https://" not in body  # no CDN, no other host
+
+
+def test_answers_carry_security_headers_and_the_ui_a_content_security_policy(client):
+    page = client.get("/")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+    for r in (page, client.get("/healthz"), client.get("/jobs")):
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["referrer-policy"] == "no-referrer"
