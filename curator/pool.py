@@ -12,11 +12,10 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, NamedTuple, Optional
 
-import fsspec
-
 from .errors import CuratorError
 from .formats import ShardTask
 from .images import is_image_name
+from .remote import no_ranges, open_remote, read_remote_range, whole_copy
 
 CAPTION_EXTENSIONS = ("txt", "caption")
 META_EXTENSIONS = ("json",)
@@ -156,10 +155,21 @@ def scan_tar(url: str) -> list[PoolItem]:
     Members of one sample are adjacent and share a key: the member name up to the first
     dot of its basename (webdataset's rule). Captions and json are small and read here.
     """
+    try:
+        samples, order = _scan(url)
+    except ValueError as exc:
+        if not no_ranges(exc):
+            raise CuratorError(f"{url}: cannot read as a tar shard ({exc})") from None
+        samples, order = _scan(whole_copy(url))  # the server offers no ranges: scan a whole local copy
+    return [PoolItem(k, url, *samples[k]["image"], samples[k].get("caption"), samples[k].get("meta"))
+            for k in order if "image" in samples[k]]
+
+
+def _scan(url: str) -> tuple[dict[str, dict], list[str]]:
     samples: dict[str, dict] = {}
     order: list[str] = []
     try:
-        with fsspec.open(url, "rb") as fh:
+        with (open(url, "rb") if "://" not in url else open_remote(url)) as fh:
             mode = "r:" if fh.seekable() else "r|"
             with tarfile.open(fileobj=fh, mode=mode) as tar:
                 for member in tar:
@@ -181,8 +191,7 @@ def scan_tar(url: str) -> list[PoolItem]:
                         samples[key]["caption" if ext in CAPTION_EXTENSIONS else "meta"] = data
     except (tarfile.TarError, OSError) as exc:
         raise CuratorError(f"{url}: cannot read as a tar shard ({type(exc).__name__}: {exc})") from None
-    return [PoolItem(k, url, *samples[k]["image"], samples[k].get("caption"), samples[k].get("meta"))
-            for k in order if "image" in samples[k]]
+    return samples, order
 
 
 def read_range(source: str, offset: int, size: int) -> bytes:
@@ -196,9 +205,7 @@ def read_range(source: str, offset: int, size: int) -> bytes:
         finally:
             os.close(fd)
     else:
-        with fsspec.open(source, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(size)
+        data = read_remote_range(source, offset, size)
     if len(data) != size:
         raise OSError(f"{source}: short read ({len(data)} of {size} bytes at {offset})")
     return data

@@ -30,7 +30,7 @@ from curator.progress import progress_bar
 from .embed_images import EmbedOptions, read_done
 from .import_embeddings import import_shard, plan_embedding_tasks
 from .generation import append_generation, build_generation, current, up_to_date
-from .ingest import download_url_list
+from .ingest import download_failures, download_url_list
 from .dedup_links import build_links
 from .runners import Runner, make_runner
 
@@ -97,7 +97,7 @@ def _build(out: Path, tasks: list[ShardTask], encoder, opts: BuildConfig, runner
         # a finished build, run again: its real figures stand (the file is left as the build wrote it)
         return load_doc(old_report, BuildReport).model_copy(update={"shards_reused": reused})
     manifest = gen.manifest if gen else current(out)
-    skipped = [s for t in tasks for s in dones[t.shard_id].skipped]
+    skipped = download_failures(out) + [s for t in tasks for s in dones[t.shard_id].skipped]
     report = BuildReport(
         items=manifest.ntotal, skipped=len(skipped), skipped_by_reason=dict(Counter(s.reason for s in skipped)),
         skipped_items=skipped[:1000], duplicates=manifest.n_duplicates, shards_total=len(tasks),

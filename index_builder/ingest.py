@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from curator.errors import CuratorError
+from curator.formats import SkippedItem
 
 
 def download_url_list(url_list: str, dest: Path, *, max_pixels: int, processes: int = 2,
@@ -59,3 +60,17 @@ def _has_column(url_list: str, fmt: str, column: str) -> bool:
 def _check_url_column(url_list: str, fmt: str) -> None:
     if not _has_column(url_list, fmt, "url"):
         raise CuratorError(f"{url_list} has no 'url' column (an optional 'caption' column is kept)")
+
+
+def download_failures(out: Path) -> list[SkippedItem]:
+    """The URLs img2dataset could not fetch (from its per-shard status tables under ``out/download``),
+    as skipped items: a build over a URL list reports them beside the files that did not decode."""
+    import pyarrow.parquet as pq
+
+    failed = []
+    for table in sorted((out / "download").glob("*/*.parquet")):
+        rows = pq.read_table(table, columns=["url", "status", "error_message"]).to_pylist()
+        failed += [SkippedItem(key=r["url"], source=table.parent.name, reason="download_failed",
+                               detail=(r["error_message"] or r["status"] or "")[:500])
+                   for r in rows if r["status"] != "success"]
+    return failed

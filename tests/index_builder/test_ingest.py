@@ -52,3 +52,29 @@ def test_url_list_is_downloaded_then_indexed(tmp_path, tiny_clip_spec):
     import pyarrow.parquet as pq
     status = pq.read_table(next((out / "download").glob("*/*.parquet"))).to_pydict()
     assert status["status"].count("success") == 6 and status["status"].count("failed_to_download") == 1
+    # the failed URL is in the report, as a skipped item with img2dataset's reason
+    assert report.skipped == 1 and report.skipped_by_reason == {"download_failed": 1}
+    assert report.skipped_items[0].key.endswith("/missing.jpg") and "404" in report.skipped_items[0].detail
+
+
+def test_remote_tar_shards_from_a_server_without_ranges_are_read_whole(tmp_path, tiny_clip_spec, capsys):
+    """python's http.server offers no byte ranges: each shard is fetched whole, once, and indexed; a URL
+    that is not there is one line naming it."""
+    from curator.cli import main
+    from helpers import write_tar
+
+    www = tmp_path / "www"
+    www.mkdir()
+    for i in range(2):
+        write_tar(www / f"pool-{i:05d}.tar", 5, start=5 * i)
+    with serve(www) as base:
+        report = build_index([f"{base}/pool-{{00000..00001}}.tar"], tmp_path / "idx",
+                             BuildConfig(encoder=tiny_clip_spec, workers=0, progress=False))
+        assert report.items == 10 and report.skipped == 0
+        index = PoolIndex.open(tmp_path / "idx")
+        assert index.fetch(7) == (www / "pool-00001.tar").read_bytes()[index.items.column("offset")[7].as_py():][
+            :index.items.column("size")[7].as_py()]
+        assert main(["build-index", "--input", f"{base}/gone-00000.tar", "--out", str(tmp_path / "x"),
+                     "--encoder", tiny_clip_spec, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "gone-00000.tar: not found" in err, err
