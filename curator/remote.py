@@ -22,6 +22,8 @@ from .errors import CuratorError
 
 #: What fsspec raises when a server answers no byte ranges (its message says so).
 NO_RANGES = "range requests"
+#: URLs whose server answered no byte ranges, in this process.
+_RANGELESS: set[str] = set()
 
 
 def cache_dir() -> Path:
@@ -49,6 +51,7 @@ def open_remote(url: str) -> Iterator[BinaryIO]:
 
 def whole_copy(url: str) -> str:
     """A local copy of the remote file, fetched once (streamed, written atomically) and reused."""
+    _RANGELESS.add(url)
     path = cache_dir() / (hashlib.sha256(url.encode()).hexdigest()[:40] + Path(url.split("?")[0]).suffix)
     if path.exists():
         return str(path)
@@ -69,14 +72,17 @@ def whole_copy(url: str) -> str:
 
 
 def read_remote_range(url: str, offset: int, size: int) -> bytes:
-    """``size`` bytes at ``offset``: one ranged request, or a read of the whole copy where ranges are refused."""
-    try:
-        with open_remote(url) as fh:
-            fh.seek(offset)
-            return fh.read(size)
-    except ValueError as exc:
-        if not no_ranges(exc):
-            raise
+    """``size`` bytes at ``offset``: one ranged request, or a read of the whole copy where ranges are refused
+    (remembered per process, so each later read is local at once)."""
+    if url not in _RANGELESS:
+        try:
+            with open_remote(url) as fh:
+                fh.seek(offset)
+                return fh.read(size)
+        except ValueError as exc:
+            if not no_ranges(exc):
+                raise
+            _RANGELESS.add(url)
     fd = os.open(whole_copy(url), os.O_RDONLY)
     try:
         return os.pread(fd, size, offset)
