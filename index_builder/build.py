@@ -16,11 +16,12 @@ import os
 import resource
 import shutil
 import time
+from dataclasses import dataclass
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from curator.encoders import create_encoder
+from curator.encoders import create_encoder, describe_encoder
 from curator.errors import CuratorError, PlanMismatchError
 from curator.formats import (INDEX_MANIFEST_NAME, BuildConfig, BuildPlan, BuildReport, EncoderInfo, IndexManifest, ShardDone,
                              ShardTask, load_doc, save_doc)
@@ -44,8 +45,11 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildConfig, *, embedd
     before anything is written to ``out``."""
     t_start = time.perf_counter()
     out = Path(out)
-    encoder = create_encoder(opts.encoder, device="cpu" if opts.runner == "ray" else opts.device,
-                             precision=opts.precision)
+    if embeddings:  # vectors computed elsewhere: the encoder's config says what the index must record
+        encoder = DescribedEncoder(describe_encoder(opts.encoder, precision=opts.precision))
+    else:
+        encoder = create_encoder(opts.encoder, device="cpu" if opts.runner == "ray" else opts.device,
+                                 precision=opts.precision)
     base = _check_append(out, opts)
     if embeddings:
         planned = [t for root in inputs for t in plan_embedding_tasks(root)]
@@ -53,7 +57,7 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildConfig, *, embedd
     else:
         for spec in inputs:
             input_kind(spec)  # a missing path or an unreadable kind names itself here
-    runner = make_runner(opts, encoder)
+    runner = make_runner(opts, None if embeddings else encoder)
     try:
         if opts.overwrite and out.exists():
             _discard(out)
@@ -65,6 +69,20 @@ def build_index(inputs: list[str], out: str | Path, opts: BuildConfig, *, embedd
         return _build(out, tasks, encoder, opts, runner, base, embeddings, t_start)
     finally:
         runner.close()
+
+
+@dataclass(frozen=True)
+class DescribedEncoder:
+    """An encoder known by its description alone: importing published vectors runs no model, so none
+    is loaded (weights are read only when a query image or text must be embedded)."""
+    info: dict
+
+    @property
+    def dim(self) -> int:
+        return int(self.info["dim"])
+
+    def describe(self) -> dict:
+        return self.info
 
 
 def _build(out: Path, tasks: list[ShardTask], encoder, opts: BuildConfig, runner: Runner,

@@ -9,10 +9,10 @@ from .._torchvision_shim import import_torchvision
 import_torchvision()  # before timm/open_clip import torchvision
 
 from .base import Encoder, resolve_device  # noqa: E402
-from .registry import create_encoder, list_encoder_schemes, register_encoder_scheme  # noqa: E402
+from .registry import create_encoder, describe_encoder, list_encoder_schemes, register_encoder_scheme  # noqa: E402
 from . import open_clip_encoder, packaged, timm_encoder  # noqa: E402,F401  (importing them registers their schemes)
 
 from ..specs import DEFAULT_ENCODER, OFFLINE_ENCODER  # noqa: E402
 
-__all__ = ["Encoder", "create_encoder", "list_encoder_schemes", "register_encoder_scheme",
+__all__ = ["Encoder", "create_encoder", "describe_encoder", "list_encoder_schemes", "register_encoder_scheme",
            "resolve_device", "OFFLINE_ENCODER", "DEFAULT_ENCODER"]

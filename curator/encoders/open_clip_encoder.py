@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 
 from ..errors import CuratorError, EncoderUnavailableError
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 
 from .base import Encoder, deterministic_init
 from .registry import register_encoder_scheme
@@ -48,9 +49,8 @@ def split_open_clip_spec(rest: str) -> tuple[str, str]:
     return model, pretrained
 
 
-@register_encoder_scheme("open_clip", help="open_clip:MODEL/PRETRAINED, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k "
-                         "(PRETRAINED: a tag, a local checkpoint path, or 'none' for untrained)")
-def create_open_clip_encoder(rest: str, *, spec: str, device: str, precision: str) -> Encoder:
+def resolve_open_clip_spec(rest: str, spec: str) -> tuple[str, str]:
+    """(a registered model name, its weights) from ``MODEL/PRETRAINED``; a clear error for either."""
     import open_clip
 
     model_name, pretrained = split_open_clip_spec(rest)
@@ -65,6 +65,52 @@ def create_open_clip_encoder(rest: str, *, spec: str, device: str, precision: st
         model_name = config.stem
     if model_name not in open_clip.list_models():
         raise CuratorError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+    return model_name, pretrained
+
+
+def describe_open_clip(rest: str, *, spec: str, precision: str) -> dict:
+    """The architecture on the meta device (no memory, no weights) and the tag's preprocessing, merged as
+    open_clip's ``create_model`` merges them."""
+    import open_clip
+    import torch
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    model_name, pretrained = resolve_open_clip_spec(rest, spec)
+    preprocess = asdict(PreprocessCfg())
+    if pretrained != "none" and not os.path.exists(pretrained):
+        tag = open_clip.get_pretrained_cfg(model_name, pretrained)
+        if not tag:
+            raise CuratorError(f"unknown open_clip weights {pretrained!r} for {model_name}; see "
+                               f"open_clip.list_pretrained()")
+        preprocess = merge_preprocess_dict(preprocess, tag)
+    with torch.device("meta"), _quiet_open_clip():
+        visual = open_clip.create_model(model_name, pretrained=None, device="meta").visual
+    size = visual.image_size
+    preprocess["size"] = size
+    return {"spec": spec, "dim": int(visual.output_dim), "image_size": int(size[0] if isinstance(size, (tuple, list))
+                                                                             else size),
+            "precision": precision, "preprocess": preprocess}
+
+
+@contextmanager
+def _quiet_open_clip():
+    """open_clip logs "No pretrained weights loaded" for an architecture built on purpose without them."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+@register_encoder_scheme("open_clip", help="open_clip:MODEL/PRETRAINED, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k "
+                         "(PRETRAINED: a tag, a local checkpoint path, or 'none' for untrained)",
+                         describe=describe_open_clip)
+def create_open_clip_encoder(rest: str, *, spec: str, device: str, precision: str) -> Encoder:
+    import open_clip
+
+    model_name, pretrained = resolve_open_clip_spec(rest, spec)
     weights = None if pretrained == "none" else pretrained
     if weights is None:
         log.warning("encoder %s has UNTRAINED weights: fine for tests, useless for retrieval", spec)

@@ -229,3 +229,20 @@ def test_peak_memory_stays_under_max_build_memory(tmp_path, tiny_clip_spec):
     assert pool.manifest.layout == "on-disk" and pool.ntotal == 1_000_000
     assert pool.manifest.recall_at_10 >= 0.9
     assert 0 < peak < budget, f"peak {peak:,} over --max-build-memory {budget:,}"
+
+
+def test_published_vectors_index_with_their_encoders_config_and_no_weights(tmp_path, monkeypatch):
+    """LAION's ViT-L/14 vectors on a CPU box with no hub access: the index records the encoder's spec and
+    preprocessing from its config; its weights are never loaded (offline, they could not be)."""
+    from curator.encoders import registry
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setitem(registry._FACTORIES, "open_clip", lambda *a, **kw: pytest.fail("the model was loaded"))
+    src = write_embeddings(tmp_path / "laion", [300], d=768)
+    report = build_index([str(src)], tmp_path / "idx", opts("open_clip:ViT-L-14/openai"), embeddings=True)
+    assert report.items == 300
+    manifest = PoolIndex.open(tmp_path / "idx").manifest
+    assert manifest.encoder.dim == 768 and manifest.encoder.preprocess["mean"][0] == pytest.approx(0.4815, abs=1e-4)
+    with pytest.raises(CuratorError, match="768"):  # vectors of another width are refused, naming both
+        build_index([str(write_embeddings(tmp_path / "b", [50], d=32))], tmp_path / "idx2",
+                    opts("open_clip:ViT-L-14/openai"), embeddings=True)
