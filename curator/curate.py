@@ -23,6 +23,7 @@ from .select import Selection
 from .setview import DROPPED_FILE, QUERIES_FILE, dropped_table, query_table
 from .strategies import Rules, SelectionRequest, select
 from .transfer import new_set_id, shard_writers, write_transfer_set
+from .urlsets import url_only, write_url_set
 
 Progress = Callable[[str, float], None]
 #: How far from 1 a precomputed row's norm may be and still count as a unit vector (float32 rounding).
@@ -69,15 +70,21 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     with shard_writers(params.budget or (params.per_query or 0) * len(queries)) as writers:
         selection = select_items(pool, vecs, owner, [q.label for q in queries], forbidden_vecs, params, timings,
                                  progress=progress, cancelled=cancelled)
-        _check_stored(pool, selection.ids)
+        by_url = url_only(pool.items, selection.ids)  # published embeddings: the set is a URL list
+        if not by_url:
+            _check_stored(pool, selection.ids)
         progress("write", 0.0)
         base = _manifest(pool, queries, params, selection, set_id or new_set_id(), len(vecs),
                          len(forbidden_vecs) - len(queries), timings).model_copy(update={"skipped_queries": skipped})
         tables = {QUERIES_FILE: query_table(queries, vecs[_first_views(owner)]),
                   DROPPED_FILE: dropped_table(selection.dropped, pool.items)}
-        manifest = write_transfer_set(pool.items, selection, [q.id for q in queries], [q.label for q in queries],
-                                      Path(out_root), base, progress=lambda f: progress("write", f),
-                                      cancelled=cancelled, tables=tables, writers=writers)
+        ids, labels = [q.id for q in queries], [q.label for q in queries]
+        if by_url:
+            manifest = write_url_set(pool.items, selection, ids, labels, Path(out_root), base, tables)
+        else:
+            manifest = write_transfer_set(pool.items, selection, ids, labels, Path(out_root), base,
+                                          progress=lambda f: progress("write", f), cancelled=cancelled, tables=tables,
+                                          writers=writers)
     progress("done", 1.0)
     return manifest
 
@@ -116,9 +123,8 @@ def _check_stored(pool: PoolIndex, ids: np.ndarray) -> None:
     missing = np.flatnonzero(rows.column("size").to_numpy() == 0)
     if len(missing):
         example = rows.column("source")[int(missing[0])].as_py()
-        raise CuratorError(f"{len(missing)} of the {len(ids)} selected pool items have no stored image (the index "
-                           f"was built from published embeddings; e.g. {example}); download them into shards "
-                           f"(img2dataset) and build the index from those to curate sets of images")
+        raise CuratorError(f"{len(missing)} of the {len(ids)} selected pool items have no stored image and no URL "
+                           f"(e.g. {example}): the index was built from embeddings whose images are not at hand")
 
 
 def _search_blocks(pool: PoolIndex, vecs: np.ndarray, k: int,

@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+from curator.downloads import download_url_list
 from curator.encoders import create_encoder, describe_encoder
 from curator.errors import CuratorError, PlanMismatchError
 from curator.formats import (INDEX_MANIFEST_NAME, BuildConfig, BuildPlan, BuildReport, EncoderInfo, IndexManifest, ShardDone,
@@ -31,7 +32,7 @@ from curator.progress import progress_bar
 from .embed_images import EmbedOptions, read_done
 from .import_embeddings import import_shard, plan_embedding_tasks
 from .generation import append_generation, build_generation, current, up_to_date
-from .ingest import download_failures, download_url_list
+from .ingest import download_failures
 from .dedup_links import build_links
 from .runners import Runner, make_runner
 

@@ -119,6 +119,9 @@ class TransferManifest(Doc):
     counts: TransferCounts
     timings: dict[str, float] = Field(default_factory=dict)
     shardlist: list[ShardEntry] = Field(default_factory=list)
+    url_list: Optional[str] = Field(None, description="a set of pool items known only by URL: this file (urls.parquet) "
+                                                      "lists them for img2dataset, and curator materialize downloads "
+                                                      "them into shards")
     packed: Optional[dict] = Field(None, description="set by benchmarks/pack_kt.py: how the images were re-encoded")
 
 

@@ -80,3 +80,67 @@ def test_remote_tar_shards_from_a_server_without_ranges_are_read_whole(tmp_path,
                      "--encoder", tiny_clip_spec, "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gone-00000.tar: not found" in err[0], err
+
+
+def test_published_embeddings_with_urls_curate_to_a_url_list_that_materializes_into_shards(tmp_path, tiny_clip_spec,
+                                                                                          capsys):
+    """The LAION case end to end: vectors with URLs -> index -> curate -> urls.parquet (img2dataset's input
+    as it is) -> curator materialize (img2dataset) -> verified shards -> wids reads them."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import wids
+
+    from curator.cli import main
+
+    www, emb = tmp_path / "www", tmp_path / "emb"
+    www.mkdir()
+    (emb / "img_emb").mkdir(parents=True)
+    (emb / "metadata").mkdir()
+    for i in range(12):
+        pattern_image(i, size=64).save(www / f"{i}.jpg")
+    x = np.random.default_rng(0).normal(size=(12, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.save(emb / "img_emb" / "img_emb_0.npy", x.astype(np.float16))
+    (www / "3.jpg").unlink()  # gone from the web since it was indexed
+    with serve(www) as base:
+        pq.write_table(pa.table({"url": [f"{base}/{i}.jpg" for i in range(12)],
+                                 "caption": [f"picture {i}" for i in range(12)]}), emb / "metadata" / "metadata_0.parquet")
+        assert main(["build-index", "--embeddings", str(emb), "--out", str(tmp_path / "idx"), "--encoder",
+                     tiny_clip_spec, "-q"]) == 0
+        np.save(tmp_path / "q.npy", x[[3, 7]])
+        assert main(["curate", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "--out",
+                     str(tmp_path / "sets"), "--set-id", "s", "--per-query", "3", "--dedup", "1",
+                     "--exclude-threshold", "1"]) == 0
+        folder = tmp_path / "sets" / "s"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        urls = pq.read_table(folder / "urls.parquet").to_pylist()
+        assert manifest["url_list"] == "urls.parquet" and not manifest["shardlist"] and len(urls) == 6
+        assert {"url", "caption", "similarity", "query", "rank"} <= set(urls[0])
+        capsys.readouterr()
+        assert main(["materialize", str(folder), "--out", str(tmp_path / "wds")]) == 0
+        said = capsys.readouterr().out
+    done = json.loads((tmp_path / "wds" / "s" / "manifest.json").read_text())
+    wanted = sum(u["url"].endswith("/3.jpg") for u in urls)
+    assert done["counts"]["emitted"] == 6 - wanted and done["counts"]["unreadable"] == wanted, said
+    for shard in done["shardlist"]:
+        assert hashlib.sha256((tmp_path / "wds" / "s" / shard["url"]).read_bytes()).hexdigest() == shard["sha256"]
+    samples = {r["key"]: r for r in pq.read_table(tmp_path / "wds" / "s" / "samples.parquet").to_pylist()}
+    dataset = wids.ShardListDataset(str(tmp_path / "wds" / "s" / "manifest.json"), transformations=[],
+                                    cache_dir=str(tmp_path / "cache"))
+    assert len(dataset) == len(samples) == 6 - wanted
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        image = member(sample, "jpg", "jpeg", "png", "webp")
+        assert hashlib.sha256(image).hexdigest() == samples[sample["__key__"]]["sha256"]
+        meta = json.loads(member(sample, "json"))
+        assert meta["caption"].startswith("picture ") and meta["query_id"] in ("embedding-0", "embedding-1")
+
+
+def member(sample: dict, *exts: str) -> bytes:
+    """A wids sample's member of one of these extensions, as bytes."""
+    value = next(v for k, v in sample.items() if k.lstrip(".") in exts)
+    return value.read() if hasattr(value, "read") else bytes(value)
