@@ -185,6 +185,8 @@ class CuratorClient:
                 raise CuratorError(f"shard {shard.url} of {set_id}: sha256 mismatch after download")
         samples = self._check(self.http.get(f"/transfer-sets/{set_id}/samples.parquet")).content
         (tmp / "samples.parquet").write_bytes(samples)
+        if manifest.url_list:  # URL-only pool items: the list img2dataset (or curator materialize) downloads
+            self._download(f"/transfer-sets/{set_id}/{manifest.url_list}", tmp / manifest.url_list)
         (tmp / "manifest.json").write_bytes(raw)  # byte for byte: its sha256 stays the service's
         os.replace(tmp, final)
         return final

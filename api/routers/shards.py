@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from curator.errors import CuratorError
 from curator.formats.protocol import WidsIndex, WidsShard
 from curator.transfer import read_manifest, shard_path_or_layout
+from curator.urlsets import URL_LIST_FILE
 
 from ..deps import MetricsDep, SettingsDep, StoreDep, readable, reject, require
 from ..ranges import assembled_response
@@ -78,6 +79,16 @@ def get_wids_index(set_id: str, request: Request, signed: SignedDep, store: Stor
               for s in read_manifest(folder).shardlist]
     index = WidsIndex(name=set_id, shardlist=shards)
     return JSONResponse(index.model_dump(mode="json", by_alias=True), headers={"Cache-Control": "private, no-store"})
+
+
+@router.get(f"/transfer-sets/{{set_id}}/{URL_LIST_FILE}", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"description": "not a URL set"}})
+def get_url_list(set_id: str, request: Request, signed: SignedDep, store: StoreDep, settings: SettingsDep) -> Response:
+    """A set of URL-only pool items as the URL list img2dataset reads (the service fetches no URL itself)."""
+    folder, _ = open_file(request, set_id, URL_LIST_FILE, settings, store, signed)
+    if not (folder / URL_LIST_FILE).is_file():
+        raise reject(404, f"transfer set {set_id!r} holds images, not a URL list")
+    return FileResponse(folder / URL_LIST_FILE, media_type="application/octet-stream", filename=URL_LIST_FILE)
 
 
 @router.get("/transfer-sets/{set_id}/shards/{name}", response_class=FileResponse, responses=TAR)

@@ -115,3 +115,29 @@ def test_wids_reads_a_local_set_once_materialized(tiny_index, tmp_path, capsys):
     dataset = wids.ShardListDataset(str(tmp_path / "wds" / "s" / "manifest.json"), transformations=[],
                                     cache_dir=str(tmp_path / "cache"))
     check_samples((dataset[i] for i in range(len(dataset))), expected)
+
+
+def test_a_url_only_pool_curates_to_a_url_list_through_the_service(tmp_path, tiny_clip_spec):
+    """POST /curate on an index of published embeddings: the set is a URL list the caller downloads (the
+    service fetches no URL); the Python client brings it home with the manifest."""
+    from helpers import opts, write_embeddings
+    from index_builder import build_index
+
+    src = write_embeddings(tmp_path / "laion", [200], d=32)
+    build_index([str(src)], tmp_path / "idx", opts(tiny_clip_spec), embeddings=True)
+    srv = Server(tmp_path / "idx", tmp_path / "state").start()
+    try:
+        import numpy as np
+
+        vectors = np.load(src / "img_emb" / "img_emb_0.npy")[:2].astype(float).tolist()
+        with CuratorClient(srv.url, CURATE) as client:
+            job = client.wait(client.curate_embeddings(vectors, {"per_query": 5, "dedup": 1.0}).id)
+            assert job.counts.emitted == 10
+            folder = client.download_transfer_set(job.transfer_set_id, tmp_path / "dl")
+        urls = pq.read_table(folder / "urls.parquet").to_pylist()
+        assert len(urls) == 10 and all(u["url"].startswith("https://example.com/") for u in urls)
+        other = httpx.get(f"{srv.url}/transfer-sets/{job.transfer_set_id}/urls.parquet",
+                          headers={"Authorization": f"Bearer {READ}"})
+        assert other.status_code == 404  # another tenant's list is not theirs to read
+    finally:
+        srv.stop()
