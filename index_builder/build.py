@@ -7,7 +7,8 @@ Steps, each restartable on its own:
    chosen runner (index_builder.runners), or imported with ``--embeddings``;
 3. index: a new generation is built or appended (index_builder.generation) and switched in
    by writing ``index.json`` last;
-4. links (``--dedup-links``): the generation's near-duplicate links (index_builder.dedup_links).
+4. links (``--dedup-links``, by default on pools of 100,000 items or more): the generation's
+   near-duplicate links (index_builder.dedup_links).
 """
 from __future__ import annotations
 
@@ -107,9 +108,10 @@ def _build(out: Path, tasks: list[ShardTask], encoder, opts: BuildConfig, runner
         gen = None
     else:
         gen = build_generation(out, tasks, info, opts, runner, "embeddings" if embeddings else "images")
-    if opts.dedup_links is not None:
+    links_at = opts.links_threshold((gen.manifest if gen else current(out)).ntotal)
+    if links_at is not None:
         workers = max(1, min(opts.index_workers, os.cpu_count() or 1))  # links run here, whatever the runner
-        build_links(out, opts.dedup_links, workers=workers, progress=opts.progress)
+        build_links(out, links_at, workers=workers, progress=opts.progress)
     index_seconds = time.perf_counter() - t_index
     old_report = out / "build-report.json"
     if gen is None and not pending and old_report.exists():

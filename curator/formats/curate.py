@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from pydantic import ConfigDict, Field, model_serializer, model_validator
 
 from .base import Doc, FiniteFloat, utcnow
-from .index import SkippedItem
+from .index import DEFAULT_DEDUP, SkippedItem
 
 TRANSFER_FORMAT = "curator.transfer-set/1"
 JOB_INPUTS_FORMAT = "curator.job-inputs/1"
@@ -27,7 +27,7 @@ class CurateParams(Doc):
                                   description="total images; the per-query quota follows from it")
     per_query: Optional[int] = Field(None, ge=1, le=MAX_IMAGES, description="images per query image (balanced)")
     threshold: Optional[FiniteFloat] = Field(None, ge=-1.0, le=1.0, description="minimum cosine (threshold strategy)")
-    dedup: FiniteFloat = Field(0.95, gt=0.0, le=1.0,
+    dedup: FiniteFloat = Field(DEFAULT_DEDUP, gt=0.0, le=1.0,
                                description="near-duplicates at or above this cosine collapse; 1 = off")
     exclude_threshold: FiniteFloat = Field(0.95, gt=0.0, le=1.0,
                                            description="pool items this close to a query or --exclude image are dropped")

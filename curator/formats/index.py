@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import pyarrow as pa
 from pydantic import Field, field_validator
@@ -208,6 +208,14 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
+#: Curation's near-duplicate cosine when none is given (``CurateParams.dedup``), and so the cosine an
+#: index links its items at by default.
+DEFAULT_DEDUP = 0.95
+#: From this many items up a build links near-duplicates by default: below it a curation's own search for
+#: them takes well under a second.
+LINKS_AUTO_MIN = 100_000
+
+
 class BuildConfig(Doc):
     """``curator build-index``'s settings; the CLI's flags and defaults are generated from here."""
     encoder: str = Field(DEFAULT_ENCODER, description="encoder spec (offline: packaged:efficientnet-lite2)")
@@ -246,11 +254,33 @@ class BuildConfig(Doc):
                                                            "default: chosen from the pool size and --max-index-memory")
     keep_duplicates: bool = Field(False, description="index exact duplicates (same bytes) as separate items, e.g. one "
                                                      "image with several captions")
-    dedup_links: Optional[FiniteFloat] = Field(
-        None, gt=0, lt=1, description="also find every item's near-duplicates at this cosine or above (e.g. 0.95, "
-                                      "curate's default --dedup): curations with --dedup at or above it look them "
-                                      "up instead of searching, most of a deep curation's time; costs about one "
-                                      "more pass over the pool")
+    dedup_links: Union[Literal["auto", "off"], float] = Field(
+        "auto", description="also find every item's near-duplicates at this cosine or above: curations with --dedup at "
+                            "or above it look them up instead of searching, most of a deep curation's time; costs "
+                            f"about one more pass over the pool. auto: at curate's default --dedup ({DEFAULT_DEDUP}) "
+                            f"for pools of {LINKS_AUTO_MIN:,} items or more; off: never")
+
+    @field_validator("dedup_links", mode="before")
+    @classmethod
+    def _links(cls, value):
+        """auto, off, or a cosine in (0, 1): one error that the flag's name goes with."""
+        if value in ("auto", "off"):
+            return value
+        try:
+            cosine = float(value)
+        except (TypeError, ValueError):
+            cosine = float("nan")
+        if not 0 < cosine < 1:
+            raise ValueError(f"{value!r}: use auto, off, or a cosine between 0 and 1 (exclusive)")
+        return cosine
+
+    def links_threshold(self, ntotal: int) -> Optional[float]:
+        """The cosine to link the pool's near-duplicates at, or None for no links."""
+        if self.dedup_links == "off":
+            return None
+        if self.dedup_links == "auto":
+            return DEFAULT_DEDUP if ntotal >= LINKS_AUTO_MIN else None
+        return float(self.dedup_links)
     recall_queries: int = Field(1000, ge=1, description="pool vectors used to measure recall@10")
     seed: int = Field(0, ge=0, description="seed of the training sample and the recall queries")
     overwrite: bool = Field(False, description="discard an earlier build in --out")

@@ -97,7 +97,7 @@ def test_a_killed_links_pass_resumes_from_its_saved_parts(pool_dir, tiny_clip_sp
 def test_a_bad_dedup_links_value_names_the_flag(tmp_path):
     run = subprocess.run([sys.executable, "-m", "curator.cli", "build-index", "--embeddings", str(tmp_path),
                           "--out", str(tmp_path / "idx"), "--dedup-links", "1.5"], capture_output=True, text=True)
-    assert run.returncode == 2 and "--dedup-links: Input should be less than 1" in run.stderr
+    assert run.returncode == 2 and "--dedup-links: '1.5': use auto, off, or a cosine between 0 and 1" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "idx").exists()
 
