@@ -149,6 +149,22 @@ def build_generation(out: Path, tasks: list[ShardTask], encoder: EncoderInfo, op
     return Generation(manifest)
 
 
+def add_vectors(index, vectors: np.ndarray, first_id: int) -> None:
+    """Add ``vectors`` under ids ``first_id``...: by id where the index keeps ids (IVF); by position where
+    it does not (Flat, HNSW, PQ: a small pool's index), where a vector's id is its place and the new ones
+    continue the old ones."""
+    faiss = import_faiss()
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        if index.ntotal != first_id:
+            raise CuratorError(f"cannot append to a {type(index).__name__} of {index.ntotal} vectors at id {first_id}: "
+                               f"rebuild with --append --retrain") from None
+        index.add(vectors)
+        return
+    index.add_with_ids(vectors, np.arange(first_id, first_id + len(vectors), dtype=np.int64))
+
+
 def append_generation(out: Path, tasks: list[ShardTask], base: IndexManifest, opts: BuildConfig,
                       runner: Runner) -> Generation:
     """Add the shards of ``tasks`` not yet in ``base`` with base's trained quantizer, as a new generation."""
@@ -176,7 +192,7 @@ def append_generation(out: Path, tasks: list[ShardTask], base: IndexManifest, op
         with progress_bar(total=added.n, desc="append", unit="vec", enabled=opts.progress) as bar:
             next_id = base.ntotal
             for chunk in added.chunks():
-                index.add_with_ids(chunk, np.arange(next_id, next_id + len(chunk), dtype=np.int64))
+                add_vectors(index, chunk, next_id)
                 next_id += len(chunk)
                 bar.update(len(chunk))
         faiss = import_faiss()

@@ -246,3 +246,15 @@ def test_published_vectors_index_with_their_encoders_config_and_no_weights(tmp_p
     with pytest.raises(CuratorError, match="768"):  # vectors of another width are refused, naming both
         build_index([str(write_embeddings(tmp_path / "b", [50], d=32))], tmp_path / "idx2",
                     opts("open_clip:ViT-L-14/openai"), embeddings=True)
+
+
+def test_append_works_on_the_flat_index_a_small_pool_gets(tmp_path, tiny_clip_spec):
+    base = write_embeddings(tmp_path / "a", [300], name="a")
+    more = write_embeddings(tmp_path / "b", [100], seed=5, name="b")
+    build_index([str(base)], tmp_path / "idx", opts(tiny_clip_spec), embeddings=True)
+    assert PoolIndex.open(tmp_path / "idx").manifest.index_factory.startswith("Flat")
+    report = build_index([str(more)], tmp_path / "idx", opts(tiny_clip_spec, append=True), embeddings=True)
+    pool = PoolIndex.open(tmp_path / "idx")
+    assert report.appended == 100 and pool.ntotal == 400
+    _, ids = pool.search(pool.vectors(np.array([350])), 1)
+    assert ids[0][0] == 350 and pool.items.slice(350, 1).to_pylist()[0]["source"].startswith("https://example.com/b/")
