@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect
 
 from curator import __version__
 from curator.errors import CuratorError
+from curator.formats import INDEX_MANIFEST_NAME
 from curator.retrieval import LivePool
 
 from . import middleware
@@ -68,6 +69,11 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The app; every setting a user can get wrong (the index, the keys, the database) is checked before
+    anything is written to the data folder."""
+    if not (settings.index_dir / INDEX_MANIFEST_NAME).is_file():
+        raise CuratorError(f"--index {settings.index_dir}: not an index folder (no {INDEX_MANIFEST_NAME}); "
+                           f"build one with curator build-index")
     keys = KeyRing.load(settings.api_keys_file)
     if not settings.no_auth and len(keys) == 0:
         raise CuratorError("no API keys configured: pass --api-keys FILE or set CURATOR_API_KEYS "

@@ -53,11 +53,12 @@ def run(args) -> int:
                            database=args.database or os.environ.get("CURATOR_DATABASE"),
                            replica=args.replica or default_replica(args.port))
     check_port(args.host, args.port)
+    app = create_app(settings)  # a missing index or bad keys are one line, before the warning below
     if settings.no_auth:
         print("*" * 72 + "\nWARNING: --no-auth: every caller may curate and download. Local development only.\n"
               + "*" * 72, file=sys.stderr, flush=True)
     release_large_buffers()
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info",
                 timeout_keep_alive=settings.keep_alive_timeout,
                 http=type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": settings.header_timeout,
                                                                  "max_header_bytes": settings.max_header_bytes}))

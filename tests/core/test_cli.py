@@ -56,3 +56,11 @@ def test_serve_names_a_bad_size_flag_before_touching_anything(tmp_path, capsys):
     assert main(["serve", "--index", str(tmp_path), "--data", str(tmp_path / "data"), "--no-auth",
                  "--port", "0", "--max-data-bytes", "lots"]) == 2
     assert "--max-data-bytes" in capsys.readouterr().err and not (tmp_path / "data").exists()
+
+
+def test_serve_names_a_missing_index_in_one_line_and_writes_nothing(tmp_path, capsys):
+    assert main(["serve", "--index", str(tmp_path / "nope"), "--data", str(tmp_path / "data"), "--no-auth",
+                 "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--index" in err and "curator build-index" in err
+    assert not (tmp_path / "data").exists()
