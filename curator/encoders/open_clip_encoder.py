@@ -68,6 +68,19 @@ def resolve_open_clip_spec(rest: str, spec: str) -> tuple[str, str]:
     return model_name, pretrained
 
 
+def known_tag(model_name: str, tag: str) -> dict:
+    """open_clip's config of a weights tag; an unknown one is an error that lists the model's tags
+    (before any download is tried, so a typo is not reported as a network failure)."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        tags = [t for m, t in open_clip.list_pretrained() if m == model_name]
+        raise CuratorError(f"unknown open_clip weights {tag!r} for {model_name}; its tags: "
+                           f"{', '.join(tags) or '(none: give a local checkpoint path)'}")
+    return cfg
+
+
 def describe_open_clip(rest: str, *, spec: str, precision: str) -> dict:
     """The architecture on the meta device (no memory, no weights) and the tag's preprocessing, merged as
     open_clip's ``create_model`` merges them."""
@@ -78,11 +91,7 @@ def describe_open_clip(rest: str, *, spec: str, precision: str) -> dict:
     model_name, pretrained = resolve_open_clip_spec(rest, spec)
     preprocess = asdict(PreprocessCfg())
     if pretrained != "none" and not os.path.exists(pretrained):
-        tag = open_clip.get_pretrained_cfg(model_name, pretrained)
-        if not tag:
-            raise CuratorError(f"unknown open_clip weights {pretrained!r} for {model_name}; see "
-                               f"open_clip.list_pretrained()")
-        preprocess = merge_preprocess_dict(preprocess, tag)
+        preprocess = merge_preprocess_dict(preprocess, known_tag(model_name, pretrained))
     with torch.device("meta"), _quiet_open_clip():
         visual = open_clip.create_model(model_name, pretrained=None, device="meta").visual
     size = visual.image_size
@@ -94,10 +103,11 @@ def describe_open_clip(rest: str, *, spec: str, precision: str) -> dict:
 
 @contextmanager
 def _quiet_open_clip():
-    """open_clip logs "No pretrained weights loaded" for an architecture built on purpose without them."""
+    """open_clip logs through the root logger as it builds a model ("No pretrained weights loaded" for one
+    built on purpose without them; the download it tried before a failure curator reports in one line)."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.ERROR))
+    root.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -112,17 +122,21 @@ def create_open_clip_encoder(rest: str, *, spec: str, device: str, precision: st
 
     model_name, pretrained = resolve_open_clip_spec(rest, spec)
     weights = None if pretrained == "none" else pretrained
+    if weights is not None and not os.path.exists(weights):
+        known_tag(model_name, weights)
     if weights is None:
         log.warning("encoder %s has UNTRAINED weights: fine for tests, useless for retrieval", spec)
     try:
-        with deterministic_init() if weights is None else nullcontext():
+        with deterministic_init() if weights is None else nullcontext(), _quiet_open_clip():
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights)
     except Exception as exc:
         where = "the local file" if weights and os.path.exists(weights) else "the model hub"
         raise EncoderUnavailableError(
             f"cannot load open_clip weights {weights!r} for {model_name} from {where} "
-            f"({type(exc).__name__}: {exc}). Offline? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}. "
-            f"Give a local checkpoint (open_clip:{model_name}//path/to.pt), or use "
+            f"({type(exc).__name__}: {exc}). "
+            + ("The model hub is switched off here (HF_HUB_OFFLINE=1). " if os.environ.get("HF_HUB_OFFLINE") == "1"
+               else "")
+            + f"Give a local checkpoint (open_clip:{model_name}//path/to.pt), or use "
             f"--encoder packaged:efficientnet-lite2, whose ImageNet weights ship with curator."
         ) from None
     return OpenClipEncoder(spec, model, preprocess, open_clip.get_tokenizer(model_name),

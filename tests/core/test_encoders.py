@@ -117,3 +117,15 @@ def test_imagenet_student_starts_from_the_packaged_weights(lite0):
     assert torch.allclose(mine, ref, atol=1e-4) and student.net.get_classifier().out_features == 4
     with pytest.raises(EncoderUnavailableError, match="tf_efficientnet_lite0"):
         Student("mobilenetv3_small_050", 4, 64, "imagenet")
+
+
+def test_an_open_clip_tag_typo_is_one_line_naming_the_tags(tmp_path, capsys):
+    from curator.cli import main
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    assert main(["build-index", "--input", str(folder), "--out", str(tmp_path / "idx"), "--encoder",
+                 "open_clip:ViT-B-32/laion2b_s34b_b78k", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown open_clip weights 'laion2b_s34b_b78k'" in err[0] and "laion2b_s34b_b79k" in err[0]
+    assert "HF_HUB_OFFLINE" not in err[0] and not (tmp_path / "idx").exists()
