@@ -14,8 +14,8 @@ from . import __version__
 from .errors import CuratorError
 
 EXAMPLES = """examples:
-  curator demo                                           # the whole flow on real sample images, offline
-  curator samples fetch                                  # real labelled images, offline
+  curator demo                                           # the whole flow on real sample images
+  curator samples fetch                                  # real labelled images, from Debian's archive
   curator build-index --input ~/.cache/curator/samples/tuxpaint --out idx \\
       --encoder packaged:efficientnet-lite2
   curator search --index idx --image cat.png -k 5
