@@ -107,7 +107,7 @@ def select_items(pool: PoolIndex, vecs: np.ndarray, owner: np.ndarray, labels: l
     t = time.perf_counter()
     rules = Rules(vectors_of=partial(pool.vectors, dtype=np.float16), forbidden=forbidden, ntotal=pool.ntotal,
                   dedup=params.dedup, exclude_threshold=params.exclude_threshold, cells=pool.cells, links=pool.links,
-                  near=pool.near)
+                  near=pool.near, query_rows=len(_first_views(owner)))
     selection = select(SelectionRequest(search, vecs, owner, labels, rules, cancelled), params)
     timings["search"] = search_seconds[0]
     timings["select"] = time.perf_counter() - t - search_seconds[0]

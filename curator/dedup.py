@@ -106,10 +106,17 @@ def cell_pairs(gx: np.ndarray, threshold: float, split_above: int = SPLIT_ABOVE,
     return tuple(np.concatenate(part) for part in zip(*found))
 
 
+#: Why a candidate is kept out, by code: ``apply_rules`` marks each candidate with one.
+FREE, CONTAMINATION, QUERY = 0, 1, 2
+REASONS = {CONTAMINATION: "contamination", QUERY: "query"}
+
+
 def apply_rules(candidates: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray,
                 dedup: float, exclude_threshold: float, cells: Optional[Callable[..., np.ndarray]] = None,
-                links: Links = None, near: Near = None) -> tuple[np.ndarray, Adjacency]:
-    """(contaminated mask, near-duplicates) of sorted pool ids ``candidates``.
+                links: Links = None, near: Near = None, query_rows: int = 0) -> tuple[np.ndarray, Adjacency]:
+    """(exclusion codes, near-duplicates) of sorted pool ids ``candidates``: each candidate FREE, or kept out
+    as CONTAMINATION (close to an ``--exclude`` image), or as QUERY (close to one of the queries, the first
+    ``query_rows`` of ``forbidden``: a query image that is itself in the pool, most often).
 
     With the pool's precomputed links covering ``dedup`` and a ``near`` search for the forbidden
     vectors, the candidates' own vectors are never read: a deep curation's millions of candidate
@@ -118,10 +125,21 @@ def apply_rules(candidates: np.ndarray, vectors_of: Callable[[np.ndarray], np.nd
     dups = _adjacency(len(candidates), np.empty(0, np.int64), np.empty(0, np.int64)) if dedup >= 1.0 else (
         links(candidates, dedup) if links is not None else None)
     if dups is not None and near is not None:
-        return np.isin(candidates, near(forbidden, exclude_threshold)), dups
+        excluded = np.isin(candidates, near(forbidden, exclude_threshold))
+        queries = np.isin(candidates, near(forbidden[:query_rows], exclude_threshold)) if query_rows else excluded & False
+        return _codes(excluded, queries), dups
     vecs = _working(vectors_of(candidates))
     excluded = contaminated(vecs, forbidden, exclude_threshold)
-    return excluded, dups if dups is not None else near_duplicate_pairs(vecs, dedup, cells, candidates)
+    queries = np.zeros_like(excluded)
+    if query_rows and excluded.any():  # only the few kept out are asked which side they are close to
+        queries[excluded] = contaminated(vecs[excluded], forbidden[:query_rows], exclude_threshold)
+    return _codes(excluded, queries), dups if dups is not None else near_duplicate_pairs(vecs, dedup, cells, candidates)
+
+
+def _codes(excluded: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    codes = np.where(excluded, CONTAMINATION, FREE).astype(np.int8)
+    codes[queries & excluded] = QUERY
+    return codes
 
 
 def coarse_cells(vectors: np.ndarray, cells: Optional[Callable[..., np.ndarray]],

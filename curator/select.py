@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .dedup import Adjacency, Links, Near, apply_rules
+from .dedup import REASONS, Adjacency, Links, Near, apply_rules
 from .faiss_support import import_faiss
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def walk(lists: list[tuple], quotas: np.ndarray, candidates: np.ndarray, positio
                     if j not in seen:
                         seen.add(j)
                         dropped.append((int(lists[q][0][r - 1]), q, r - 1, float(lists[q][1][r - 1]),
-                                        "contamination" if blocked[j] else "near-duplicate"))
+                                        REASONS.get(blocked[j], "near-duplicate")))
                 elif state[j] == 0:
                     state[j] = 1
                     if bounds[j + 1] > bounds[j]:
@@ -143,7 +143,7 @@ def select_balanced(search: Search, owner: np.ndarray, n_queries: int,
                     ntotal: int, dedup: float, exclude_threshold: float,
                     cancelled: Callable[[], bool] = lambda: False,
                     cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None,
-                  near: Near = None) -> Selection:
+                  near: Near = None, query_rows: int = 0) -> Selection:
     """Search deep enough for every quota, then walk; search deeper for the queries that ran dry
     only (the others' lists held their quotas), and walk again, until none runs dry.
 
@@ -156,7 +156,8 @@ def select_balanced(search: Search, owner: np.ndarray, n_queries: int,
     near = _asked_once(near)
     while True:
         candidates, positions = candidate_positions(lists)
-        excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near)
+        excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near,
+                                     query_rows)
         taken, counts, dry = walk(lists, quotas, candidates, positions, excluded, dups, cancelled)
         if not dry or k >= ntotal:
             break
@@ -177,7 +178,7 @@ def _asked_once(near: Near) -> Near:
     answers: dict = {}
 
     def once(vectors: np.ndarray, threshold: float) -> np.ndarray:
-        key = (id(vectors), threshold)
+        key = (vectors.__array_interface__["data"][0], vectors.shape, threshold)  # the same rows, asked again
         if key not in answers:
             answers[key] = near(vectors, threshold)
         return answers[key]
@@ -188,7 +189,7 @@ def select_threshold(search: Search, owner: np.ndarray, n_queries: int,
                      threshold: float, budget: Optional[int], vectors_of: Callable[[np.ndarray], np.ndarray],
                      forbidden: np.ndarray, ntotal: int, dedup: float, exclude_threshold: float,
                      cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None,
-                  near: Near = None) -> Selection:
+                  near: Near = None, query_rows: int = 0) -> Selection:
     """Every item above ``threshold`` for any query, best first, up to ``budget``."""
     k = min(ntotal, max(64, 2 * (budget or 0) // max(1, n_queries)))
     while True:
@@ -205,7 +206,8 @@ def select_threshold(search: Search, owner: np.ndarray, n_queries: int,
     order = sorted(best, key=lambda pid: (-best[pid][2], pid))
     candidates = np.array(sorted(best), dtype=np.int64)
     pos = {pid: j for j, pid in enumerate(candidates)}
-    excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near)
+    excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near,
+                                 query_rows)
     picked, dropped = _take_in_order([pos[pid] for pid in order], excluded, dups, budget)
     taken = [(int(candidates[j]), *best[int(candidates[j])]) for j in picked]
     counts = {"candidates": int(len(candidates)), **_drop_counts(dropped),
@@ -223,7 +225,7 @@ def _take_in_order(order: list[int], excluded: np.ndarray, dups: Adjacency,
         if budget is not None and len(picked) >= budget:
             break
         if excluded[j] or state[j] == 2:
-            dropped.append((j, "contamination" if excluded[j] else "near-duplicate"))
+            dropped.append((j, REASONS.get(int(excluded[j]), "near-duplicate")))
         else:
             state[j] = 1
             state[dups[j][state[dups[j]] == 0]] = 2
@@ -235,14 +237,15 @@ def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: 
                   vectors_of: Callable[[np.ndarray], np.ndarray], forbidden: np.ndarray, ntotal: int,
                   dedup: float, exclude_threshold: float,
                   cells: Optional[Callable[..., np.ndarray]] = None, links: Links = None,
-                  near: Near = None) -> Selection:
+                  near: Near = None, query_rows: int = 0) -> Selection:
     """A seeded uniform draw of ``budget`` pool items (fewer only if the pool runs out)."""
     faiss = import_faiss()
     order = np.random.default_rng(seed).permutation(ntotal)
     n = min(ntotal, 2 * budget + 64)
     while True:
         candidates = np.sort(order[:n])
-        excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near)
+        excluded, dups = apply_rules(candidates, vectors_of, forbidden, dedup, exclude_threshold, cells, links, near,
+                                     query_rows)
         pos = {int(pid): j for j, pid in enumerate(candidates)}
         picked, dropped = _take_in_order([pos[int(pid)] for pid in order[:n]], excluded, dups, budget)
         if len(picked) >= budget or n >= ntotal:
@@ -260,7 +263,8 @@ def select_random(query_vecs: np.ndarray, owner: np.ndarray, budget: int, seed: 
 
 def _drop_counts(dropped: list[tuple[int, str]]) -> dict:
     reasons = [why for _, why in dropped]
-    return {"excluded": reasons.count("contamination"), "deduped": reasons.count("near-duplicate")}
+    return {"excluded": reasons.count("contamination") + reasons.count("query"),
+            "deduped": reasons.count("near-duplicate")}
 
 
 def _selection(taken, quotas: np.ndarray, counts: dict, dry: list[int], depth: int) -> Selection:

@@ -33,6 +33,7 @@ class Rules:
     cells: Optional[Callable[..., np.ndarray]] = None
     links: Links = None
     near: Near = None
+    query_rows: int = 0    # the first rows of ``forbidden`` are the queries' own: what they keep out is "query"
 
     def kwargs(self) -> dict[str, Any]:
         """The rules as the selection functions' keyword arguments (the arrays are not copied)."""

@@ -316,3 +316,24 @@ def test_only_queries_that_ran_dry_are_searched_deeper_and_the_walk_is_unchanged
     assert not got.dry_queries and len(got.ids) == 30 * 40
     for field in ("ids", "query", "rank", "score"):
         assert np.array_equal(getattr(got, field), getattr(want, field)), field
+
+
+def test_a_query_image_in_the_pool_is_dropped_as_a_query_not_as_contamination(pool_index, tmp_path):
+    """The pool holds the query images themselves and an --exclude image: the first are dropped as "query"
+    (what they are), the other as "contamination"."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    index, images = pool_index
+    queries = load_queries(images / "class2")[:2]
+    first = curate(index, queries, CurateParams(per_query=5), tmp_path, set_id="a")
+    taken = pq.read_table(tmp_path / "a" / "samples.parquet").to_pylist()[0]["pool_key"]  # a neighbour they pull in
+    exclude = [q for q in load_queries(images) if q.id == taken]
+    m = curate(index, queries, CurateParams(per_query=5), tmp_path, set_id="b", exclude=exclude)
+    reason = {os.path.basename(r["pool_key"]): r["reason"]
+              for r in pq.read_table(tmp_path / "b" / "dropped.parquet").to_pylist()}
+    assert [reason.get(os.path.basename(q.id)) for q in queries] == ["query", "query"], reason
+    assert reason.get(os.path.basename(taken)) == "contamination", reason
+    assert m["counts"]["excluded"] == sum(r in ("query", "contamination") for r in reason.values())
+    assert m["counts"]["excluded"] == first["counts"]["excluded"] + 1
