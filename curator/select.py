@@ -40,7 +40,7 @@ class Selection:
     counts: dict = field(default_factory=dict)
     dry_queries: list[int] = field(default_factory=list)
     #: what the rules kept out, for people to look at: (pool id, query, rank, score, reason), reason
-    #: "near-duplicate" or "contamination"; each item once, where a query's walk first met it
+    #: "near-duplicate", "query" or "contamination"; each item once, where a query's walk first met it
     dropped: list[tuple] = field(default_factory=list)
 
 

@@ -21,7 +21,9 @@ class ViewItem(Doc):
     rank: int = Field(description="0-based rank in the query's merged neighbour list (-1: a random draw)")
     similarity: Optional[float] = None
     caption: Optional[str] = None
-    reason: Optional[Literal["near-duplicate", "contamination"]] = Field(None, description="why it was left out")
+    reason: Optional[Literal["near-duplicate", "query", "contamination"]] = Field(
+        None, description="why it was left out: a near-duplicate of one taken, a query's own image, or close to an "
+                          "--exclude image")
 
 
 class ViewQuery(Doc):

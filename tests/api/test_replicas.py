@@ -72,8 +72,8 @@ def test_a_job_whose_lease_lapsed_while_it_ran_here_is_not_run_twice(tmp_path):
     assert job.state == "running" and job.worker == "r1" and job.lease_expires > time.time()
 
 
-def test_a_bad_database_url_is_a_clear_error_that_hides_the_password(tmp_path):
-    settings = Settings(index_dir=tmp_path / "index", data_dir=tmp_path / "data", no_auth=True,
+def test_a_bad_database_url_is_a_clear_error_that_hides_the_password(tiny_index, tmp_path):
+    settings = Settings(index_dir=tiny_index(40, classes=2, seed=7), data_dir=tmp_path / "data", no_auth=True,
                         database="postgresql://curator:s3cret@127.0.0.1:1/nowhere")
     with pytest.raises(CuratorError, match="--database") as err:
         create_app(settings)
