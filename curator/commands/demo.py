@@ -24,11 +24,12 @@ def run(args) -> int:
     from index_builder import BuildConfig, build_index
 
     from ..retrieval import PoolIndex
-    from ..samples import fetch_samples
+    from ..samples import default_cache, fetch_samples
 
     out = Path(args.out)
-    print("1/5 fetching the Tux Paint stamps (Debian package, unpacked into the cache) ...")
-    pool = fetch_samples(["tuxpaint"], out / "samples")["tuxpaint"]
+    print(f"1/5 fetching the Tux Paint stamps (Debian package, unpacked into {default_cache()}, the one cache "
+          f"curator samples fetch also uses) ...")
+    pool = fetch_samples(["tuxpaint"], default_cache())["tuxpaint"]
     print(f"2/5 building an index over {pool} with {args.encoder} ...")
     report = build_index([str(pool)], out / "index", BuildConfig(encoder=args.encoder, shard_size=200))
     print(f"    {report.items} images, {report.index_factory}, {report.embed_images_per_s:.1f} img/s, "
