@@ -28,4 +28,9 @@ def test_the_readme_example_runs_verbatim(tmp_path, samples_root):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "auto__beetle.png" in done.stdout and '"state":"succeeded"' in done.stdout.replace(" ", "")
     assert "8 samples read by wids" in done.stdout and "8 samples read by webdataset" in done.stdout
-    assert (tmp_path / "sets" / "food" / "manifest.json").exists()
+    assert (tmp_path / "sets" / "apples" / "manifest.json").exists()
+    # the apples held out of the pool pull in food, the pool's own share of the target's kind
+    import pyarrow.parquet as pq
+    keys = pq.read_table(tmp_path / "sets" / "apples" / "samples.parquet").column("pool_key").to_pylist()
+    food = {f.name for f in (tmp_path / "pool" / "food").iterdir()}
+    assert sum(k in food for k in keys) > len(keys) / 2, keys
