@@ -192,7 +192,7 @@ class JobRunner:
 
     def _curate(self, job: JobRow) -> None:
         job_id, me = job.id, self.replica
-        set_id = "ts-" + job_id.removeprefix("job-")
+        set_id = set_of(job_id)
         if job.attempts > 1 and self._resume(job_id, set_id):
             return
         self.store.update_job(job_id, me, phase="embed", progress=0.0)
@@ -228,8 +228,10 @@ class JobRunner:
 
     def _remove_leftovers(self, job_id: str) -> None:
         """A failed job's inputs and the set it half-wrote (never recorded, so never served)."""
-        set_id = "ts-" + job_id.removeprefix("job-")
         shutil.rmtree(self.settings.uploads_dir / job_id, ignore_errors=True)
+        self._remove_partials(set_of(job_id))
+
+    def _remove_partials(self, set_id: str) -> None:
         for partial in self.settings.sets_dir.glob(f".{set_id}.tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)
 
@@ -241,10 +243,14 @@ class JobRunner:
             self.store.finish_job(job_id, "succeeded", self.replica, phase="done", progress=1.0,
                                   counts=done.counts, transfer_set_id=set_id)
             return True
-        for partial in self.settings.sets_dir.glob(f".{set_id}.tmp-*"):
-            shutil.rmtree(partial, ignore_errors=True)
+        self._remove_partials(set_id)
         shutil.rmtree(self.settings.sets_dir / set_id, ignore_errors=True)  # renamed in, never recorded
         return False
+
+
+def set_of(job_id: str) -> str:
+    """The id of the set a job writes: one per job, so a retaken job finds what its first run left."""
+    return "ts-" + job_id.removeprefix("job-")
 
 
 #: What a write gets when the disk (or this process's share of it) is full.

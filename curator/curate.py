@@ -70,18 +70,16 @@ def curate(pool: PoolIndex, queries: Sequence[Query], params: CurateParams, out_
     with shard_writers(params.budget or (params.per_query or 0) * len(queries)) as writers:
         selection = select_items(pool, vecs, owner, [q.label for q in queries], forbidden_vecs, params, timings,
                                  progress=progress, cancelled=cancelled)
-        by_url = url_only(pool.items, selection.ids)  # published embeddings: the set is a URL list
-        if not by_url:
-            _check_stored(pool, selection.ids)
         progress("write", 0.0)
         base = _manifest(pool, queries, params, selection, set_id or new_set_id(), len(vecs),
                          len(forbidden_vecs) - len(queries), timings).model_copy(update={"skipped_queries": skipped})
         tables = {QUERIES_FILE: query_table(queries, vecs[_first_views(owner)]),
                   DROPPED_FILE: dropped_table(selection.dropped, pool.items)}
         ids, labels = [q.id for q in queries], [q.label for q in queries]
-        if by_url:
+        if url_only(pool.items, selection.ids):  # published embeddings: the set is a URL list
             manifest = write_url_set(pool.items, selection, ids, labels, Path(out_root), base, tables)
         else:
+            _check_stored(pool, selection.ids)
             manifest = write_transfer_set(pool.items, selection, ids, labels, Path(out_root), base,
                                           progress=lambda f: progress("write", f), cancelled=cancelled, tables=tables,
                                           writers=writers)
@@ -115,16 +113,18 @@ def select_items(pool: PoolIndex, vecs: np.ndarray, owner: np.ndarray, labels: l
 
 
 def _check_stored(pool: PoolIndex, ids: np.ndarray) -> None:
-    """Items indexed from published embeddings (``--embeddings``) may have no stored bytes: a set of
-    them cannot be written, and curator never fetches their URLs itself."""
+    """Items indexed from published embeddings (``--embeddings``) may have no stored bytes: a set that
+    mixes them with stored items cannot be written (a set of URLs alone is a URL list), and curator
+    never fetches their URLs itself."""
     if not len(ids):
         return
     rows = pool.items.take(pa.array(np.asarray(ids, dtype=np.int64))).select(["size", "source"])
     missing = np.flatnonzero(rows.column("size").to_numpy() == 0)
     if len(missing):
         example = rows.column("source")[int(missing[0])].as_py()
-        raise CuratorError(f"{len(missing)} of the {len(ids)} selected pool items have no stored image and no URL "
-                           f"(e.g. {example}): the index was built from embeddings whose images are not at hand")
+        raise CuratorError(f"{len(missing)} of the {len(ids)} selected pool items have no stored image (e.g. "
+                           f"{example}): a set is written from stored images, or as a URL list when every item it "
+                           f"selects is a URL")
 
 
 def _search_blocks(pool: PoolIndex, vecs: np.ndarray, k: int,

@@ -36,15 +36,20 @@ def no_ranges(exc: BaseException) -> bool:
     return isinstance(exc, ValueError) and NO_RANGES in str(exc)
 
 
+def _needs_driver(url: str, exc: ImportError) -> CuratorError:
+    return CuratorError(f"{url}: reading this URL needs a package that is not installed ({exc}); "
+                        f"pip install 'curator[ingest]' installs aiohttp and requests for http(s)")
+
+
 @contextmanager
 def open_remote(url: str) -> Iterator[BinaryIO]:
-    """An fsspec file, with one-line errors for a missing driver or an unreachable URL."""
+    """An fsspec file, with one-line errors for a missing driver or an unreachable URL (for a shard
+    being listed: a build cannot go on without it)."""
     try:
         with fsspec.open(url, "rb") as fh:
             yield fh
     except ImportError as exc:
-        raise CuratorError(f"{url}: reading this URL needs a package that is not installed ({exc}); "
-                           f"pip install 'curator[ingest]' installs aiohttp and requests for http(s)") from None
+        raise _needs_driver(url, exc) from None
     except FileNotFoundError:
         raise CuratorError(f"{url}: not found (HTTP 404, or no such object)") from None
 
@@ -62,8 +67,7 @@ def whole_copy(url: str) -> str:
             shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(tmp, path)
     except ImportError as exc:
-        raise CuratorError(f"{url}: reading this URL needs a package that is not installed ({exc}); "
-                           f"pip install 'curator[ingest]'") from None
+        raise _needs_driver(url, exc) from None
     except OSError as exc:  # still an OSError: a reader counts the item unreadable and goes on
         raise OSError(f"{url}: cannot fetch ({type(exc).__name__}: {exc})") from None
     finally:
@@ -73,16 +77,18 @@ def whole_copy(url: str) -> str:
 
 def read_remote_range(url: str, offset: int, size: int) -> bytes:
     """``size`` bytes at ``offset``: one ranged request, or a read of the whole copy where ranges are refused
-    (remembered per process, so each later read is local at once)."""
+    (remembered per process, so each later read is local at once). A missing file stays an OSError: one
+    item's read, where the reader counts the item unreadable and goes on."""
     if url not in _RANGELESS:
         try:
-            with open_remote(url) as fh:
+            with fsspec.open(url, "rb") as fh:
                 fh.seek(offset)
                 return fh.read(size)
+        except ImportError as exc:
+            raise _needs_driver(url, exc) from None
         except ValueError as exc:
             if not no_ranges(exc):
                 raise
-            _RANGELESS.add(url)
     fd = os.open(whole_copy(url), os.O_RDONLY)
     try:
         return os.pread(fd, size, offset)

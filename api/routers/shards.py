@@ -18,13 +18,13 @@ from curator.formats.protocol import WidsIndex, WidsShard
 from curator.transfer import read_manifest, shard_path_or_layout
 from curator.urlsets import URL_LIST_FILE
 
-from ..deps import MetricsDep, SettingsDep, StoreDep, readable, reject, require
+from ..deps import MetricsDep, SettingsDep, StoreDep, reject, require
 from ..ranges import assembled_response
 from ..schemas import ERRORS
 from ..settings import Settings
 from ..signing import WIDS_INDEX, base_url, sign, verify
 from ..store import Store
-from .transfer_sets import NAME
+from .transfer_sets import NAME, set_folder
 
 router = APIRouter(tags=["transfer sets"], responses=ERRORS)
 TAR = {200: {"content": {"application/x-tar": {}}}, 206: {"description": "a byte range"},
@@ -52,12 +52,11 @@ def open_file(request: Request, set_id: str, name: str, settings: Settings, stor
               signed: Signed) -> tuple[Path, Optional[str]]:
     """The set's folder and whose read this is: a signed URL's signer, or the key sent as a header (the
     set's owner, an admin or a worker). 401 with neither; 403 for a signature that does not hold."""
-    if not NAME.match(set_id):
-        raise reject(400, "invalid transfer-set id")
     if signed.sig is None:
         key = require("read")(request, settings)
-        readable(key, store.get_transfer_set(set_id), f"transfer set {set_id!r}")
-        return settings.sets_dir / set_id, key.name if key else None
+        return set_folder(set_id, store, settings, key), key.name if key else None
+    if not NAME.match(set_id):
+        raise reject(400, "invalid transfer-set id")
     if signed.expires is None or signed.signer is None or not verify(
             request.app.state.signing_secret, set_id, name, signed.expires, signed.signer, signed.sig):
         raise reject(403, "this signed URL is not valid for this file, or it has expired: ask for a new one "
